@@ -1,0 +1,1 @@
+//! The edge agent: identity, MQTT session, probes, heartbeats and store-and-forward.
