@@ -1,0 +1,63 @@
+//! Commands from the console to one agent: the fixed set, signed, with id and expiry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::VerifyError;
+use crate::identity::AgentId;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Random and unique; agents remember recent ids and refuse a repeat.
+    #[serde(with = "serde_bytes")]
+    pub id: [u8; 16],
+    pub target: String,
+    /// Unix seconds.
+    pub issued_at: u64,
+    pub expires_at: u64,
+    pub action: CommandAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandAction {
+    RestartApp {
+        app: String,
+    },
+    PushConfig {
+        app: String,
+        /// Dotted key paths to values.
+        values: BTreeMap<String, ConfigValue>,
+    },
+    UpdateApp {
+        app: String,
+        url: String,
+        version: String,
+        #[serde(with = "serde_bytes")]
+        sha256: [u8; 32],
+    },
+    RequestHeartbeat,
+    RescanInventory,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConfigValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl Command {
+    /// Refuses a command meant for another agent or past its expiry. Replay of an id is
+    /// checked by the agent, which remembers recent ids.
+    pub fn check(&self, me: &AgentId, now_unix: u64) -> Result<(), VerifyError> {
+        if self.target != me.as_str() {
+            return Err(VerifyError::WrongTarget);
+        }
+        if now_unix >= self.expires_at {
+            return Err(VerifyError::Expired);
+        }
+        Ok(())
+    }
+}
