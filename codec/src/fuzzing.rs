@@ -70,7 +70,10 @@ pub fn connect_password(data: &[u8]) {
 }
 
 /// Every target, by name, for the stable test that runs them all.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target body.
+pub type Target = fn(&[u8]);
+
+pub const TARGETS: &[(&str, Target)] = &[
     ("open_agent", open_agent),
     ("open_console", open_console),
     ("open_enroll_request", open_enroll_request),
