@@ -1,0 +1,469 @@
+//! Agent configuration: `/etc/edgefleet-agent/agent.toml` plus `EDGEFLEET_AGENT_*`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::{self, check_range, ConfigError, KeyDoc, Provenance, ValueKind, REDACTED};
+use crate::HumanDuration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`; tried in order.
+    pub console_urls: Vec<String>,
+    /// CA certificate (PEM) for `mqtts://`; without it the system roots are used.
+    pub ca_file: Option<PathBuf>,
+    /// TLS server name, when it differs from the URL host.
+    pub server_name: Option<String>,
+    /// Enrollment token (secret). It pins the console key on first contact.
+    pub token: Option<String>,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: HumanDuration,
+    pub keepalive: HumanDuration,
+    pub queue_cap_mb: u64,
+    pub inventory_interval: HumanDuration,
+    pub allow_scripts: bool,
+    pub topic_prefix: String,
+    pub disk_mounts: Vec<PathBuf>,
+    pub labels: BTreeMap<String, String>,
+    pub apps: Vec<AppConfig>,
+}
+
+/// A managed app: a systemd unit the agent reports on and acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_format: Option<ConfigFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigFormat {
+    Json,
+    Toml,
+    Yaml,
+    Env,
+    Ini,
+}
+
+/// A parsed console URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            console_urls: Vec::new(),
+            ca_file: None,
+            server_name: None,
+            token: None,
+            data_dir: PathBuf::from("/var/lib/edgefleet-agent"),
+            heartbeat_interval: HumanDuration::secs(30),
+            keepalive: HumanDuration::secs(30),
+            queue_cap_mb: 16,
+            inventory_interval: HumanDuration::secs(6 * 3600),
+            allow_scripts: false,
+            topic_prefix: "ef".to_string(),
+            disk_mounts: vec![PathBuf::from("/")],
+            labels: BTreeMap::new(),
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// Every agent key with its environment variable, default and meaning.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc { key: "console_urls", env: "EDGEFLEET_AGENT_CONSOLE_URLS", kind: ValueKind::List, default: "(none)", meaning: "Console MQTT URLs, `mqtt://host:port` or `mqtts://host:port`, tried in order (env: comma-separated)." },
+    KeyDoc { key: "ca_file", env: "EDGEFLEET_AGENT_CA_FILE", kind: ValueKind::Text, default: "(system roots)", meaning: "PEM CA certificate that signs the console's MQTT TLS certificate." },
+    KeyDoc { key: "server_name", env: "EDGEFLEET_AGENT_SERVER_NAME", kind: ValueKind::Text, default: "(URL host)", meaning: "TLS server name to verify, when it differs from the URL host." },
+    KeyDoc { key: "token", env: "EDGEFLEET_AGENT_TOKEN", kind: ValueKind::Text, default: "(none)", meaning: "Enrollment token (secret); pins the console key on first contact." },
+    KeyDoc { key: "data_dir", env: "EDGEFLEET_AGENT_DATA_DIR", kind: ValueKind::Text, default: "/var/lib/edgefleet-agent", meaning: "Key, pinned console key, state database and queue." },
+    KeyDoc { key: "heartbeat_interval", env: "EDGEFLEET_AGENT_HEARTBEAT_INTERVAL", kind: ValueKind::Text, default: "30s", meaning: "Time between heartbeats, 1s to 1h." },
+    KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "30s", meaning: "MQTT keepalive, 5s to 20m. Keep it below cellular NAT idle timeouts (about 2.5 min); the broker declares the agent dead after 1.5x." },
+    KeyDoc { key: "queue_cap_mb", env: "EDGEFLEET_AGENT_QUEUE_CAP_MB", kind: ValueKind::Int, default: "16", meaning: "Store-and-forward queue cap in MB, 1 to 4096. Over it the oldest heartbeats go first; events and results are never dropped." },
+    KeyDoc { key: "inventory_interval", env: "EDGEFLEET_AGENT_INVENTORY_INTERVAL", kind: ValueKind::Text, default: "6h", meaning: "Time between software inventory scans, 1m to 7d." },
+    KeyDoc { key: "allow_scripts", env: "EDGEFLEET_AGENT_ALLOW_SCRIPTS", kind: ValueKind::Bool, default: "false", meaning: "Allow allow-listed scripts beyond the fixed command set." },
+    KeyDoc { key: "topic_prefix", env: "EDGEFLEET_AGENT_TOPIC_PREFIX", kind: ValueKind::Text, default: "ef", meaning: "MQTT topic prefix; must match the console's." },
+    KeyDoc { key: "disk_mounts", env: "EDGEFLEET_AGENT_DISK_MOUNTS", kind: ValueKind::List, default: "/", meaning: "Mount points whose fullest one is reported as disk %." },
+    KeyDoc { key: "labels", env: "EDGEFLEET_AGENT_LABELS", kind: ValueKind::Text, default: "(none)", meaning: "Table of key = value labels reported in the birth (file only; the variable is reserved)." },
+    KeyDoc { key: "apps", env: "EDGEFLEET_AGENT_APPS", kind: ValueKind::Text, default: "(none)", meaning: "`[[apps]]` entries: id, unit, config_path, config_format, version_file or version_command, health_url (file only; the variable is reserved)." },
+];
+
+impl AgentConfig {
+    /// Loads from an optional file and an environment, then validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k != "EDGEFLEET_AGENT_LABELS" && k != "EDGEFLEET_AGENT_APPS")
+            .collect();
+        let (config, prov): (AgentConfig, Provenance) =
+            source::load(path, env, "EDGEFLEET_AGENT_", KEYS)?;
+        config.validate(&prov)?;
+        Ok(config)
+    }
+
+    pub fn load_from_process_env(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::load(path, std::env::vars())
+    }
+
+    fn validate(&self, prov: &Provenance) -> Result<(), ConfigError> {
+        for url in &self.console_urls {
+            parse_mqtt_url(url).map_err(|m| prov.invalid("console_urls", m))?;
+        }
+        check_range(
+            prov,
+            "heartbeat_interval",
+            self.heartbeat_interval,
+            HumanDuration::secs(1),
+            HumanDuration::secs(3600),
+        )?;
+        check_range(
+            prov,
+            "keepalive",
+            self.keepalive,
+            HumanDuration::secs(5),
+            HumanDuration::secs(1200),
+        )?;
+        check_range(
+            prov,
+            "inventory_interval",
+            self.inventory_interval,
+            HumanDuration::secs(60),
+            HumanDuration::secs(7 * 86400),
+        )?;
+        if !(1..=4096).contains(&self.queue_cap_mb) {
+            return Err(prov.invalid(
+                "queue_cap_mb",
+                format!("must be between 1 and 4096 (got {})", self.queue_cap_mb),
+            ));
+        }
+        let prefix_ok = (1..=16).contains(&self.topic_prefix.len())
+            && self
+                .topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !prefix_ok {
+            return Err(prov.invalid(
+                "topic_prefix",
+                format!(
+                    "must be 1-16 characters of [a-z0-9_-] (got {:?})",
+                    self.topic_prefix
+                ),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(prov.invalid("data_dir", "must not be empty"));
+        }
+        let mut ids = BTreeSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let key = |field: &str| format!("apps[{i}].{field}");
+            let bad = |field: &str, msg: String| ConfigError::Invalid {
+                key: key(field),
+                message: msg,
+                origin: prov.origin("apps"),
+            };
+            let id_ok = (1..=32).contains(&app.id.len())
+                && app
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !id_ok {
+                return Err(bad(
+                    "id",
+                    format!("must be 1-32 characters of [a-z0-9-] (got {:?})", app.id),
+                ));
+            }
+            if !ids.insert(app.id.as_str()) {
+                return Err(bad("id", format!("duplicate app id {:?}", app.id)));
+            }
+            let unit_ok = !app.unit.is_empty()
+                && app.unit.len() <= 256
+                && app.unit.contains('.')
+                && app
+                    .unit
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
+            if !unit_ok {
+                return Err(bad(
+                    "unit",
+                    format!(
+                        "must be a systemd unit name like \"app.service\" (got {:?})",
+                        app.unit
+                    ),
+                ));
+            }
+            if app.config_path.is_some() && app.format().is_none() {
+                return Err(bad("config_format", "is required when the config_path extension does not say (json, toml, yaml, env, ini)".into()));
+            }
+            if app.version_file.is_some() && app.version_command.is_some() {
+                return Err(bad(
+                    "version_command",
+                    "set version_file or version_command, not both".into(),
+                ));
+            }
+            if let Some(health) = &app.health_url {
+                let ok = url::Url::parse(health)
+                    .map(|u| matches!(u.scheme(), "http" | "https"))
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(bad(
+                        "health_url",
+                        format!("must be an http:// or https:// URL (got {health:?})"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The console URLs, parsed. Validation has already checked them.
+    pub fn mqtt_urls(&self) -> Vec<MqttUrl> {
+        self.console_urls
+            .iter()
+            .filter_map(|u| parse_mqtt_url(u).ok())
+            .collect()
+    }
+
+    /// The effective config as TOML, with secrets redacted.
+    pub fn show(&self) -> String {
+        let mut shown = self.clone();
+        if shown.token.is_some() {
+            shown.token = Some(REDACTED.to_string());
+        }
+        source::render(&shown)
+    }
+}
+
+impl AppConfig {
+    /// The config file format: explicit, or from the file extension.
+    pub fn format(&self) -> Option<ConfigFormat> {
+        self.config_format.or_else(|| {
+            let ext = self.config_path.as_ref()?.extension()?.to_str()?;
+            Some(match ext {
+                "json" => ConfigFormat::Json,
+                "toml" => ConfigFormat::Toml,
+                "yaml" | "yml" => ConfigFormat::Yaml,
+                "env" => ConfigFormat::Env,
+                "ini" | "conf" => ConfigFormat::Ini,
+                _ => return None,
+            })
+        })
+    }
+}
+
+/// Parses `mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (default 8883).
+pub fn parse_mqtt_url(text: &str) -> Result<MqttUrl, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e})"))?;
+    let tls = match url.scheme() {
+        "mqtt" => false,
+        "mqtts" => true,
+        other => {
+            return Err(format!(
+                "{text:?} must use mqtt:// or mqtts://, not {other}://"
+            ))
+        }
+    };
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("{text:?} has no host"))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    if url.path() != "" && url.path() != "/" {
+        return Err(format!("{text:?} must not have a path"));
+    }
+    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+    Ok(MqttUrl { tls, host, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn no_file_and_no_env_gives_the_documented_defaults() {
+        let c = AgentConfig::load(None, env(&[])).unwrap();
+        assert_eq!(c, AgentConfig::default());
+        assert_eq!(c.heartbeat_interval.get().as_secs(), 30);
+        assert_eq!(c.keepalive.get().as_secs(), 30);
+        assert_eq!(c.queue_cap_mb, 16);
+        assert!(!c.allow_scripts);
+    }
+
+    #[test]
+    fn validation_errors_name_the_key_the_range_and_the_file() {
+        let (_d, path) = file("heartbeat_interval = \"0s\"\n");
+        let err = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "heartbeat_interval: must be between 1s and 1h (got \"0s\") in {}",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn env_overrides_win_over_the_file_and_are_named_in_errors() {
+        let (_d, path) = file("heartbeat_interval = \"10s\"\nconsole_urls = [\"mqtt://a\"]\n");
+        let c = AgentConfig::load(
+            Some(&path),
+            env(&[
+                ("EDGEFLEET_AGENT_HEARTBEAT_INTERVAL", "5s"),
+                ("EDGEFLEET_AGENT_CONSOLE_URLS", "mqtts://b:9000, mqtt://c"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.heartbeat_interval.get().as_secs(), 5);
+        assert_eq!(
+            c.mqtt_urls(),
+            vec![
+                MqttUrl {
+                    tls: true,
+                    host: "b".into(),
+                    port: 9000
+                },
+                MqttUrl {
+                    tls: false,
+                    host: "c".into(),
+                    port: 1883
+                }
+            ]
+        );
+        let err = AgentConfig::load(Some(&path), env(&[("EDGEFLEET_AGENT_KEEPALIVE", "2h")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "keepalive: must be between 5s and 20m (got \"2h\") (from EDGEFLEET_AGENT_KEEPALIVE)"
+        );
+        let err = AgentConfig::load(None, env(&[("EDGEFLEET_AGENT_QUEUE_CAP_MB", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "EDGEFLEET_AGENT_QUEUE_CAP_MB: expected a whole number, got \"lots\""
+        );
+        let err = AgentConfig::load(None, env(&[("EDGEFLEET_AGENT_HEARTBEAT", "5s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("EDGEFLEET_AGENT_HEARTBEAT: unknown variable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_bad_toml_and_bad_types_name_file_and_key() {
+        let (_d, path) = file("heartbeat_intervall = \"5s\"\n");
+        let err = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("heartbeat_intervall"),
+            "{err}"
+        );
+        let (_d, path) = file("queue_cap_mb = = 3\n");
+        let err = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+        let (_d, path) = file("keepalive = \"soon\"\n");
+        let err = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("keepalive") && err.contains("\"soon\""),
+            "{err}"
+        );
+        let err = AgentConfig::load(Some(Path::new("/nonexistent/agent.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "cannot read config file /nonexistent/agent.toml");
+    }
+
+    #[test]
+    fn console_urls_and_apps_are_validated() {
+        for (bad, why) in [
+            ("http://x", "must use mqtt:// or mqtts://"),
+            ("mqtt://", "has no host"),
+            ("nonsense", "is not a URL"),
+        ] {
+            let err = AgentConfig::load(None, env(&[("EDGEFLEET_AGENT_CONSOLE_URLS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("console_urls: ") && err.contains(why),
+                "{err}"
+            );
+        }
+        let (_d, path) = file("[[apps]]\nid = \"web\"\nunit = \"web.service\"\nconfig_path = \"/etc/web/config.toml\"\n\n[[apps]]\nid = \"web\"\nunit = \"x.service\"\n");
+        let err = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("apps[1].id: duplicate app id \"web\""),
+            "{err}"
+        );
+        let (_d, path) = file("[[apps]]\nid = \"Web\"\nunit = \"web.service\"\n");
+        assert!(AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string()
+            .starts_with("apps[0].id: must be"));
+        let (_d, path) = file("[[apps]]\nid = \"web\"\nunit = \"web.service\"\nconfig_path = \"/etc/web/config.weird\"\n");
+        assert!(AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string()
+            .starts_with("apps[0].config_format: is required"));
+        let (_d, path) = file("[[apps]]\nid = \"web\"\nunit = \"web.service\"\nconfig_path = \"/etc/web/config.yml\"\nhealth_url = \"http://127.0.0.1:8080/health\"\n");
+        let c = AgentConfig::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.apps[0].format(), Some(ConfigFormat::Yaml));
+    }
+
+    #[test]
+    fn show_redacts_the_token() {
+        let c = AgentConfig::load(None, env(&[("EDGEFLEET_AGENT_TOKEN", "ef1.secret")])).unwrap();
+        let shown = c.show();
+        assert!(
+            shown.contains("token = \"<redacted>\"") && !shown.contains("ef1.secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("heartbeat_interval = \"30s\""), "{shown}");
+    }
+}

@@ -1,0 +1,20 @@
+//! Loading and validating agent and console configuration (TOML plus `EDGEFLEET_*` env
+//! overrides), and reading/writing secret key files.
+//!
+//! - `agent`: [`AgentConfig`] and its managed apps.
+//! - `console`: [`ConsoleConfig`].
+//! - `source`: the shared loader: TOML file → env overrides → typed struct → validation,
+//!   and the key tables that `docs/config.md` is checked against.
+//! - `duration`: human durations (`30s`, `5m`) with range checks.
+//! - `keyfile`: secret files written atomically with mode 0600; world-readable ones refused.
+
+pub mod agent;
+pub mod console;
+pub mod duration;
+pub mod keyfile;
+pub mod source;
+
+pub use agent::{parse_mqtt_url, AgentConfig, AppConfig, ConfigFormat, MqttUrl};
+pub use console::ConsoleConfig;
+pub use duration::HumanDuration;
+pub use source::{ConfigError, KeyDoc};
