@@ -1,1 +1,176 @@
 //! REST request and response types shared by the console and the web UI.
+//!
+//! Times are unix milliseconds (`u64`). Percentages are whole numbers 0-100. Statuses are
+//! lowercase strings.
+
+use serde::{Deserialize, Serialize};
+
+/// The presence status of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    Online,
+    Offline,
+    Pending,
+    Revoked,
+    Unknown,
+}
+
+impl AgentStatus {
+    pub const ALL: [AgentStatus; 5] = [
+        AgentStatus::Online,
+        AgentStatus::Offline,
+        AgentStatus::Pending,
+        AgentStatus::Revoked,
+        AgentStatus::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Online => "online",
+            AgentStatus::Offline => "offline",
+            AgentStatus::Pending => "pending",
+            AgentStatus::Revoked => "revoked",
+            AgentStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AgentStatus> {
+        AgentStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Why a status changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// The broker published the agent's last-will: the connection died.
+    Will,
+    /// The agent stopped gracefully.
+    Clean,
+    /// No heartbeat within the allowed time.
+    Timeout,
+    Birth,
+    Heartbeat,
+    /// First seen: the agent proved its key at connect.
+    Connect,
+}
+
+/// One row of the host list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentSummary {
+    pub id: String,
+    pub hostname: Option<String>,
+    pub display_name: Option<String>,
+    pub status: AgentStatus,
+    pub stale: bool,
+    pub os: Option<String>,
+    pub ips: Vec<String>,
+    pub cpu: Option<u8>,
+    pub mem: Option<u8>,
+    pub disk: Option<u8>,
+    pub last_seen: Option<u64>,
+}
+
+/// `GET /api/agents`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentPage {
+    pub items: Vec<AgentSummary>,
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: AgentStatus,
+    pub cause: Cause,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppView {
+    pub id: String,
+    pub status: String,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vitals {
+    pub cpu: u8,
+    pub mem: u8,
+    pub disk: u8,
+    pub load: f32,
+    pub uptime_s: u64,
+    pub rx_bps: u32,
+    pub tx_bps: u32,
+}
+
+/// `GET /api/agents/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub summary: AgentSummary,
+    /// Hex SHA-256 of the agent's public key.
+    pub key_fingerprint: String,
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub agent_version: Option<String>,
+    pub boot_time: Option<u64>,
+    pub heartbeat_interval_s: Option<u32>,
+    pub first_seen: u64,
+    pub status_since: u64,
+    pub vitals: Option<Vitals>,
+    pub apps: Vec<AppView>,
+    /// Newest first, at most 100.
+    pub status_history: Vec<StatusChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub at: u64,
+    pub cpu: f32,
+    pub mem: f32,
+    pub disk: f32,
+}
+
+/// `GET /api/agents/{id}/metrics?range=`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSeries {
+    pub range: String,
+    /// Which store the points come from: `raw`, `1m` or `15m`.
+    pub resolution: String,
+    pub points: Vec<MetricPoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hotspots {
+    pub cpu: usize,
+    pub mem: usize,
+    pub disk: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsCount {
+    pub os: String,
+    pub count: usize,
+}
+
+/// `GET /api/fleet/summary`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetSummary {
+    pub total: usize,
+    pub online: usize,
+    pub offline: usize,
+    pub percent_online: f32,
+    pub stale: usize,
+    pub pending: usize,
+    pub hotspots: Hotspots,
+    pub os: Vec<OsCount>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub error: String,
+}

@@ -1,1 +1,214 @@
 //! The console: broker link ingest, presence, the sled store and the REST API.
+//!
+//! - `fleet`: the in-memory index over sled, the connect policy, ingest and the sweep.
+//! - `presence`: the per-agent record and the status rules (pure logic, table in the docs).
+//! - `store`: the sled trees, batched writes, rollups and retention.
+//! - `http`: the axum REST API, `/healthz` and `/metrics`.
+//! - `metrics`: counters rendered in Prometheus text format.
+//! - `demo`: the simulated fleet started by `--demo N`.
+
+pub mod demo;
+pub mod fleet;
+pub mod http;
+pub mod metrics;
+pub mod presence;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use edgefleet_broker::{BrokerConfig, EmbeddedBroker, TlsListener};
+use edgefleet_codec::{sign_console, ConsoleMessage, ConsoleState, Identity, Topics};
+use edgefleet_config::ConsoleConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::Fleet;
+use crate::presence::Timings;
+use crate::store::{Store, Tier};
+
+static BROKER: OnceLock<EmbeddedBroker> = OnceLock::new();
+
+/// Messages the broker link had to drop because ingest fell behind.
+pub fn broker_dropped() -> u64 {
+    BROKER
+        .get()
+        .map(|b| b.stats().console_queue_dropped.load(Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
+/// Addresses the console actually bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub mqtt: SocketAddr,
+}
+
+/// Loads the console key from `data_dir/console.key`, creating it on first start.
+pub fn load_or_create_identity(data_dir: &Path) -> Result<Identity> {
+    let path = data_dir.join("console.key");
+    if path.exists() {
+        let bytes = edgefleet_config::keyfile::read_secret(&path)?;
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+        return Ok(Identity::from_seed(&seed));
+    }
+    let identity = Identity::generate();
+    edgefleet_config::keyfile::write_secret(&path, identity.seed().as_ref())?;
+    tracing::info!(path = %path.display(), "created the console key");
+    Ok(identity)
+}
+
+/// Runs the console until `shutdown` is cancelled.
+pub async fn run(config: ConsoleConfig, demo: Option<usize>, shutdown: CancellationToken) -> Result<()> {
+    if let Some(external) = &config.mqtt.external {
+        bail!(
+            "mqtt.external = {external:?}: external broker mode is not implemented yet; \
+             remove it to use the embedded broker"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let identity = load_or_create_identity(&config.data_dir)?;
+    let store = Store::open(&config.data_dir.join("console.sled"))
+        .with_context(|| format!("opening sled in {}", config.data_dir.display()))?;
+    let topics = Topics::new(&config.mqtt.topic_prefix)?;
+    let p = &config.presence;
+    let timings = Timings {
+        default_interval_ms: p.heartbeat_interval.get().as_millis() as u64,
+        missed_intervals: p.missed_intervals.into(),
+        grace_ms: p.grace.get().as_millis() as u64,
+        restart_grace_ms: p.restart_grace.get().as_millis() as u64,
+        stale_after_ms: p.stale_after.get().as_millis() as u64,
+    };
+    let fleet = Arc::new(Fleet::open(store, identity.clone(), topics.clone(), timings)?);
+
+    let broker_config = BrokerConfig {
+        listen: config.mqtt.bind,
+        tls: match (config.mqtt.tls_bind, &config.mqtt.tls_cert, &config.mqtt.tls_key) {
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener { listen, cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
+        max_connections: config.mqtt.max_connections,
+        max_payload: config.mqtt.max_payload,
+        ..BrokerConfig::default()
+    };
+    let policy_fleet = fleet.clone();
+    let policy: edgefleet_broker::ConnectPolicy = Arc::new(move |attempt| policy_fleet.accept_connect(attempt));
+    let filters = topics.console_filters();
+    let (broker, link, mut inbound) = tokio::task::spawn_blocking(move || {
+        EmbeddedBroker::start(&broker_config, policy, &filters)
+    })
+    .await?
+    .context("starting the embedded MQTT broker")?;
+    let mqtt_addr = broker.mqtt_addr();
+    let _ = BROKER.set(broker);
+
+    let epoch: u64 = rand::random();
+    let state = |online: bool| {
+        let msg = ConsoleMessage::ConsoleState(ConsoleState {
+            online,
+            epoch,
+            public_key: *identity.public_key().as_bytes(),
+            at: fleet::now_ms() / 1000,
+        });
+        sign_console(&msg, None, &identity)
+    };
+    link.publish(&topics.console_state(), state(true), true).await?;
+
+    // Ingest runs on its own thread: it does sled writes and must never stall the broker
+    // link, which only hands messages over through the bounded channel.
+    let ingest_fleet = fleet.clone();
+    let ingest = std::thread::Builder::new().name("ingest".into()).spawn(move || {
+        while let Some(first) = inbound.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < 500 {
+                match inbound.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            ingest_fleet.ingest(batch);
+        }
+    })?;
+    let _ = ingest;
+
+    let sweeper = {
+        let fleet = fleet.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => fleet.sweep(),
+                }
+            }
+        })
+    };
+    let retention = {
+        let fleet = fleet.clone();
+        let shutdown = shutdown.clone();
+        let keep = [config.retention.raw.get(), config.retention.rollup_1m.get(), config.retention.rollup_15m.get()];
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        let fleet = fleet.clone();
+                        let _ = tokio::task::spawn_blocking(move || enforce_retention(&fleet, keep)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.http.bind)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.bind))?;
+    let http_addr = listener.local_addr()?;
+    tracing::info!(http = %http_addr, mqtt = %mqtt_addr, "console listening: open http://{http_addr}/");
+
+    let mut demo_child = match demo {
+        Some(n) => Some(demo::spawn(n, mqtt_addr, &config.data_dir)?),
+        None => None,
+    };
+
+    let app = http::app(fleet.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("HTTP server")?;
+
+    if let Some(child) = demo_child.as_mut() {
+        let _ = child.kill().await;
+    }
+    sweeper.abort();
+    retention.abort();
+    if let Err(e) = link.publish(&topics.console_state(), state(false), true).await {
+        tracing::warn!(error = %e, "could not publish the offline console state");
+    }
+    fleet.store.flush()?;
+    tracing::info!("console stopped");
+    Ok(())
+}
+
+fn enforce_retention(fleet: &Fleet, keep: [Duration; 3]) {
+    let now = fleet::now_ms();
+    let mut removed = 0;
+    for id in fleet.agent_ids() {
+        for (tier, keep) in Tier::ALL.into_iter().zip(keep) {
+            match fleet.store.expire(&id, tier, now.saturating_sub(keep.as_millis() as u64)) {
+                Ok(n) => removed += n,
+                Err(e) => tracing::error!(agent.id = %id, error = %e, "retention failed"),
+            }
+        }
+    }
+    tracing::debug!(removed, "retention pass done");
+}

@@ -1,0 +1,408 @@
+//! The REST API (axum 0.7): `fn app(fleet) -> Router`. Routes are listed in [`ROUTES`],
+//! which `docs/api.md` is checked against.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use edgefleet_codec::api::{self, AgentPage, AgentStatus, ApiErrorBody, FleetSummary};
+
+use crate::fleet::{now_ms, parse_id, Fleet};
+use crate::presence::HostRecord;
+use crate::store::{Sample, Tier};
+
+/// Every route: method, path, one-line description. Used to build the docs check.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("GET", "/", "The web UI (a placeholder page until the dashboard is built)."),
+    ("GET", "/healthz", "Liveness: `{\"status\":\"ok\"}`."),
+    ("GET", "/metrics", "Prometheus text format counters and gauges."),
+    ("GET", "/api/agents", "Paged, filtered, sorted host list."),
+    ("GET", "/api/agents/:id", "One agent: metadata, identity, vitals, apps, status history."),
+    ("GET", "/api/agents/:id/metrics", "Metric series for `range` = 1h, 6h, 24h, 7d or 30d (at most 500 points)."),
+    ("GET", "/api/agents/:id/events", "Agent events in event-id order, `after` = last seen id."),
+    ("GET", "/api/agents/:id/results", "Command results in arrival order."),
+    ("GET", "/api/fleet/summary", "Fleet totals, hotspots and OS breakdown."),
+];
+
+pub const PER_PAGE: [usize; 4] = [25, 50, 100, 200];
+const SORT_KEYS: [&str; 7] = ["hostname", "os", "cpu", "mem", "disk", "last_seen", "status"];
+const MAX_POINTS: usize = 500;
+
+pub fn app(fleet: Arc<Fleet>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/agents", get(list))
+        .route("/api/agents/:id", get(detail))
+        .route("/api/agents/:id/metrics", get(series))
+        .route("/api/agents/:id/events", get(events))
+        .route("/api/agents/:id/results", get(results))
+        .route("/api/fleet/summary", get(summary))
+        .fallback(not_found)
+        .with_state(fleet)
+}
+
+/// The one error type of the API. 4xx carry a precise message; 5xx a generic one, with the
+/// cause logged.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    NotFound(String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the console log".to_string())
+            }
+        };
+        (status, Json(ApiErrorBody { error: message })).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(format!("{e:#}"))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see docs/api.md".into())
+}
+
+async fn index() -> Html<&'static str> {
+    Html(
+        "<!doctype html><meta charset=utf-8><title>EdgeFleet</title>\
+         <h1>EdgeFleet console</h1>\
+         <p>The web dashboard is not built yet (it is planned as a Leptos WASM app in <code>web-ui/</code>).</p>\
+         <p>The REST API is live: <a href=/api/fleet/summary>/api/fleet/summary</a>, \
+         <a href=/api/agents>/api/agents</a>, <a href=/metrics>/metrics</a>.</p>",
+    )
+}
+
+async fn healthz(State(fleet): State<Arc<Fleet>>) -> Response {
+    let _ = &fleet;
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {
+    let hosts = fleet.snapshot();
+    let gauges = crate::metrics::Gauges {
+        agents_online: hosts.iter().filter(|h| h.status == AgentStatus::Online).count(),
+        agents_total: hosts.len(),
+        sled_bytes: fleet.store.size_on_disk(),
+        broker_queue_dropped: crate::broker_dropped(),
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        fleet.metrics.render(gauges),
+    )
+        .into_response()
+}
+
+/// The parsed query of `GET /api/agents`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    pub page: usize,
+    pub per_page: usize,
+    pub q: Option<String>,
+    pub status: Option<AgentStatus>,
+    pub os: Option<String>,
+    pub sort: &'static str,
+    pub desc: bool,
+}
+
+impl ListQuery {
+    pub fn parse(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
+        for key in params.keys() {
+            if !["page", "per_page", "q", "status", "os", "sort", "order"].contains(&key.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter `{key}`; allowed: page, per_page, q, status, os, sort, order"
+                )));
+            }
+        }
+        let page = match params.get("page") {
+            None => 1,
+            Some(p) => p.parse::<usize>().ok().filter(|p| *p >= 1).ok_or_else(|| {
+                ApiError::BadRequest(format!("`page` must be a whole number from 1, got {p:?}"))
+            })?,
+        };
+        let per_page = match params.get("per_page") {
+            None => 50,
+            Some(p) => p.parse::<usize>().ok().filter(|p| PER_PAGE.contains(p)).ok_or_else(|| {
+                ApiError::BadRequest(format!("`per_page` must be one of 25, 50, 100, 200, got {p:?}"))
+            })?,
+        };
+        let status = match params.get("status") {
+            None => None,
+            Some(s) => Some(AgentStatus::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "`status` must be one of online, offline, pending, revoked, unknown, got {s:?}"
+                ))
+            })?),
+        };
+        let sort = match params.get("sort") {
+            None => "hostname",
+            Some(s) => SORT_KEYS.into_iter().find(|k| k == s).ok_or_else(|| {
+                ApiError::BadRequest(format!("`sort` must be one of {}, got {s:?}", SORT_KEYS.join(", ")))
+            })?,
+        };
+        let desc = match params.get("order").map(String::as_str) {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(o) => return Err(ApiError::BadRequest(format!("`order` must be asc or desc, got {o:?}"))),
+        };
+        Ok(ListQuery {
+            page,
+            per_page,
+            q: params.get("q").map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty()),
+            status,
+            os: params.get("os").cloned().filter(|o| !o.is_empty()),
+            sort,
+            desc,
+        })
+    }
+}
+
+/// Filters, sorts (nulls last in both orders, ties by id) and pages the host list.
+pub fn list_agents(fleet: &Fleet, hosts: &[HostRecord], q: &ListQuery, now: u64) -> AgentPage {
+    let mut rows: Vec<api::AgentSummary> = hosts
+        .iter()
+        .map(|h| fleet.summary_of(h, now))
+        .filter(|a| q.status.is_none_or(|s| a.status == s))
+        .filter(|a| q.os.as_ref().is_none_or(|os| a.os.as_ref() == Some(os)))
+        .filter(|a| {
+            q.q.as_ref().is_none_or(|needle| {
+                a.hostname.as_ref().is_some_and(|h| h.to_lowercase().contains(needle))
+                    || a.display_name.as_ref().is_some_and(|h| h.to_lowercase().contains(needle))
+                    || a.ips.iter().any(|ip| ip.contains(needle.as_str()))
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| compare(a, b, q.sort, q.desc).then_with(|| a.id.cmp(&b.id)));
+    let total = rows.len();
+    let items = rows.into_iter().skip((q.page - 1) * q.per_page).take(q.per_page).collect();
+    AgentPage { items, total, page: q.page, per_page: q.per_page }
+}
+
+fn nulls_last<T: Ord>(a: Option<T>, b: Option<T>, desc: bool) -> Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            if desc {
+                b.cmp(&a)
+            } else {
+                a.cmp(&b)
+            }
+        }
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+}
+
+fn compare(a: &api::AgentSummary, b: &api::AgentSummary, key: &str, desc: bool) -> Ordering {
+    let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
+    match key {
+        "hostname" => nulls_last(lower(&a.hostname), lower(&b.hostname), desc),
+        "os" => nulls_last(lower(&a.os), lower(&b.os), desc),
+        "cpu" => nulls_last(a.cpu, b.cpu, desc),
+        "mem" => nulls_last(a.mem, b.mem, desc),
+        "disk" => nulls_last(a.disk, b.disk, desc),
+        "last_seen" => nulls_last(a.last_seen, b.last_seen, desc),
+        _ => nulls_last(Some(a.status.as_str()), Some(b.status.as_str()), desc),
+    }
+}
+
+async fn list(
+    State(fleet): State<Arc<Fleet>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<AgentPage>, ApiError> {
+    let q = ListQuery::parse(&params)?;
+    let hosts = fleet.snapshot();
+    Ok(Json(list_agents(&fleet, &hosts, &q, now_ms())))
+}
+
+fn find(fleet: &Fleet, id: &str) -> Result<HostRecord, ApiError> {
+    if parse_id(id).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no agent {:?}: agent ids are 16 characters of a-z and 2-7",
+            id.chars().take(40).collect::<String>()
+        )));
+    }
+    fleet.host(id).ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
+}
+
+async fn detail(State(fleet): State<Arc<Fleet>>, Path(id): Path<String>) -> Result<Json<api::AgentDetail>, ApiError> {
+    let host = find(&fleet, &id)?;
+    let store = fleet.store.clone();
+    let hid = host.id.clone();
+    let history = tokio::task::spawn_blocking(move || store.transitions(&hid, 100))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let now = now_ms();
+    let fingerprint = {
+        let bytes: Vec<u8> = (0..32)
+            .filter_map(|i| u8::from_str_radix(host.public_key.get(i * 2..i * 2 + 2)?, 16).ok())
+            .collect();
+        let key: [u8; 32] = bytes.try_into().unwrap_or([0; 32]);
+        edgefleet_codec::PublicKey::from_bytes(key)
+            .fingerprint()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    Ok(Json(api::AgentDetail {
+        summary: fleet.summary_of(&host, now),
+        key_fingerprint: fingerprint,
+        kernel: host.kernel.clone(),
+        arch: host.arch.clone(),
+        agent_version: host.agent_version.clone(),
+        boot_time: host.boot_time,
+        heartbeat_interval_s: host.heartbeat_interval_s,
+        first_seen: host.first_seen,
+        status_since: host.status_since,
+        vitals: host.vitals.map(|v| api::Vitals {
+            cpu: v.cpu_pct,
+            mem: v.mem_pct,
+            disk: v.disk_pct,
+            load: f32::from(v.load_centi) / 100.0,
+            uptime_s: host.boot_time.map(|b| (now / 1000).saturating_sub(b)).unwrap_or(v.uptime_s),
+            rx_bps: v.rx_bps,
+            tx_bps: v.tx_bps,
+        }),
+        apps: host
+            .apps
+            .iter()
+            .map(|a| api::AppView { id: a.id.clone(), status: a.status.as_str().to_string(), version: a.version.clone() })
+            .collect(),
+        status_history: history,
+    }))
+}
+
+async fn series(
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<api::MetricSeries>, ApiError> {
+    let host = find(&fleet, &id)?;
+    let range = params.get("range").map(String::as_str).unwrap_or("1h");
+    let (span_ms, tier) = match range {
+        "1h" => (3_600_000, Tier::Raw),
+        "6h" => (6 * 3_600_000, Tier::Raw),
+        "24h" => (24 * 3_600_000, Tier::OneMinute),
+        "7d" => (7 * 86_400_000, Tier::FifteenMinutes),
+        "30d" => (30 * 86_400_000, Tier::FifteenMinutes),
+        other => {
+            return Err(ApiError::BadRequest(format!("`range` must be one of 1h, 6h, 24h, 7d, 30d, got {other:?}")))
+        }
+    };
+    let now = now_ms();
+    let from = now.saturating_sub(span_ms);
+    let store = fleet.store.clone();
+    let samples = tokio::task::spawn_blocking(move || store.samples(&host.id, tier, from, now + 1))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(api::MetricSeries {
+        range: range.to_string(),
+        resolution: tier.name().to_string(),
+        points: downsample(&samples, from, span_ms, MAX_POINTS),
+    }))
+}
+
+/// Merges samples into at most `max` equal time slots over `[from, from + span)`.
+pub fn downsample(samples: &[(u64, Sample)], from: u64, span: u64, max: usize) -> Vec<api::MetricPoint> {
+    let slot = span.div_ceil(max as u64).max(1);
+    let mut slots: BTreeMap<u64, Sample> = BTreeMap::new();
+    for (at, s) in samples {
+        let key = from + (at.saturating_sub(from) / slot) * slot;
+        let e = slots.entry(key).or_default();
+        e.count += s.count;
+        e.cpu_sum += s.cpu_sum;
+        e.mem_sum += s.mem_sum;
+        e.disk_sum += s.disk_sum;
+    }
+    slots
+        .into_iter()
+        .map(|(at, s)| api::MetricPoint {
+            at,
+            cpu: Sample::avg(s.cpu_sum, s.count),
+            mem: Sample::avg(s.mem_sum, s.count),
+            disk: Sample::avg(s.disk_sum, s.count),
+        })
+        .collect()
+}
+
+async fn events(
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<crate::store::EventRecord>>, ApiError> {
+    let host = find(&fleet, &id)?;
+    let after = match params.get("after") {
+        None => 0,
+        Some(a) => a
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("`after` must be an event id, got {a:?}")))?,
+    };
+    let store = fleet.store.clone();
+    let list = tokio::task::spawn_blocking(move || store.events(&host.id, after, 1000))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(list))
+}
+
+async fn results(
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<crate::store::ResultRecord>>, ApiError> {
+    let host = find(&fleet, &id)?;
+    let store = fleet.store.clone();
+    let list = tokio::task::spawn_blocking(move || store.results(&host.id, 1000))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(list))
+}
+
+pub fn fleet_summary(fleet: &Fleet, hosts: &[HostRecord], now: u64) -> FleetSummary {
+    let count = |s: AgentStatus| hosts.iter().filter(|h| h.status == s).count();
+    let online = count(AgentStatus::Online);
+    let hot = |f: fn(&edgefleet_codec::Vitals) -> u8| {
+        hosts
+            .iter()
+            .filter(|h| h.status == AgentStatus::Online)
+            .filter(|h| h.vitals.as_ref().is_some_and(|v| f(v) >= 80))
+            .count()
+    };
+    let mut os: BTreeMap<String, usize> = BTreeMap::new();
+    for h in hosts {
+        *os.entry(h.os.clone().unwrap_or_else(|| "unknown".into())).or_default() += 1;
+    }
+    let mut os: Vec<api::OsCount> = os.into_iter().map(|(os, count)| api::OsCount { os, count }).collect();
+    os.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.os.cmp(&b.os)));
+    FleetSummary {
+        total: hosts.len(),
+        online,
+        offline: count(AgentStatus::Offline),
+        percent_online: if hosts.is_empty() { 0.0 } else { (online as f32 * 1000.0 / hosts.len() as f32).round() / 10.0 },
+        stale: hosts.iter().filter(|h| h.is_stale(&fleet.timings, now)).count(),
+        pending: count(AgentStatus::Pending),
+        hotspots: api::Hotspots { cpu: hot(|v| v.cpu_pct), mem: hot(|v| v.mem_pct), disk: hot(|v| v.disk_pct) },
+        os,
+    }
+}
+
+async fn summary(State(fleet): State<Arc<Fleet>>) -> Json<FleetSummary> {
+    let hosts = fleet.snapshot();
+    Json(fleet_summary(&fleet, &hosts, now_ms()))
+}

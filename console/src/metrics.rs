@@ -1,0 +1,70 @@
+//! Counters an operator would graph, rendered in Prometheus text format on `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ingested: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    transitions: Mutex<BTreeMap<&'static str, u64>>,
+    connect_refused: Mutex<BTreeMap<&'static str, u64>>,
+    pub store_errors: AtomicU64,
+}
+
+fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    *map.lock().expect("metrics lock is never poisoned").entry(key).or_default() += 1;
+}
+
+/// Gauges read at render time.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    pub agents_online: usize,
+    pub agents_total: usize,
+    pub sled_bytes: u64,
+    pub broker_queue_dropped: u64,
+}
+
+impl Metrics {
+    pub fn ingested(&self, kind: &'static str) {
+        bump(&self.ingested, kind);
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        bump(&self.rejected, reason);
+    }
+
+    pub fn transition(&self, cause: &'static str) {
+        bump(&self.transitions, cause);
+    }
+
+    pub fn connect_refused(&self, reason: &'static str) {
+        bump(&self.connect_refused, reason);
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.lock().expect("not poisoned").values().sum()
+    }
+
+    pub fn render(&self, g: Gauges) -> String {
+        let mut out = String::new();
+        let family = |out: &mut String, name: &str, help: &str, label: &str, map: &Mutex<BTreeMap<&'static str, u64>>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (k, v) in map.lock().expect("not poisoned").iter() {
+                let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+            }
+        };
+        family(&mut out, "edgefleet_ingest_messages_total", "Agent messages accepted, by kind.", "kind", &self.ingested);
+        family(&mut out, "edgefleet_ingest_rejected_total", "Agent messages rejected, by reason.", "reason", &self.rejected);
+        family(&mut out, "edgefleet_presence_transitions_total", "Status transitions, by cause.", "cause", &self.transitions);
+        family(&mut out, "edgefleet_connect_refused_total", "MQTT connects refused by the console policy, by reason.", "reason", &self.connect_refused);
+        let _ = writeln!(out, "# HELP edgefleet_agents_online Agents currently online.\n# TYPE edgefleet_agents_online gauge\nedgefleet_agents_online {}", g.agents_online);
+        let _ = writeln!(out, "# HELP edgefleet_agents_total Agents known.\n# TYPE edgefleet_agents_total gauge\nedgefleet_agents_total {}", g.agents_total);
+        let _ = writeln!(out, "# HELP edgefleet_sled_bytes Size of the sled database on disk.\n# TYPE edgefleet_sled_bytes gauge\nedgefleet_sled_bytes {}", g.sled_bytes);
+        let _ = writeln!(out, "# HELP edgefleet_broker_console_queue_dropped_total Messages the broker link dropped because ingest fell behind.\n# TYPE edgefleet_broker_console_queue_dropped_total counter\nedgefleet_broker_console_queue_dropped_total {}", g.broker_queue_dropped);
+        let _ = writeln!(out, "# HELP edgefleet_store_errors_total Failed sled writes.\n# TYPE edgefleet_store_errors_total counter\nedgefleet_store_errors_total {}", self.store_errors.load(Ordering::Relaxed));
+        out
+    }
+}

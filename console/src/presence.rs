@@ -1,0 +1,352 @@
+//! Presence: the per-agent record and the rules that move its status. Pure logic: every
+//! function takes `now_ms`, nothing sleeps or reads a clock.
+//!
+//! | event | condition | new status | cause |
+//! |---|---|---|---|
+//! | connect proof accepted | first time seen | unknown | connect |
+//! | birth / online status | `bd_seq` ≥ current | online | birth |
+//! | offline status, not clean | `bd_seq` = current | offline | will |
+//! | offline status, clean | `bd_seq` = current | offline | clean |
+//! | offline status | `bd_seq` < current | ignored (stale) | |
+//! | heartbeat | `bd_seq` = current, status offline by timeout | online | heartbeat |
+//! | sweep | online, no message for `missed × interval + grace`, and the console has been up for `restart_grace` | offline | timeout |
+//!
+//! Every telemetry message must advance `(bd_seq, seq)`; the one exception is an offline
+//! status for the current `bd_seq` (a last-will is sealed at connect time with a low `seq`),
+//! accepted once. Stale (no heartbeat for `stale_after`) is a flag, not a status.
+
+use edgefleet_codec::api::{AgentStatus, Cause, StatusChange};
+use edgefleet_codec::{AppState, Birth, Heartbeat, Status, Vitals};
+use serde::{Deserialize, Serialize};
+
+/// Everything the console knows about one agent. Stored as JSON in sled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub id: String,
+    /// Hex of the Ed25519 public key.
+    pub public_key: String,
+    pub hostname: Option<String>,
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub ips: Vec<String>,
+    pub agent_version: Option<String>,
+    pub boot_time: Option<u64>,
+    pub apps: Vec<AppState>,
+    pub heartbeat_interval_s: Option<u32>,
+    pub first_seen: u64,
+    pub last_seen: Option<u64>,
+    pub vitals: Option<Vitals>,
+    pub status: AgentStatus,
+    pub status_since: u64,
+    pub cause: Option<Cause>,
+    /// The connection the current birth came from.
+    pub bd_seq: u64,
+    /// The last accepted `(bd_seq, seq)`.
+    pub last_seq: (u64, u64),
+    /// Whether an offline status for `bd_seq` was already accepted.
+    pub offline_seen: bool,
+}
+
+/// Why a message was not applied. Counted on /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// `(bd_seq, seq)` did not advance.
+    Replay,
+    /// A status or will from an older connection than the current birth.
+    StaleBdSeq,
+}
+
+impl Ignored {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Ignored::Replay => "replay",
+            Ignored::StaleBdSeq => "stale_bd_seq",
+        }
+    }
+}
+
+/// Timings the rules depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub default_interval_ms: u64,
+    pub missed_intervals: u64,
+    pub grace_ms: u64,
+    pub restart_grace_ms: u64,
+    pub stale_after_ms: u64,
+}
+
+impl HostRecord {
+    pub fn new(id: &str, public_key: &[u8; 32], now_ms: u64) -> HostRecord {
+        HostRecord {
+            id: id.to_string(),
+            public_key: public_key.iter().map(|b| format!("{b:02x}")).collect(),
+            hostname: None,
+            os: None,
+            kernel: None,
+            arch: None,
+            ips: Vec::new(),
+            agent_version: None,
+            boot_time: None,
+            apps: Vec::new(),
+            heartbeat_interval_s: None,
+            first_seen: now_ms,
+            last_seen: None,
+            vitals: None,
+            status: AgentStatus::Unknown,
+            status_since: now_ms,
+            cause: Some(Cause::Connect),
+            bd_seq: 0,
+            last_seq: (0, 0),
+            offline_seen: false,
+        }
+    }
+
+    fn set(&mut self, status: AgentStatus, cause: Cause, now_ms: u64) -> Option<StatusChange> {
+        if self.status == status {
+            return None;
+        }
+        self.status = status;
+        self.status_since = now_ms;
+        self.cause = Some(cause);
+        Some(StatusChange { status, cause, at: now_ms })
+    }
+
+    /// The replay rule shared by every message.
+    fn advance(&mut self, seq: (u64, u64)) -> Result<(), Ignored> {
+        if seq <= self.last_seq && self.last_seq != (0, 0) {
+            return Err(Ignored::Replay);
+        }
+        self.last_seq = seq;
+        Ok(())
+    }
+
+    pub fn on_birth(&mut self, b: &Birth, now_ms: u64) -> Result<Option<StatusChange>, Ignored> {
+        if b.bd_seq < self.bd_seq {
+            return Err(Ignored::StaleBdSeq);
+        }
+        self.advance((b.bd_seq, b.seq))?;
+        if b.bd_seq > self.bd_seq {
+            self.offline_seen = false;
+        }
+        self.bd_seq = b.bd_seq;
+        self.hostname = Some(b.hostname.clone());
+        self.os = Some(b.os.clone());
+        self.kernel = Some(b.kernel.clone());
+        self.arch = Some(b.arch.clone());
+        self.ips = b.ips.clone();
+        self.agent_version = Some(b.agent_version.clone());
+        self.boot_time = Some(b.boot_time);
+        self.apps = b.apps.clone();
+        self.heartbeat_interval_s = Some(b.heartbeat_interval_s);
+        self.last_seen = Some(now_ms);
+        Ok(self.set(AgentStatus::Online, Cause::Birth, now_ms))
+    }
+
+    pub fn on_status(&mut self, s: &Status, now_ms: u64) -> Result<Option<StatusChange>, Ignored> {
+        if s.bd_seq < self.bd_seq {
+            return Err(Ignored::StaleBdSeq);
+        }
+        if !s.online && s.bd_seq == self.bd_seq && !self.offline_seen {
+            // The will was sealed at connect time, so its seq does not advance; accept it
+            // once per connection.
+            self.offline_seen = true;
+            self.last_seq = self.last_seq.max((s.bd_seq, s.seq));
+        } else {
+            self.advance((s.bd_seq, s.seq))?;
+        }
+        if s.online {
+            if s.bd_seq > self.bd_seq {
+                self.offline_seen = false;
+            }
+            self.bd_seq = s.bd_seq;
+            self.last_seen = Some(now_ms);
+            Ok(self.set(AgentStatus::Online, Cause::Birth, now_ms))
+        } else if s.bd_seq > self.bd_seq {
+            // An offline status from a connection whose birth we never saw: note it.
+            self.bd_seq = s.bd_seq;
+            self.offline_seen = true;
+            let cause = if s.clean { Cause::Clean } else { Cause::Will };
+            Ok(self.set(AgentStatus::Offline, cause, now_ms))
+        } else {
+            let cause = if s.clean { Cause::Clean } else { Cause::Will };
+            Ok(self.set(AgentStatus::Offline, cause, now_ms))
+        }
+    }
+
+    pub fn on_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> Result<Option<StatusChange>, Ignored> {
+        if hb.bd_seq < self.bd_seq {
+            return Err(Ignored::StaleBdSeq);
+        }
+        self.advance((hb.bd_seq, hb.seq))?;
+        let mut vitals = self.vitals.unwrap_or_default();
+        vitals.apply(hb);
+        if hb.at.is_none() {
+            // History samples replayed from the queue do not refresh presence.
+            self.vitals = Some(vitals);
+            self.last_seen = Some(now_ms);
+        }
+        let back = self.status == AgentStatus::Offline
+            && self.cause == Some(Cause::Timeout)
+            && hb.bd_seq == self.bd_seq
+            && hb.at.is_none();
+        Ok(if back {
+            self.set(AgentStatus::Online, Cause::Heartbeat, now_ms)
+        } else {
+            None
+        })
+    }
+
+    /// Any other accepted telemetry (events, results, inventory).
+    pub fn on_other(&mut self, seq: (u64, u64), now_ms: u64) -> Result<(), Ignored> {
+        if seq.0 < self.bd_seq {
+            return Err(Ignored::StaleBdSeq);
+        }
+        self.advance(seq)?;
+        self.last_seen = Some(now_ms);
+        Ok(())
+    }
+
+    /// The timeout rule, run by the sweeper.
+    pub fn sweep(&mut self, t: &Timings, console_started_ms: u64, now_ms: u64) -> Option<StatusChange> {
+        if self.status != AgentStatus::Online {
+            return None;
+        }
+        let interval = self
+            .heartbeat_interval_s
+            .map(|s| u64::from(s) * 1000)
+            .unwrap_or(t.default_interval_ms);
+        let last = self.last_seen.unwrap_or(self.status_since);
+        let deadline = (last + interval * t.missed_intervals + t.grace_ms)
+            .max(console_started_ms + t.restart_grace_ms);
+        if now_ms > deadline {
+            self.set(AgentStatus::Offline, Cause::Timeout, now_ms)
+        } else {
+            None
+        }
+    }
+
+    pub fn is_stale(&self, t: &Timings, now_ms: u64) -> bool {
+        self.status != AgentStatus::Offline
+            && self.last_seen.is_some_and(|seen| now_ms.saturating_sub(seen) > t.stale_after_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timings = Timings {
+        default_interval_ms: 30_000,
+        missed_intervals: 2,
+        grace_ms: 5_000,
+        restart_grace_ms: 60_000,
+        stale_after_ms: 900_000,
+    };
+
+    fn birth(bd_seq: u64, seq: u64) -> Birth {
+        Birth {
+            bd_seq,
+            seq,
+            hostname: "h".into(),
+            os: "Debian".into(),
+            kernel: "6.1".into(),
+            arch: "x86_64".into(),
+            ips: vec![],
+            agent_version: "0.1.0".into(),
+            boot_time: 0,
+            apps: vec![],
+            inventory_digest: None,
+            heartbeat_interval_s: 30,
+        }
+    }
+
+    fn status(bd_seq: u64, seq: u64, online: bool, clean: bool) -> Status {
+        Status { bd_seq, seq, online, clean }
+    }
+
+    fn host() -> HostRecord {
+        HostRecord::new("abcdefghijklmnop", &[0; 32], 0)
+    }
+
+    #[test]
+    fn birth_makes_online_and_will_makes_offline() {
+        let mut h = host();
+        assert_eq!(h.status, AgentStatus::Unknown);
+        let c = h.on_birth(&birth(1, 1), 1000).unwrap().unwrap();
+        assert_eq!((c.status, c.cause), (AgentStatus::Online, Cause::Birth));
+        let c = h.on_status(&status(1, 0, false, false), 2000).unwrap().unwrap();
+        assert_eq!((c.status, c.cause), (AgentStatus::Offline, Cause::Will));
+        // The same will again is a replay.
+        assert_eq!(h.on_status(&status(1, 0, false, false), 3000), Err(Ignored::Replay));
+    }
+
+    #[test]
+    fn clean_stop_is_offline_with_cause_clean() {
+        let mut h = host();
+        h.on_birth(&birth(1, 1), 1000).unwrap();
+        let c = h.on_status(&status(1, 9, false, true), 2000).unwrap().unwrap();
+        assert_eq!((c.status, c.cause), (AgentStatus::Offline, Cause::Clean));
+    }
+
+    #[test]
+    fn a_stale_will_after_a_reconnect_is_ignored() {
+        let mut h = host();
+        h.on_birth(&birth(1, 1), 1000).unwrap();
+        h.on_birth(&birth(2, 1), 2000).unwrap();
+        assert_eq!(h.on_status(&status(1, 0, false, false), 3000), Err(Ignored::StaleBdSeq));
+        assert_eq!(h.status, AgentStatus::Online);
+    }
+
+    #[test]
+    fn replays_are_refused() {
+        let mut h = host();
+        h.on_birth(&birth(1, 5), 1000).unwrap();
+        let hb = Heartbeat { bd_seq: 1, seq: 6, cpu_pct: Some(10), ..Default::default() };
+        assert_eq!(h.on_heartbeat(&hb, 1100), Ok(None));
+        assert_eq!(h.on_heartbeat(&hb, 1200), Err(Ignored::Replay));
+        assert_eq!(h.on_other((1, 3), 1300), Err(Ignored::Replay));
+        assert_eq!(h.vitals.map(|v| v.cpu_pct), Some(10));
+    }
+
+    #[test]
+    fn silence_times_out_after_missed_intervals_plus_grace() {
+        let mut h = host();
+        let start = 0;
+        h.on_birth(&birth(1, 1), 100_000).unwrap();
+        assert_eq!(h.sweep(&T, start, 100_000 + 65_000), None);
+        let c = h.sweep(&T, start, 100_000 + 65_001).unwrap();
+        assert_eq!((c.status, c.cause), (AgentStatus::Offline, Cause::Timeout));
+        // A heartbeat on the same connection brings it back.
+        let hb = Heartbeat { bd_seq: 1, seq: 2, ..Default::default() };
+        let c = h.on_heartbeat(&hb, 200_000).unwrap().unwrap();
+        assert_eq!((c.status, c.cause), (AgentStatus::Online, Cause::Heartbeat));
+    }
+
+    #[test]
+    fn nobody_times_out_within_the_restart_grace() {
+        let mut h = host();
+        h.on_birth(&birth(1, 1), 0).unwrap();
+        let console_started = 1_000_000;
+        assert_eq!(h.sweep(&T, console_started, console_started + 59_000), None);
+        assert!(h.sweep(&T, console_started, console_started + 60_001).is_some());
+    }
+
+    #[test]
+    fn a_history_sample_does_not_refresh_presence() {
+        let mut h = host();
+        h.on_birth(&birth(1, 1), 0).unwrap();
+        let hb = Heartbeat { bd_seq: 1, seq: 2, cpu_pct: Some(99), at: Some(5), ..Default::default() };
+        h.on_heartbeat(&hb, 50_000).unwrap();
+        assert_eq!(h.last_seen, Some(0));
+        assert_eq!(h.vitals, None);
+    }
+
+    #[test]
+    fn stale_is_a_flag_after_fifteen_minutes() {
+        let mut h = host();
+        h.on_birth(&birth(1, 1), 0).unwrap();
+        assert!(!h.is_stale(&T, 900_000));
+        assert!(h.is_stale(&T, 900_001));
+    }
+}

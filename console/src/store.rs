@@ -1,0 +1,378 @@
+//! The sled store: the console's source of truth.
+//!
+//! Trees:
+//! - `hosts`: agent id → [`HostRecord`] (JSON).
+//! - `transitions`: agent id ++ at_ms (BE) ++ counter → [`StatusChange`] (JSON).
+//! - `raw`, `r1m`, `r15m`: agent id ++ bucket start ms (BE) → [`Sample`] (fixed 26 bytes).
+//! - `events`: agent id ++ event id (BE) → [`EventRecord`] (JSON); the key makes redelivery
+//!   idempotent.
+//! - `results`: agent id ++ arrival counter (BE) → [`ResultRecord`] (JSON).
+//!
+//! **Flush policy.** sled writes to its log immediately and fsyncs every
+//! [`FLUSH_EVERY_MS`]; a power loss can lose the writes of that last window (host updates,
+//! samples, transitions), never corrupt older data. Agents re-send birth and status on the
+//! next connect, so presence heals itself; lost samples are lost.
+
+use std::path::Path;
+
+use edgefleet_codec::api::StatusChange;
+use serde::{Deserialize, Serialize};
+
+use crate::presence::HostRecord;
+
+pub const FLUSH_EVERY_MS: u64 = 500;
+/// sled's page cache. sled's default (1 GiB) is far too much for an edge-side console.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// An agent event as stored and served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub event_id: u64,
+    pub at: u64,
+    pub level: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// A command result as stored and served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// Hex of the 16-byte command id.
+    pub command_id: String,
+    pub outcome: String,
+    pub message: String,
+    pub at: u64,
+}
+
+/// What one ingest round writes, in one batch per tree.
+#[derive(Debug, Default)]
+pub struct Round<'a> {
+    pub hosts: Vec<&'a HostRecord>,
+    pub transitions: Vec<(String, StatusChange)>,
+    pub samples: Vec<(String, u64, Sample)>,
+    pub events: Vec<(String, EventRecord)>,
+    pub results: Vec<(String, ResultRecord)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in {tree}")]
+    Corrupt {
+        tree: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Metric tiers and their bucket widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Raw,
+    OneMinute,
+    FifteenMinutes,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Raw, Tier::OneMinute, Tier::FifteenMinutes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Raw => "raw",
+            Tier::OneMinute => "1m",
+            Tier::FifteenMinutes => "15m",
+        }
+    }
+
+    /// Bucket width in ms (raw samples keep their own time).
+    pub fn bucket_ms(self) -> u64 {
+        match self {
+            Tier::Raw => 1,
+            Tier::OneMinute => 60_000,
+            Tier::FifteenMinutes => 900_000,
+        }
+    }
+}
+
+/// A metric sample or rollup: sums and a count, so rollups merge exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Sample {
+    pub count: u32,
+    pub cpu_sum: u32,
+    pub mem_sum: u32,
+    pub disk_sum: u32,
+    pub load_sum: u32,
+    pub rx_sum: u64,
+}
+
+impl Sample {
+    pub fn one(v: &edgefleet_codec::Vitals) -> Sample {
+        Sample {
+            count: 1,
+            cpu_sum: v.cpu_pct.into(),
+            mem_sum: v.mem_pct.into(),
+            disk_sum: v.disk_pct.into(),
+            load_sum: v.load_centi.into(),
+            rx_sum: v.rx_bps.into(),
+        }
+    }
+
+    fn merge(&mut self, other: &Sample) {
+        self.count += other.count;
+        self.cpu_sum += other.cpu_sum;
+        self.mem_sum += other.mem_sum;
+        self.disk_sum += other.disk_sum;
+        self.load_sum += other.load_sum;
+        self.rx_sum += other.rx_sum;
+    }
+
+    fn to_bytes(self) -> [u8; 26] {
+        let mut b = [0u8; 26];
+        b[0..4].copy_from_slice(&self.count.to_be_bytes());
+        b[4..8].copy_from_slice(&self.cpu_sum.to_be_bytes());
+        b[8..12].copy_from_slice(&self.mem_sum.to_be_bytes());
+        b[12..16].copy_from_slice(&self.disk_sum.to_be_bytes());
+        b[16..20].copy_from_slice(&self.load_sum.to_be_bytes());
+        b[20..26].copy_from_slice(&self.rx_sum.to_be_bytes()[2..]);
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Sample> {
+        let b: &[u8; 26] = b.try_into().ok()?;
+        let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut rx = [0u8; 8];
+        rx[2..].copy_from_slice(&b[20..26]);
+        Some(Sample {
+            count: u32_at(0),
+            cpu_sum: u32_at(4),
+            mem_sum: u32_at(8),
+            disk_sum: u32_at(12),
+            load_sum: u32_at(16),
+            rx_sum: u64::from_be_bytes(rx),
+        })
+    }
+
+    pub fn avg(sum: u32, count: u32) -> f32 {
+        if count == 0 {
+            0.0
+        } else {
+            sum as f32 / count as f32
+        }
+    }
+}
+
+/// A handle to the open database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    hosts: sled::Tree,
+    transitions: sled::Tree,
+    events: sled::Tree,
+    results: sled::Tree,
+    tiers: [sled::Tree; 3],
+}
+
+fn key(id: &str, at_ms: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 8);
+    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(FLUSH_EVERY_MS))
+            .open()?;
+        let tiers = [db.open_tree("raw")?, db.open_tree("r1m")?, db.open_tree("r15m")?];
+        Ok(Store {
+            hosts: db.open_tree("hosts")?,
+            transitions: db.open_tree("transitions")?,
+            events: db.open_tree("events")?,
+            results: db.open_tree("results")?,
+            tiers,
+            db,
+        })
+    }
+
+    pub fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.hosts.iter() {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                tree: "hosts",
+                source,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Writes host records and transitions of one ingest round in one batch per tree.
+    pub fn write_round(&self, round: &Round<'_>) -> Result<(), StoreError> {
+        let Round { hosts, transitions, samples, events, results } = round;
+        let mut batch = sled::Batch::default();
+        for (id, event) in events {
+            batch.insert(key(id, event.event_id), serde_json::to_vec(event).expect("events serialize"));
+        }
+        self.events.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        for (id, result) in results {
+            batch.insert(key(id, self.db.generate_id()?), serde_json::to_vec(result).expect("results serialize"));
+        }
+        self.results.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        for host in hosts {
+            let json = serde_json::to_vec(host).expect("host records always serialize");
+            batch.insert(host.id.as_bytes(), json);
+        }
+        self.hosts.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        for (id, change) in transitions {
+            // A per-database counter keeps two transitions in the same ms apart.
+            let mut k = key(id, change.at);
+            k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            batch.insert(k, serde_json::to_vec(change).expect("transitions always serialize"));
+        }
+        self.transitions.apply_batch(batch)?;
+        for (id, at, sample) in samples {
+            self.tiers[0].insert(key(id, *at), &sample.to_bytes())?;
+            for tier in [Tier::OneMinute, Tier::FifteenMinutes] {
+                let bucket = at - at % tier.bucket_ms();
+                let tree = &self.tiers[tier as usize];
+                tree.update_and_fetch(key(id, bucket), |old| {
+                    let mut merged = old.and_then(Sample::from_bytes).unwrap_or_default();
+                    merged.merge(sample);
+                    Some(merged.to_bytes().to_vec())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Newest first, at most `limit`.
+    pub fn transitions(&self, id: &str, limit: usize) -> Result<Vec<StatusChange>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.transitions.scan_prefix(id.as_bytes()).rev().take(limit) {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                tree: "transitions",
+                source,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Events of one agent, oldest first, after `after_id`.
+    pub fn events(&self, id: &str, after_id: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.events.range(key(id, after_id.saturating_add(1))..key(id, u64::MAX)).take(limit) {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt { tree: "events", source })?);
+        }
+        Ok(out)
+    }
+
+    /// Command results of one agent in arrival order.
+    pub fn results(&self, id: &str, limit: usize) -> Result<Vec<ResultRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.results.scan_prefix(id.as_bytes()).take(limit) {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt { tree: "results", source })?);
+        }
+        Ok(out)
+    }
+
+    /// Samples of one tier in `[from, to)`, oldest first.
+    pub fn samples(&self, id: &str, tier: Tier, from: u64, to: u64) -> Result<Vec<(u64, Sample)>, StoreError> {
+        let tree = &self.tiers[tier as usize];
+        let mut out = Vec::new();
+        for item in tree.range(key(id, from)..key(id, to)) {
+            let (k, v) = item?;
+            let at = k
+                .get(id.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            if let (Some(at), Some(s)) = (at, Sample::from_bytes(&v)) {
+                out.push((at, s));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes samples older than `cutoff_ms` in `tier` for `id`. Returns how many.
+    pub fn expire(&self, id: &str, tier: Tier, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let tree = &self.tiers[tier as usize];
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in tree.range(key(id, 0)..key(id, cutoff_ms)) {
+            let (k, _) = item?;
+            batch.remove(k);
+            n += 1;
+        }
+        tree.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vitals(cpu: u8) -> edgefleet_codec::Vitals {
+        edgefleet_codec::Vitals {
+            cpu_pct: cpu,
+            mem_pct: 50,
+            disk_pct: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn samples_roll_up_exactly_and_expire_by_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let id = "abcdefghijklmnop";
+        let base = 1_800_000_000_000u64 - 1_800_000_000_000u64 % 900_000;
+        let samples: Vec<(String, u64, Sample)> = (0..30)
+            .map(|i| (id.to_string(), base + i * 30_000, Sample::one(&vitals(i as u8))))
+            .collect();
+        store.write_round(&Round { samples, ..Round::default() }).unwrap();
+        assert_eq!(store.samples(id, Tier::Raw, 0, u64::MAX).unwrap().len(), 30);
+        let minutes = store.samples(id, Tier::OneMinute, 0, u64::MAX).unwrap();
+        assert_eq!(minutes.len(), 15);
+        assert_eq!(minutes[0].1.count, 2);
+        assert_eq!(minutes[0].1.cpu_sum, 1, "cpu 0 + cpu 1");
+        let quarter = store.samples(id, Tier::FifteenMinutes, 0, u64::MAX).unwrap();
+        assert_eq!(quarter.len(), 1);
+        assert_eq!(quarter[0].1.count, 30);
+        assert_eq!(quarter[0].1.cpu_sum, (0..30).sum::<u32>());
+
+        let cutoff = base + 10 * 30_000;
+        assert_eq!(store.expire(id, Tier::Raw, cutoff).unwrap(), 10);
+        let left = store.samples(id, Tier::Raw, 0, u64::MAX).unwrap();
+        assert_eq!(left.len(), 20);
+        assert!(left.iter().all(|(at, _)| *at >= cutoff));
+        assert_eq!(store.samples(id, Tier::OneMinute, 0, u64::MAX).unwrap().len(), 15, "other tiers untouched");
+        // Another agent's samples are never touched by this agent's expiry.
+        assert!(store.samples("bbbbbbbbbbbbbbbb", Tier::Raw, 0, u64::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sample_bytes_round_trip() {
+        let s = Sample { count: 7, cpu_sum: 700, mem_sum: 1, disk_sum: 2, load_sum: 3, rx_sum: 1 << 40 };
+        assert_eq!(Sample::from_bytes(&s.to_bytes()), Some(s));
+        assert_eq!(Sample::from_bytes(&[1, 2, 3]), None);
+    }
+}
