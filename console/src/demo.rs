@@ -16,12 +16,24 @@ pub fn spawn(count: usize, mqtt: SocketAddr, data_dir: &Path) -> Result<Child> {
             agent.display()
         );
     }
-    let host = if mqtt.ip().is_unspecified() { "127.0.0.1".to_string() } else { mqtt.ip().to_string() };
+    let host = if mqtt.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        mqtt.ip().to_string()
+    };
     let url = format!("mqtt://{host}:{}", mqtt.port());
     let sim_dir = data_dir.join("sim");
     tracing::info!(count, console = %url, data = %sim_dir.display(), "starting simulated agents");
     Command::new(agent)
-        .args(["simulate", "--count", &count.to_string(), "--console", &url, "--interval", "5s"])
+        .args([
+            "simulate",
+            "--count",
+            &count.to_string(),
+            "--console",
+            &url,
+            "--interval",
+            "5s",
+        ])
         .arg("--data-dir")
         .arg(&sim_dir)
         .kill_on_drop(true)

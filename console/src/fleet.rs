@@ -40,7 +40,12 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn open(store: Store, identity: Identity, topics: Topics, timings: Timings) -> Result<Fleet, StoreError> {
+    pub fn open(
+        store: Store,
+        identity: Identity,
+        topics: Topics,
+        timings: Timings,
+    ) -> Result<Fleet, StoreError> {
         let mut hosts = HashMap::new();
         let mut keys = HashMap::new();
         for host in store.load_hosts()? {
@@ -49,7 +54,9 @@ impl Fleet {
                     Ok(mac) => {
                         keys.insert(host.id.clone(), mac);
                     }
-                    Err(e) => tracing::warn!(agent.id = %host.id, error = %e, "cannot derive MAC key"),
+                    Err(e) => {
+                        tracing::warn!(agent.id = %host.id, error = %e, "cannot derive MAC key")
+                    }
                 }
             }
             hosts.insert(host.id.clone(), host);
@@ -72,7 +79,19 @@ impl Fleet {
     /// the password. A first connect registers the agent (status unknown until its birth).
     pub fn accept_connect(&self, attempt: &ConnectAttempt) -> bool {
         let now_unix = now_ms() / 1000;
-        let key = match edgefleet_codec::connect::verify_password(&attempt.client_id, &attempt.password, now_unix) {
+        // Agents connect as `{agent_id}-{bd_seq}`; see docs/wire.md.
+        let agent_part = match attempt.client_id.split_once('-') {
+            Some((id, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => id,
+            _ => {
+                self.metrics.connect_refused("bad_client_id");
+                return false;
+            }
+        };
+        let key = match edgefleet_codec::connect::verify_password(
+            agent_part,
+            &attempt.password,
+            now_unix,
+        ) {
             Ok(key) => key,
             Err(e) => {
                 self.metrics.connect_refused(e.reason());
@@ -82,11 +101,11 @@ impl Fleet {
                 return false;
             }
         };
-        if attempt.username != attempt.client_id {
+        if attempt.username != agent_part {
             self.metrics.connect_refused("username_mismatch");
             return false;
         }
-        let id = attempt.client_id.clone();
+        let id = agent_part.to_string();
         if self.keys.read().expect("keys lock").contains_key(&id) {
             return true;
         }
@@ -99,15 +118,30 @@ impl Fleet {
         };
         let now = now_ms();
         let host = HostRecord::new(&id, key.as_bytes(), now);
-        let change = api::StatusChange { status: AgentStatus::Unknown, cause: Cause::Connect, at: now };
-        let round = Round { hosts: vec![&host], transitions: vec![(id.clone(), change)], ..Round::default() };
+        let change = api::StatusChange {
+            status: AgentStatus::Unknown,
+            cause: Cause::Connect,
+            at: now,
+        };
+        let round = Round {
+            hosts: vec![&host],
+            transitions: vec![(id.clone(), change)],
+            ..Round::default()
+        };
         if let Err(e) = self.store.write_round(&round) {
             tracing::error!(agent.id = %id, error = %e, "cannot store a new agent");
             return false;
         }
         tracing::info!(agent.id = %id, "new agent proved its key");
-        self.keys.write().expect("keys lock").insert(id.clone(), mac);
-        self.hosts.write().expect("hosts lock").entry(id).or_insert(host);
+        self.keys
+            .write()
+            .expect("keys lock")
+            .insert(id.clone(), mac);
+        self.hosts
+            .write()
+            .expect("hosts lock")
+            .entry(id)
+            .or_insert(host);
         true
     }
 
@@ -138,7 +172,8 @@ impl Fleet {
                 if channel == edgefleet_codec::Channel::Command {
                     continue; // our own commands, echoed by the wildcard subscription
                 }
-                let (Some(key), Some(host)) = (keys.get(id.as_str()), hosts.get_mut(id.as_str())) else {
+                let (Some(key), Some(host)) = (keys.get(id.as_str()), hosts.get_mut(id.as_str()))
+                else {
                     self.reject("unknown_agent", &msg.topic, None);
                     continue;
                 };
@@ -160,24 +195,36 @@ impl Fleet {
                         samples.push((id.to_string(), at, Sample::one(&v)));
                     }),
                     AgentMessage::Event(ev) => host.on_other(message.sequence(), now).map(|()| {
-                        events.push((id.to_string(), EventRecord {
-                            event_id: ev.event_id,
-                            at: ev.at_ms,
-                            level: ev.level.as_str().to_string(),
-                            kind: ev.kind.clone(),
-                            message: ev.message.clone(),
-                        }));
+                        events.push((
+                            id.to_string(),
+                            EventRecord {
+                                event_id: ev.event_id,
+                                at: ev.at_ms,
+                                level: ev.level.as_str().to_string(),
+                                kind: ev.kind.clone(),
+                                message: ev.message.clone(),
+                            },
+                        ));
                         None
                     }),
-                    AgentMessage::CommandResult(r) => host.on_other(message.sequence(), now).map(|()| {
-                        results.push((id.to_string(), ResultRecord {
-                            command_id: r.command_id.iter().map(|b| format!("{b:02x}")).collect(),
-                            outcome: format!("{:?}", r.outcome).to_lowercase(),
-                            message: r.message.clone(),
-                            at: r.at_ms,
-                        }));
-                        None
-                    }),
+                    AgentMessage::CommandResult(r) => {
+                        host.on_other(message.sequence(), now).map(|()| {
+                            results.push((
+                                id.to_string(),
+                                ResultRecord {
+                                    command_id: r
+                                        .command_id
+                                        .iter()
+                                        .map(|b| format!("{b:02x}"))
+                                        .collect(),
+                                    outcome: format!("{:?}", r.outcome).to_lowercase(),
+                                    message: r.message.clone(),
+                                    at: r.at_ms,
+                                },
+                            ));
+                            None
+                        })
+                    }
                     _ => host.on_other(message.sequence(), now).map(|()| None),
                 };
                 match outcome {
@@ -203,7 +250,9 @@ impl Fleet {
             results,
         };
         if let Err(e) = self.store.write_round(&round) {
-            self.metrics.store_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .store_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "cannot write ingest round to sled");
         }
     }
@@ -224,12 +273,17 @@ impl Fleet {
             return;
         }
         let round = Round {
-            hosts: transitions.iter().filter_map(|(id, _)| hosts.get(id)).collect(),
+            hosts: transitions
+                .iter()
+                .filter_map(|(id, _)| hosts.get(id))
+                .collect(),
             transitions: transitions.clone(),
             ..Round::default()
         };
         if let Err(e) = self.store.write_round(&round) {
-            self.metrics.store_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .store_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "cannot write timeouts to sled");
         }
     }
@@ -244,7 +298,9 @@ impl Fleet {
     fn warn_limited(&self, reason: &'static str, log: impl FnOnce()) {
         let mut last = self.log_limiter.lock().expect("limiter lock");
         let now = Instant::now();
-        let due = last.get(reason).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10));
+        let due = last
+            .get(reason)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10));
         if due {
             last.insert(reason, now);
             log();
@@ -253,7 +309,12 @@ impl Fleet {
 
     /// A snapshot of all host records, for queries.
     pub fn snapshot(&self) -> Vec<HostRecord> {
-        self.hosts.read().expect("hosts lock").values().cloned().collect()
+        self.hosts
+            .read()
+            .expect("hosts lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn host(&self, id: &str) -> Option<HostRecord> {
@@ -261,7 +322,12 @@ impl Fleet {
     }
 
     pub fn agent_ids(&self) -> Vec<String> {
-        self.hosts.read().expect("hosts lock").keys().cloned().collect()
+        self.hosts
+            .read()
+            .expect("hosts lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn summary_of(&self, host: &HostRecord, now: u64) -> api::AgentSummary {

@@ -18,19 +18,55 @@ use crate::store::{Sample, Tier};
 
 /// Every route: method, path, one-line description. Used to build the docs check.
 pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("GET", "/", "The web UI (a placeholder page until the dashboard is built)."),
+    (
+        "GET",
+        "/",
+        "The web UI (a placeholder page until the dashboard is built).",
+    ),
     ("GET", "/healthz", "Liveness: `{\"status\":\"ok\"}`."),
-    ("GET", "/metrics", "Prometheus text format counters and gauges."),
+    (
+        "GET",
+        "/metrics",
+        "Prometheus text format counters and gauges.",
+    ),
     ("GET", "/api/agents", "Paged, filtered, sorted host list."),
-    ("GET", "/api/agents/:id", "One agent: metadata, identity, vitals, apps, status history."),
-    ("GET", "/api/agents/:id/metrics", "Metric series for `range` = 1h, 6h, 24h, 7d or 30d (at most 500 points)."),
-    ("GET", "/api/agents/:id/events", "Agent events in event-id order, `after` = last seen id."),
-    ("GET", "/api/agents/:id/results", "Command results in arrival order."),
-    ("GET", "/api/fleet/summary", "Fleet totals, hotspots and OS breakdown."),
+    (
+        "GET",
+        "/api/agents/:id",
+        "One agent: metadata, identity, vitals, apps, status history.",
+    ),
+    (
+        "GET",
+        "/api/agents/:id/metrics",
+        "Metric series for `range` = 1h, 6h, 24h, 7d or 30d (at most 500 points).",
+    ),
+    (
+        "GET",
+        "/api/agents/:id/events",
+        "Agent events in event-id order, `after` = last seen id.",
+    ),
+    (
+        "GET",
+        "/api/agents/:id/results",
+        "Command results in arrival order.",
+    ),
+    (
+        "GET",
+        "/api/fleet/summary",
+        "Fleet totals, hotspots and OS breakdown.",
+    ),
 ];
 
 pub const PER_PAGE: [usize; 4] = [25, 50, 100, 200];
-const SORT_KEYS: [&str; 7] = ["hostname", "os", "cpu", "mem", "disk", "last_seen", "status"];
+const SORT_KEYS: [&str; 7] = [
+    "hostname",
+    "os",
+    "cpu",
+    "mem",
+    "disk",
+    "last_seen",
+    "status",
+];
 const MAX_POINTS: usize = 500;
 
 pub fn app(fleet: Arc<Fleet>) -> Router {
@@ -64,7 +100,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the console log".to_string())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the console log".to_string(),
+                )
             }
         };
         (status, Json(ApiErrorBody { error: message })).into_response()
@@ -99,7 +138,10 @@ async fn healthz(State(fleet): State<Arc<Fleet>>) -> Response {
 async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {
     let hosts = fleet.snapshot();
     let gauges = crate::metrics::Gauges {
-        agents_online: hosts.iter().filter(|h| h.status == AgentStatus::Online).count(),
+        agents_online: hosts
+            .iter()
+            .filter(|h| h.status == AgentStatus::Online)
+            .count(),
         agents_total: hosts.len(),
         sled_bytes: fleet.store.size_on_disk(),
         broker_queue_dropped: crate::broker_dropped(),
@@ -140,9 +182,15 @@ impl ListQuery {
         };
         let per_page = match params.get("per_page") {
             None => 50,
-            Some(p) => p.parse::<usize>().ok().filter(|p| PER_PAGE.contains(p)).ok_or_else(|| {
-                ApiError::BadRequest(format!("`per_page` must be one of 25, 50, 100, 200, got {p:?}"))
-            })?,
+            Some(p) => p
+                .parse::<usize>()
+                .ok()
+                .filter(|p| PER_PAGE.contains(p))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "`per_page` must be one of 25, 50, 100, 200, got {p:?}"
+                    ))
+                })?,
         };
         let status = match params.get("status") {
             None => None,
@@ -155,18 +203,28 @@ impl ListQuery {
         let sort = match params.get("sort") {
             None => "hostname",
             Some(s) => SORT_KEYS.into_iter().find(|k| k == s).ok_or_else(|| {
-                ApiError::BadRequest(format!("`sort` must be one of {}, got {s:?}", SORT_KEYS.join(", ")))
+                ApiError::BadRequest(format!(
+                    "`sort` must be one of {}, got {s:?}",
+                    SORT_KEYS.join(", ")
+                ))
             })?,
         };
         let desc = match params.get("order").map(String::as_str) {
             None | Some("asc") => false,
             Some("desc") => true,
-            Some(o) => return Err(ApiError::BadRequest(format!("`order` must be asc or desc, got {o:?}"))),
+            Some(o) => {
+                return Err(ApiError::BadRequest(format!(
+                    "`order` must be asc or desc, got {o:?}"
+                )))
+            }
         };
         Ok(ListQuery {
             page,
             per_page,
-            q: params.get("q").map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty()),
+            q: params
+                .get("q")
+                .map(|q| q.trim().to_lowercase())
+                .filter(|q| !q.is_empty()),
             status,
             os: params.get("os").cloned().filter(|o| !o.is_empty()),
             sort,
@@ -184,16 +242,29 @@ pub fn list_agents(fleet: &Fleet, hosts: &[HostRecord], q: &ListQuery, now: u64)
         .filter(|a| q.os.as_ref().is_none_or(|os| a.os.as_ref() == Some(os)))
         .filter(|a| {
             q.q.as_ref().is_none_or(|needle| {
-                a.hostname.as_ref().is_some_and(|h| h.to_lowercase().contains(needle))
-                    || a.display_name.as_ref().is_some_and(|h| h.to_lowercase().contains(needle))
+                a.hostname
+                    .as_ref()
+                    .is_some_and(|h| h.to_lowercase().contains(needle))
+                    || a.display_name
+                        .as_ref()
+                        .is_some_and(|h| h.to_lowercase().contains(needle))
                     || a.ips.iter().any(|ip| ip.contains(needle.as_str()))
             })
         })
         .collect();
     rows.sort_by(|a, b| compare(a, b, q.sort, q.desc).then_with(|| a.id.cmp(&b.id)));
     let total = rows.len();
-    let items = rows.into_iter().skip((q.page - 1) * q.per_page).take(q.per_page).collect();
-    AgentPage { items, total, page: q.page, per_page: q.per_page }
+    let items = rows
+        .into_iter()
+        .skip((q.page - 1) * q.per_page)
+        .take(q.per_page)
+        .collect();
+    AgentPage {
+        items,
+        total,
+        page: q.page,
+        per_page: q.per_page,
+    }
 }
 
 fn nulls_last<T: Ord>(a: Option<T>, b: Option<T>, desc: bool) -> Ordering {
@@ -240,10 +311,15 @@ fn find(fleet: &Fleet, id: &str) -> Result<HostRecord, ApiError> {
             id.chars().take(40).collect::<String>()
         )));
     }
-    fleet.host(id).ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
+    fleet
+        .host(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
 }
 
-async fn detail(State(fleet): State<Arc<Fleet>>, Path(id): Path<String>) -> Result<Json<api::AgentDetail>, ApiError> {
+async fn detail(
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Result<Json<api::AgentDetail>, ApiError> {
     let host = find(&fleet, &id)?;
     let store = fleet.store.clone();
     let hid = host.id.clone();
@@ -277,14 +353,21 @@ async fn detail(State(fleet): State<Arc<Fleet>>, Path(id): Path<String>) -> Resu
             mem: v.mem_pct,
             disk: v.disk_pct,
             load: f32::from(v.load_centi) / 100.0,
-            uptime_s: host.boot_time.map(|b| (now / 1000).saturating_sub(b)).unwrap_or(v.uptime_s),
+            uptime_s: host
+                .boot_time
+                .map(|b| (now / 1000).saturating_sub(b))
+                .unwrap_or(v.uptime_s),
             rx_bps: v.rx_bps,
             tx_bps: v.tx_bps,
         }),
         apps: host
             .apps
             .iter()
-            .map(|a| api::AppView { id: a.id.clone(), status: a.status.as_str().to_string(), version: a.version.clone() })
+            .map(|a| api::AppView {
+                id: a.id.clone(),
+                status: a.status.as_str().to_string(),
+                version: a.version.clone(),
+            })
             .collect(),
         status_history: history,
     }))
@@ -304,7 +387,9 @@ async fn series(
         "7d" => (7 * 86_400_000, Tier::FifteenMinutes),
         "30d" => (30 * 86_400_000, Tier::FifteenMinutes),
         other => {
-            return Err(ApiError::BadRequest(format!("`range` must be one of 1h, 6h, 24h, 7d, 30d, got {other:?}")))
+            return Err(ApiError::BadRequest(format!(
+                "`range` must be one of 1h, 6h, 24h, 7d, 30d, got {other:?}"
+            )))
         }
     };
     let now = now_ms();
@@ -321,7 +406,12 @@ async fn series(
 }
 
 /// Merges samples into at most `max` equal time slots over `[from, from + span)`.
-pub fn downsample(samples: &[(u64, Sample)], from: u64, span: u64, max: usize) -> Vec<api::MetricPoint> {
+pub fn downsample(
+    samples: &[(u64, Sample)],
+    from: u64,
+    span: u64,
+    max: usize,
+) -> Vec<api::MetricPoint> {
     let slot = span.div_ceil(max as u64).max(1);
     let mut slots: BTreeMap<u64, Sample> = BTreeMap::new();
     for (at, s) in samples {
@@ -386,18 +476,33 @@ pub fn fleet_summary(fleet: &Fleet, hosts: &[HostRecord], now: u64) -> FleetSumm
     };
     let mut os: BTreeMap<String, usize> = BTreeMap::new();
     for h in hosts {
-        *os.entry(h.os.clone().unwrap_or_else(|| "unknown".into())).or_default() += 1;
+        *os.entry(h.os.clone().unwrap_or_else(|| "unknown".into()))
+            .or_default() += 1;
     }
-    let mut os: Vec<api::OsCount> = os.into_iter().map(|(os, count)| api::OsCount { os, count }).collect();
+    let mut os: Vec<api::OsCount> = os
+        .into_iter()
+        .map(|(os, count)| api::OsCount { os, count })
+        .collect();
     os.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.os.cmp(&b.os)));
     FleetSummary {
         total: hosts.len(),
         online,
         offline: count(AgentStatus::Offline),
-        percent_online: if hosts.is_empty() { 0.0 } else { (online as f32 * 1000.0 / hosts.len() as f32).round() / 10.0 },
-        stale: hosts.iter().filter(|h| h.is_stale(&fleet.timings, now)).count(),
+        percent_online: if hosts.is_empty() {
+            0.0
+        } else {
+            (online as f32 * 1000.0 / hosts.len() as f32).round() / 10.0
+        },
+        stale: hosts
+            .iter()
+            .filter(|h| h.is_stale(&fleet.timings, now))
+            .count(),
         pending: count(AgentStatus::Pending),
-        hotspots: api::Hotspots { cpu: hot(|v| v.cpu_pct), mem: hot(|v| v.mem_pct), disk: hot(|v| v.disk_pct) },
+        hotspots: api::Hotspots {
+            cpu: hot(|v| v.cpu_pct),
+            mem: hot(|v| v.mem_pct),
+            disk: hot(|v| v.disk_pct),
+        },
         os,
     }
 }

@@ -65,7 +65,11 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<Identity> {
 }
 
 /// Runs the console until `shutdown` is cancelled.
-pub async fn run(config: ConsoleConfig, demo: Option<usize>, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: ConsoleConfig,
+    demo: Option<usize>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     if let Some(external) = &config.mqtt.external {
         bail!(
             "mqtt.external = {external:?}: external broker mode is not implemented yet; \
@@ -86,12 +90,25 @@ pub async fn run(config: ConsoleConfig, demo: Option<usize>, shutdown: Cancellat
         restart_grace_ms: p.restart_grace.get().as_millis() as u64,
         stale_after_ms: p.stale_after.get().as_millis() as u64,
     };
-    let fleet = Arc::new(Fleet::open(store, identity.clone(), topics.clone(), timings)?);
+    let fleet = Arc::new(Fleet::open(
+        store,
+        identity.clone(),
+        topics.clone(),
+        timings,
+    )?);
 
     let broker_config = BrokerConfig {
         listen: config.mqtt.bind,
-        tls: match (config.mqtt.tls_bind, &config.mqtt.tls_cert, &config.mqtt.tls_key) {
-            (Some(listen), Some(cert), Some(key)) => Some(TlsListener { listen, cert: cert.clone(), key: key.clone() }),
+        tls: match (
+            config.mqtt.tls_bind,
+            &config.mqtt.tls_cert,
+            &config.mqtt.tls_key,
+        ) {
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener {
+                listen,
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
             _ => None,
         },
         max_connections: config.mqtt.max_connections,
@@ -99,7 +116,8 @@ pub async fn run(config: ConsoleConfig, demo: Option<usize>, shutdown: Cancellat
         ..BrokerConfig::default()
     };
     let policy_fleet = fleet.clone();
-    let policy: edgefleet_broker::ConnectPolicy = Arc::new(move |attempt| policy_fleet.accept_connect(attempt));
+    let policy: edgefleet_broker::ConnectPolicy =
+        Arc::new(move |attempt| policy_fleet.accept_connect(attempt));
     let filters = topics.console_filters();
     let (broker, link, mut inbound) = tokio::task::spawn_blocking(move || {
         EmbeddedBroker::start(&broker_config, policy, &filters)
@@ -119,23 +137,26 @@ pub async fn run(config: ConsoleConfig, demo: Option<usize>, shutdown: Cancellat
         });
         sign_console(&msg, None, &identity)
     };
-    link.publish(&topics.console_state(), state(true), true).await?;
+    link.publish(&topics.console_state(), state(true), true)
+        .await?;
 
     // Ingest runs on its own thread: it does sled writes and must never stall the broker
     // link, which only hands messages over through the bounded channel.
     let ingest_fleet = fleet.clone();
-    let ingest = std::thread::Builder::new().name("ingest".into()).spawn(move || {
-        while let Some(first) = inbound.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < 500 {
-                match inbound.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+    let ingest = std::thread::Builder::new()
+        .name("ingest".into())
+        .spawn(move || {
+            while let Some(first) = inbound.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < 500 {
+                    match inbound.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
                 }
+                ingest_fleet.ingest(batch);
             }
-            ingest_fleet.ingest(batch);
-        }
-    })?;
+        })?;
     let _ = ingest;
 
     let sweeper = {
@@ -154,7 +175,11 @@ pub async fn run(config: ConsoleConfig, demo: Option<usize>, shutdown: Cancellat
     let retention = {
         let fleet = fleet.clone();
         let shutdown = shutdown.clone();
-        let keep = [config.retention.raw.get(), config.retention.rollup_1m.get(), config.retention.rollup_15m.get()];
+        let keep = [
+            config.retention.raw.get(),
+            config.retention.rollup_1m.get(),
+            config.retention.rollup_15m.get(),
+        ];
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {
@@ -191,7 +216,10 @@ pub async fn run(config: ConsoleConfig, demo: Option<usize>, shutdown: Cancellat
     }
     sweeper.abort();
     retention.abort();
-    if let Err(e) = link.publish(&topics.console_state(), state(false), true).await {
+    if let Err(e) = link
+        .publish(&topics.console_state(), state(false), true)
+        .await
+    {
         tracing::warn!(error = %e, "could not publish the offline console state");
     }
     fleet.store.flush()?;
@@ -204,7 +232,10 @@ fn enforce_retention(fleet: &Fleet, keep: [Duration; 3]) {
     let mut removed = 0;
     for id in fleet.agent_ids() {
         for (tier, keep) in Tier::ALL.into_iter().zip(keep) {
-            match fleet.store.expire(&id, tier, now.saturating_sub(keep.as_millis() as u64)) {
+            match fleet
+                .store
+                .expire(&id, tier, now.saturating_sub(keep.as_millis() as u64))
+            {
                 Ok(n) => removed += n,
                 Err(e) => tracing::error!(agent.id = %id, error = %e, "retention failed"),
             }

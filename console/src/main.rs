@@ -9,7 +9,11 @@ use edgefleet_config::ConsoleConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "edgefleet-console", version, about = "EdgeFleet console: embedded MQTT broker, fleet state and REST API")]
+#[command(
+    name = "edgefleet-console",
+    version,
+    about = "EdgeFleet console: embedded MQTT broker, fleet state and REST API"
+)]
 struct Args {
     /// Config file (TOML); EDGEFLEET_CONSOLE_* variables override it, and flags override both.
     #[arg(long)]

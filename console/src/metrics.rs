@@ -15,7 +15,10 @@ pub struct Metrics {
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
-    *map.lock().expect("metrics lock is never poisoned").entry(key).or_default() += 1;
+    *map.lock()
+        .expect("metrics lock is never poisoned")
+        .entry(key)
+        .or_default() += 1;
 }
 
 /// Gauges read at render time.
@@ -50,16 +53,44 @@ impl Metrics {
 
     pub fn render(&self, g: Gauges) -> String {
         let mut out = String::new();
-        let family = |out: &mut String, name: &str, help: &str, label: &str, map: &Mutex<BTreeMap<&'static str, u64>>| {
+        let family = |out: &mut String,
+                      name: &str,
+                      help: &str,
+                      label: &str,
+                      map: &Mutex<BTreeMap<&'static str, u64>>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (k, v) in map.lock().expect("not poisoned").iter() {
                 let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
             }
         };
-        family(&mut out, "edgefleet_ingest_messages_total", "Agent messages accepted, by kind.", "kind", &self.ingested);
-        family(&mut out, "edgefleet_ingest_rejected_total", "Agent messages rejected, by reason.", "reason", &self.rejected);
-        family(&mut out, "edgefleet_presence_transitions_total", "Status transitions, by cause.", "cause", &self.transitions);
-        family(&mut out, "edgefleet_connect_refused_total", "MQTT connects refused by the console policy, by reason.", "reason", &self.connect_refused);
+        family(
+            &mut out,
+            "edgefleet_ingest_messages_total",
+            "Agent messages accepted, by kind.",
+            "kind",
+            &self.ingested,
+        );
+        family(
+            &mut out,
+            "edgefleet_ingest_rejected_total",
+            "Agent messages rejected, by reason.",
+            "reason",
+            &self.rejected,
+        );
+        family(
+            &mut out,
+            "edgefleet_presence_transitions_total",
+            "Status transitions, by cause.",
+            "cause",
+            &self.transitions,
+        );
+        family(
+            &mut out,
+            "edgefleet_connect_refused_total",
+            "MQTT connects refused by the console policy, by reason.",
+            "reason",
+            &self.connect_refused,
+        );
         let _ = writeln!(out, "# HELP edgefleet_agents_online Agents currently online.\n# TYPE edgefleet_agents_online gauge\nedgefleet_agents_online {}", g.agents_online);
         let _ = writeln!(out, "# HELP edgefleet_agents_total Agents known.\n# TYPE edgefleet_agents_total gauge\nedgefleet_agents_total {}", g.agents_total);
         let _ = writeln!(out, "# HELP edgefleet_sled_bytes Size of the sled database on disk.\n# TYPE edgefleet_sled_bytes gauge\nedgefleet_sled_bytes {}", g.sled_bytes);

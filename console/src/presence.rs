@@ -109,7 +109,11 @@ impl HostRecord {
         self.status = status;
         self.status_since = now_ms;
         self.cause = Some(cause);
-        Some(StatusChange { status, cause, at: now_ms })
+        Some(StatusChange {
+            status,
+            cause,
+            at: now_ms,
+        })
     }
 
     /// The replay rule shared by every message.
@@ -174,7 +178,11 @@ impl HostRecord {
         }
     }
 
-    pub fn on_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> Result<Option<StatusChange>, Ignored> {
+    pub fn on_heartbeat(
+        &mut self,
+        hb: &Heartbeat,
+        now_ms: u64,
+    ) -> Result<Option<StatusChange>, Ignored> {
         if hb.bd_seq < self.bd_seq {
             return Err(Ignored::StaleBdSeq);
         }
@@ -208,7 +216,12 @@ impl HostRecord {
     }
 
     /// The timeout rule, run by the sweeper.
-    pub fn sweep(&mut self, t: &Timings, console_started_ms: u64, now_ms: u64) -> Option<StatusChange> {
+    pub fn sweep(
+        &mut self,
+        t: &Timings,
+        console_started_ms: u64,
+        now_ms: u64,
+    ) -> Option<StatusChange> {
         if self.status != AgentStatus::Online {
             return None;
         }
@@ -228,7 +241,9 @@ impl HostRecord {
 
     pub fn is_stale(&self, t: &Timings, now_ms: u64) -> bool {
         self.status != AgentStatus::Offline
-            && self.last_seen.is_some_and(|seen| now_ms.saturating_sub(seen) > t.stale_after_ms)
+            && self
+                .last_seen
+                .is_some_and(|seen| now_ms.saturating_sub(seen) > t.stale_after_ms)
     }
 }
 
@@ -262,7 +277,12 @@ mod tests {
     }
 
     fn status(bd_seq: u64, seq: u64, online: bool, clean: bool) -> Status {
-        Status { bd_seq, seq, online, clean }
+        Status {
+            bd_seq,
+            seq,
+            online,
+            clean,
+        }
     }
 
     fn host() -> HostRecord {
@@ -275,17 +295,26 @@ mod tests {
         assert_eq!(h.status, AgentStatus::Unknown);
         let c = h.on_birth(&birth(1, 1), 1000).unwrap().unwrap();
         assert_eq!((c.status, c.cause), (AgentStatus::Online, Cause::Birth));
-        let c = h.on_status(&status(1, 0, false, false), 2000).unwrap().unwrap();
+        let c = h
+            .on_status(&status(1, 0, false, false), 2000)
+            .unwrap()
+            .unwrap();
         assert_eq!((c.status, c.cause), (AgentStatus::Offline, Cause::Will));
         // The same will again is a replay.
-        assert_eq!(h.on_status(&status(1, 0, false, false), 3000), Err(Ignored::Replay));
+        assert_eq!(
+            h.on_status(&status(1, 0, false, false), 3000),
+            Err(Ignored::Replay)
+        );
     }
 
     #[test]
     fn clean_stop_is_offline_with_cause_clean() {
         let mut h = host();
         h.on_birth(&birth(1, 1), 1000).unwrap();
-        let c = h.on_status(&status(1, 9, false, true), 2000).unwrap().unwrap();
+        let c = h
+            .on_status(&status(1, 9, false, true), 2000)
+            .unwrap()
+            .unwrap();
         assert_eq!((c.status, c.cause), (AgentStatus::Offline, Cause::Clean));
     }
 
@@ -294,7 +323,10 @@ mod tests {
         let mut h = host();
         h.on_birth(&birth(1, 1), 1000).unwrap();
         h.on_birth(&birth(2, 1), 2000).unwrap();
-        assert_eq!(h.on_status(&status(1, 0, false, false), 3000), Err(Ignored::StaleBdSeq));
+        assert_eq!(
+            h.on_status(&status(1, 0, false, false), 3000),
+            Err(Ignored::StaleBdSeq)
+        );
         assert_eq!(h.status, AgentStatus::Online);
     }
 
@@ -302,7 +334,12 @@ mod tests {
     fn replays_are_refused() {
         let mut h = host();
         h.on_birth(&birth(1, 5), 1000).unwrap();
-        let hb = Heartbeat { bd_seq: 1, seq: 6, cpu_pct: Some(10), ..Default::default() };
+        let hb = Heartbeat {
+            bd_seq: 1,
+            seq: 6,
+            cpu_pct: Some(10),
+            ..Default::default()
+        };
         assert_eq!(h.on_heartbeat(&hb, 1100), Ok(None));
         assert_eq!(h.on_heartbeat(&hb, 1200), Err(Ignored::Replay));
         assert_eq!(h.on_other((1, 3), 1300), Err(Ignored::Replay));
@@ -318,7 +355,11 @@ mod tests {
         let c = h.sweep(&T, start, 100_000 + 65_001).unwrap();
         assert_eq!((c.status, c.cause), (AgentStatus::Offline, Cause::Timeout));
         // A heartbeat on the same connection brings it back.
-        let hb = Heartbeat { bd_seq: 1, seq: 2, ..Default::default() };
+        let hb = Heartbeat {
+            bd_seq: 1,
+            seq: 2,
+            ..Default::default()
+        };
         let c = h.on_heartbeat(&hb, 200_000).unwrap().unwrap();
         assert_eq!((c.status, c.cause), (AgentStatus::Online, Cause::Heartbeat));
     }
@@ -329,14 +370,22 @@ mod tests {
         h.on_birth(&birth(1, 1), 0).unwrap();
         let console_started = 1_000_000;
         assert_eq!(h.sweep(&T, console_started, console_started + 59_000), None);
-        assert!(h.sweep(&T, console_started, console_started + 60_001).is_some());
+        assert!(h
+            .sweep(&T, console_started, console_started + 60_001)
+            .is_some());
     }
 
     #[test]
     fn a_history_sample_does_not_refresh_presence() {
         let mut h = host();
         h.on_birth(&birth(1, 1), 0).unwrap();
-        let hb = Heartbeat { bd_seq: 1, seq: 2, cpu_pct: Some(99), at: Some(5), ..Default::default() };
+        let hb = Heartbeat {
+            bd_seq: 1,
+            seq: 2,
+            cpu_pct: Some(99),
+            at: Some(5),
+            ..Default::default()
+        };
         h.on_heartbeat(&hb, 50_000).unwrap();
         assert_eq!(h.last_seen, Some(0));
         assert_eq!(h.vitals, None);

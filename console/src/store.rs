@@ -187,7 +187,11 @@ impl Store {
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(Some(FLUSH_EVERY_MS))
             .open()?;
-        let tiers = [db.open_tree("raw")?, db.open_tree("r1m")?, db.open_tree("r15m")?];
+        let tiers = [
+            db.open_tree("raw")?,
+            db.open_tree("r1m")?,
+            db.open_tree("r15m")?,
+        ];
         Ok(Store {
             hosts: db.open_tree("hosts")?,
             transitions: db.open_tree("transitions")?,
@@ -202,25 +206,39 @@ impl Store {
         let mut out = Vec::new();
         for item in self.hosts.iter() {
             let (_, v) = item?;
-            out.push(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
-                tree: "hosts",
-                source,
-            })?);
+            out.push(
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    tree: "hosts",
+                    source,
+                })?,
+            );
         }
         Ok(out)
     }
 
     /// Writes host records and transitions of one ingest round in one batch per tree.
     pub fn write_round(&self, round: &Round<'_>) -> Result<(), StoreError> {
-        let Round { hosts, transitions, samples, events, results } = round;
+        let Round {
+            hosts,
+            transitions,
+            samples,
+            events,
+            results,
+        } = round;
         let mut batch = sled::Batch::default();
         for (id, event) in events {
-            batch.insert(key(id, event.event_id), serde_json::to_vec(event).expect("events serialize"));
+            batch.insert(
+                key(id, event.event_id),
+                serde_json::to_vec(event).expect("events serialize"),
+            );
         }
         self.events.apply_batch(batch)?;
         let mut batch = sled::Batch::default();
         for (id, result) in results {
-            batch.insert(key(id, self.db.generate_id()?), serde_json::to_vec(result).expect("results serialize"));
+            batch.insert(
+                key(id, self.db.generate_id()?),
+                serde_json::to_vec(result).expect("results serialize"),
+            );
         }
         self.results.apply_batch(batch)?;
         let mut batch = sled::Batch::default();
@@ -234,7 +252,10 @@ impl Store {
             // A per-database counter keeps two transitions in the same ms apart.
             let mut k = key(id, change.at);
             k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-            batch.insert(k, serde_json::to_vec(change).expect("transitions always serialize"));
+            batch.insert(
+                k,
+                serde_json::to_vec(change).expect("transitions always serialize"),
+            );
         }
         self.transitions.apply_batch(batch)?;
         for (id, at, sample) in samples {
@@ -255,22 +276,43 @@ impl Store {
     /// Newest first, at most `limit`.
     pub fn transitions(&self, id: &str, limit: usize) -> Result<Vec<StatusChange>, StoreError> {
         let mut out = Vec::new();
-        for item in self.transitions.scan_prefix(id.as_bytes()).rev().take(limit) {
+        for item in self
+            .transitions
+            .scan_prefix(id.as_bytes())
+            .rev()
+            .take(limit)
+        {
             let (_, v) = item?;
-            out.push(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
-                tree: "transitions",
-                source,
-            })?);
+            out.push(
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    tree: "transitions",
+                    source,
+                })?,
+            );
         }
         Ok(out)
     }
 
     /// Events of one agent, oldest first, after `after_id`.
-    pub fn events(&self, id: &str, after_id: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+    pub fn events(
+        &self,
+        id: &str,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.events.range(key(id, after_id.saturating_add(1))..key(id, u64::MAX)).take(limit) {
+        for item in self
+            .events
+            .range(key(id, after_id.saturating_add(1))..key(id, u64::MAX))
+            .take(limit)
+        {
             let (_, v) = item?;
-            out.push(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt { tree: "events", source })?);
+            out.push(
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    tree: "events",
+                    source,
+                })?,
+            );
         }
         Ok(out)
     }
@@ -280,13 +322,24 @@ impl Store {
         let mut out = Vec::new();
         for item in self.results.scan_prefix(id.as_bytes()).take(limit) {
             let (_, v) = item?;
-            out.push(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt { tree: "results", source })?);
+            out.push(
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    tree: "results",
+                    source,
+                })?,
+            );
         }
         Ok(out)
     }
 
     /// Samples of one tier in `[from, to)`, oldest first.
-    pub fn samples(&self, id: &str, tier: Tier, from: u64, to: u64) -> Result<Vec<(u64, Sample)>, StoreError> {
+    pub fn samples(
+        &self,
+        id: &str,
+        tier: Tier,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Sample)>, StoreError> {
         let tree = &self.tiers[tier as usize];
         let mut out = Vec::new();
         for item in tree.range(key(id, from)..key(id, to)) {
@@ -346,15 +399,28 @@ mod tests {
         let id = "abcdefghijklmnop";
         let base = 1_800_000_000_000u64 - 1_800_000_000_000u64 % 900_000;
         let samples: Vec<(String, u64, Sample)> = (0..30)
-            .map(|i| (id.to_string(), base + i * 30_000, Sample::one(&vitals(i as u8))))
+            .map(|i| {
+                (
+                    id.to_string(),
+                    base + i * 30_000,
+                    Sample::one(&vitals(i as u8)),
+                )
+            })
             .collect();
-        store.write_round(&Round { samples, ..Round::default() }).unwrap();
+        store
+            .write_round(&Round {
+                samples,
+                ..Round::default()
+            })
+            .unwrap();
         assert_eq!(store.samples(id, Tier::Raw, 0, u64::MAX).unwrap().len(), 30);
         let minutes = store.samples(id, Tier::OneMinute, 0, u64::MAX).unwrap();
         assert_eq!(minutes.len(), 15);
         assert_eq!(minutes[0].1.count, 2);
         assert_eq!(minutes[0].1.cpu_sum, 1, "cpu 0 + cpu 1");
-        let quarter = store.samples(id, Tier::FifteenMinutes, 0, u64::MAX).unwrap();
+        let quarter = store
+            .samples(id, Tier::FifteenMinutes, 0, u64::MAX)
+            .unwrap();
         assert_eq!(quarter.len(), 1);
         assert_eq!(quarter[0].1.count, 30);
         assert_eq!(quarter[0].1.cpu_sum, (0..30).sum::<u32>());
@@ -364,14 +430,31 @@ mod tests {
         let left = store.samples(id, Tier::Raw, 0, u64::MAX).unwrap();
         assert_eq!(left.len(), 20);
         assert!(left.iter().all(|(at, _)| *at >= cutoff));
-        assert_eq!(store.samples(id, Tier::OneMinute, 0, u64::MAX).unwrap().len(), 15, "other tiers untouched");
+        assert_eq!(
+            store
+                .samples(id, Tier::OneMinute, 0, u64::MAX)
+                .unwrap()
+                .len(),
+            15,
+            "other tiers untouched"
+        );
         // Another agent's samples are never touched by this agent's expiry.
-        assert!(store.samples("bbbbbbbbbbbbbbbb", Tier::Raw, 0, u64::MAX).unwrap().is_empty());
+        assert!(store
+            .samples("bbbbbbbbbbbbbbbb", Tier::Raw, 0, u64::MAX)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn sample_bytes_round_trip() {
-        let s = Sample { count: 7, cpu_sum: 700, mem_sum: 1, disk_sum: 2, load_sum: 3, rx_sum: 1 << 40 };
+        let s = Sample {
+            count: 7,
+            cpu_sum: 700,
+            mem_sum: 1,
+            disk_sum: 2,
+            load_sum: 3,
+            rx_sum: 1 << 40,
+        };
         assert_eq!(Sample::from_bytes(&s.to_bytes()), Some(s));
         assert_eq!(Sample::from_bytes(&[1, 2, 3]), None);
     }

@@ -1,0 +1,273 @@
+//! Probes: where vitals and system facts come from. The session code is the same for the
+//! real agent ([`SysinfoProbe`]) and the simulator ([`SimProbe`]); only the probe differs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use edgefleet_codec::{AppState, AppStatus, Vitals};
+use rand::{Rng, SeedableRng};
+
+/// What a birth says about the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub ips: Vec<String>,
+    pub boot_time: u64,
+}
+
+pub trait Probe: Send {
+    fn facts(&mut self) -> SystemFacts;
+    fn vitals(&mut self) -> Vitals;
+    fn apps(&mut self) -> Vec<AppState>;
+}
+
+/// The real device, read with `sysinfo` and `/etc/os-release`.
+#[derive(Debug)]
+pub struct SysinfoProbe {
+    system: sysinfo::System,
+    networks: sysinfo::Networks,
+    disks: sysinfo::Disks,
+    mounts: Vec<PathBuf>,
+    apps: Vec<String>,
+    last_net: Instant,
+}
+
+impl SysinfoProbe {
+    pub fn new(mounts: Vec<PathBuf>, apps: Vec<String>) -> SysinfoProbe {
+        let mut system = sysinfo::System::new();
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        SysinfoProbe {
+            system,
+            networks: sysinfo::Networks::new_with_refreshed_list(),
+            disks: sysinfo::Disks::new_with_refreshed_list(),
+            mounts,
+            apps,
+            last_net: Instant::now(),
+        }
+    }
+}
+
+/// `PRETTY_NAME` from os-release, the name operators know their devices by.
+pub fn os_pretty_name() -> String {
+    ["/etc/os-release", "/usr/lib/os-release"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim().trim_matches('"').to_string())
+        })
+        .or_else(sysinfo::System::long_os_version)
+        .unwrap_or_else(|| "Linux".to_string())
+}
+
+impl Probe for SysinfoProbe {
+    fn facts(&mut self) -> SystemFacts {
+        self.networks.refresh(true);
+        let mut ips: Vec<String> = self
+            .networks
+            .iter()
+            .flat_map(|(_, data)| data.ip_networks().iter().map(|n| n.addr))
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .map(|ip| ip.to_string())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        SystemFacts {
+            hostname: sysinfo::System::host_name().unwrap_or_else(|| "unknown".into()),
+            os: os_pretty_name(),
+            kernel: sysinfo::System::kernel_version().unwrap_or_default(),
+            arch: sysinfo::System::cpu_arch(),
+            ips,
+            boot_time: sysinfo::System::boot_time(),
+        }
+    }
+
+    fn vitals(&mut self) -> Vitals {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        self.disks.refresh(true);
+        self.networks.refresh(true);
+        let elapsed = self.last_net.elapsed().as_secs_f64().max(0.001);
+        self.last_net = Instant::now();
+        let (rx, tx) = self.networks.iter().fold((0u64, 0u64), |(r, t), (_, d)| {
+            (r + d.received(), t + d.transmitted())
+        });
+        let total = self.system.total_memory().max(1);
+        let mem = self.system.used_memory() as f64 * 100.0 / total as f64;
+        let disk = self
+            .disks
+            .iter()
+            .filter(|d| self.mounts.iter().any(|m| d.mount_point() == m))
+            .map(|d| {
+                let total = d.total_space().max(1);
+                (total - d.available_space().min(total)) as f64 * 100.0 / total as f64
+            })
+            .fold(0.0f64, f64::max);
+        let pct = |v: f64| v.round().clamp(0.0, 100.0) as u8;
+        Vitals {
+            cpu_pct: pct(f64::from(self.system.global_cpu_usage())),
+            mem_pct: pct(mem),
+            disk_pct: pct(disk),
+            load_centi: (sysinfo::System::load_average().one * 100.0)
+                .round()
+                .clamp(0.0, 65535.0) as u16,
+            uptime_s: sysinfo::System::uptime(),
+            rx_bps: (rx as f64 / elapsed).min(f64::from(u32::MAX)) as u32,
+            tx_bps: (tx as f64 / elapsed).min(f64::from(u32::MAX)) as u32,
+            apps_digest: edgefleet_codec::apps_digest(&self.apps()),
+        }
+    }
+
+    fn apps(&mut self) -> Vec<AppState> {
+        // systemd status comes with the remote-operations work; until then apps are listed
+        // with status unknown rather than a made-up one.
+        self.apps
+            .iter()
+            .map(|id| AppState {
+                id: id.clone(),
+                status: AppStatus::Unknown,
+                version: None,
+            })
+            .collect()
+    }
+}
+
+/// A plausible simulated device: random-walk metrics, 2-4 apps, varied OS names.
+#[derive(Debug)]
+pub struct SimProbe {
+    index: usize,
+    rng: rand::rngs::StdRng,
+    current: Vitals,
+    facts: SystemFacts,
+    apps: Vec<AppState>,
+}
+
+const SIM_OS: [&str; 5] = [
+    "Debian GNU/Linux 12 (bookworm)",
+    "Ubuntu 22.04.4 LTS",
+    "Raspbian GNU/Linux 11 (bullseye)",
+    "Alpine Linux v3.19",
+    "Ubuntu 24.04.1 LTS",
+];
+const SIM_SITES: [&str; 6] = ["ferry", "store", "tower", "farm", "depot", "ship"];
+const SIM_APPS: [&str; 5] = ["modbus-bridge", "camera", "edge-db", "vpn", "pos"];
+
+impl SimProbe {
+    pub fn new(index: usize) -> SimProbe {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(index as u64 ^ 0x5eed);
+        let apps = (0..rng.gen_range(2..=4))
+            .map(|i| AppState {
+                id: SIM_APPS[(index + i) % SIM_APPS.len()].to_string(),
+                status: AppStatus::Active,
+                version: Some(format!(
+                    "1.{}.{}",
+                    rng.gen_range(0..9),
+                    rng.gen_range(0..20)
+                )),
+            })
+            .collect();
+        let facts = SystemFacts {
+            hostname: format!("sim-{index:05}-{}", SIM_SITES[index % SIM_SITES.len()]),
+            os: SIM_OS[index % SIM_OS.len()].to_string(),
+            kernel: "6.1.0-sim".to_string(),
+            arch: if index % 3 == 0 { "aarch64" } else { "x86_64" }.to_string(),
+            ips: vec![format!(
+                "10.{}.{}.{}",
+                (index >> 16) & 255,
+                (index >> 8) & 255,
+                index & 255
+            )],
+            boot_time: 1_790_000_000 - rng.gen_range(0..864_000),
+        };
+        let current = Vitals {
+            cpu_pct: rng.gen_range(2..60),
+            mem_pct: rng.gen_range(20..85),
+            disk_pct: rng.gen_range(10..90),
+            load_centi: rng.gen_range(5..200),
+            uptime_s: 0,
+            rx_bps: rng.gen_range(100..5000),
+            tx_bps: rng.gen_range(100..3000),
+            apps_digest: 0,
+        };
+        SimProbe {
+            index,
+            rng,
+            current,
+            facts,
+            apps,
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+fn walk(rng: &mut impl Rng, v: u8, step: i16, lo: i16, hi: i16) -> u8 {
+    (i16::from(v) + rng.gen_range(-step..=step)).clamp(lo, hi) as u8
+}
+
+impl Probe for SimProbe {
+    fn facts(&mut self) -> SystemFacts {
+        self.facts.clone()
+    }
+
+    fn vitals(&mut self) -> Vitals {
+        let r = &mut self.rng;
+        self.current.cpu_pct = walk(r, self.current.cpu_pct, 6, 0, 100);
+        self.current.mem_pct = walk(r, self.current.mem_pct, 2, 5, 99);
+        self.current.disk_pct = walk(r, self.current.disk_pct, 1, 1, 99);
+        self.current.load_centi =
+            (i32::from(self.current.load_centi) + r.gen_range(-20..=20)).clamp(0, 800) as u16;
+        self.current.rx_bps =
+            (i64::from(self.current.rx_bps) + r.gen_range(-300..=300)).clamp(0, 1_000_000) as u32;
+        self.current.tx_bps =
+            (i64::from(self.current.tx_bps) + r.gen_range(-200..=200)).clamp(0, 1_000_000) as u32;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.current.uptime_s = now.saturating_sub(self.facts.boot_time);
+        self.current.apps_digest = edgefleet_codec::apps_digest(&self.apps);
+        self.current
+    }
+
+    fn apps(&mut self) -> Vec<AppState> {
+        self.apps.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_values_stay_in_range_and_differ_between_agents() {
+        let mut a = SimProbe::new(1);
+        let mut b = SimProbe::new(2);
+        assert_ne!(a.facts().hostname, b.facts().hostname);
+        assert!((2..=4).contains(&a.apps().len()));
+        for _ in 0..1000 {
+            let v = a.vitals();
+            assert!(v.cpu_pct <= 100 && v.mem_pct <= 100 && v.disk_pct <= 100);
+        }
+        let _ = b.vitals();
+    }
+
+    #[test]
+    fn the_real_probe_reads_this_machine() {
+        let mut p = SysinfoProbe::new(vec![PathBuf::from("/")], vec!["web".into()]);
+        let f = p.facts();
+        assert!(!f.hostname.is_empty() && !f.os.is_empty() && !f.arch.is_empty());
+        assert!(f.boot_time > 1_500_000_000);
+        let v = p.vitals();
+        assert!(v.mem_pct > 0 && v.mem_pct <= 100, "{v:?}");
+        assert!(v.disk_pct > 0, "root fs has some data: {v:?}");
+        assert_eq!(p.apps()[0].status, AppStatus::Unknown);
+    }
+}
