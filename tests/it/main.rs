@@ -1,1 +1,9 @@
-//! End-to-end tests: one integration binary.
+//! End-to-end tests: one integration binary (matklad's "delete cargo integration tests").
+//!
+//! Every test starts its own console process (embedded broker, sled on disk) on free
+//! loopback ports, real agents (processes or in-process with real MQTT), and waits on
+//! conditions with deadlines, never fixed sleeps.
+
+mod harness;
+mod mqtt;
+mod presence;

@@ -1,0 +1,352 @@
+//! Starting real console and agent processes, and waiting on conditions with deadlines.
+//!
+//! The embedded broker cannot be stopped inside a process (rumqttd has no shutdown), so
+//! every test runs the console as a child process with its own data dir and ports, and a
+//! console restart is a real process restart on the same ports and data dir.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// Path of a workspace binary next to the test executable (`target/<profile>/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo xtask ci`), \
+         which builds the binaries first",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port. The small race between releasing and reusing it is acceptable in
+/// tests; the console reports a clear bind error if it ever loses the race.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("loopback has free ports")
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `limit`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Presence timings for a test console.
+#[derive(Debug, Clone)]
+pub struct ConsoleOpts {
+    pub heartbeat_interval: &'static str,
+    pub restart_grace: &'static str,
+    pub grace: &'static str,
+}
+
+impl Default for ConsoleOpts {
+    fn default() -> Self {
+        ConsoleOpts {
+            heartbeat_interval: "30s",
+            restart_grace: "60s",
+            grace: "2s",
+        }
+    }
+}
+
+/// A console child process with its own data dir and ports.
+#[derive(Debug)]
+pub struct Console {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub mqtt: SocketAddr,
+    pub dir: PathBuf,
+    opts: ConsoleOpts,
+    starts: u32,
+}
+
+impl Console {
+    pub async fn start(dir: &Path, opts: ConsoleOpts) -> Result<Console> {
+        let mut console = Console {
+            child: None,
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            mqtt: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir: dir.to_path_buf(),
+            opts,
+            starts: 0,
+        };
+        console.spawn().await?;
+        Ok(console)
+    }
+
+    pub fn mqtt_url(&self) -> String {
+        format!("mqtt://{}", self.mqtt)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let config = self.dir.join("console.toml");
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\n\n[presence]\nheartbeat_interval = {hb:?}\ngrace = {grace:?}\nrestart_grace = {rg:?}\n",
+                data = self.dir.join("data"),
+                hb = self.opts.heartbeat_interval,
+                grace = self.opts.grace,
+                rg = self.opts.restart_grace,
+            ),
+        )?;
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("console-{}.log", self.starts)))?;
+        let child = Command::new(bin("edgefleet-console"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--http")
+            .arg(self.http.to_string())
+            .arg("--mqtt")
+            .arg(self.mqtt.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting edgefleet-console")?;
+        self.child = Some(child);
+        let http = self.http;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok((200, _)) = http_get(http, "/healthz").await {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "console exited early with {status}; log: {}",
+                        self.log_tail()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "console did not answer /healthz within 20 s; log: {}",
+            self.log_tail()
+        )
+    }
+
+    /// Kills the console with SIGKILL (no goodbye) and starts it again on the same ports and
+    /// data dir.
+    pub async fn kill_and_restart(&mut self) -> Result<()> {
+        self.kill().await;
+        self.spawn().await
+    }
+
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    pub async fn restart(&mut self) -> Result<()> {
+        self.spawn().await
+    }
+
+    pub fn log_tail(&self) -> String {
+        let path = self.dir.join(format!("console-{}.log", self.starts));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let start = text.len().saturating_sub(3000);
+        text[text.floor_char_boundary(start)..].to_string()
+    }
+
+    /// GET a JSON document from the REST API; panics with the body on a non-200 answer.
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = http_get(self.http, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+        assert_eq!(status, 200, "GET {path} answered {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON {e}: {body}"))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
+    }
+
+    /// All agents, following the pages.
+    pub async fn agents(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        for page in 1.. {
+            let doc = self
+                .get(&format!("/api/agents?per_page=200&page={page}"))
+                .await;
+            let items = doc["items"].as_array().cloned().unwrap_or_default();
+            let done = items.len() < 200;
+            all.extend(items);
+            if done {
+                break;
+            }
+        }
+        all
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough for our own JSON API (`Connection: close`, body read to
+/// the end). It keeps the test crate free of an HTTP client dependency.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .context("connect timed out")??;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .context("response timed out")??;
+    let text = String::from_utf8(raw).context("response is not UTF-8")?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()
+        .context("bad status")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("bad chunk header")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).context("short chunk")?);
+        body = rest.get(size + 2..).context("short chunk trailer")?;
+    }
+}
+
+/// An agent child process (`edgefleet-agent run` or `simulate`).
+#[derive(Debug)]
+pub struct AgentProc {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+impl AgentProc {
+    /// `edgefleet-agent run` with its own data dir and a config file with the given extra
+    /// TOML lines.
+    pub fn run(dir: &Path, console_url: &str, extra_toml: &str) -> Result<AgentProc> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "console_urls = [{console_url:?}]\ndata_dir = {data:?}\n{extra_toml}\n",
+                data = dir.join("data")
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new(bin("edgefleet-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting edgefleet-agent run")?;
+        Ok(AgentProc {
+            child,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// `edgefleet-agent simulate --count N`.
+    pub fn simulate(
+        dir: &Path,
+        console_url: &str,
+        count: usize,
+        interval: &str,
+    ) -> Result<AgentProc> {
+        std::fs::create_dir_all(dir)?;
+        let log = std::fs::File::create(dir.join("simulate.log"))?;
+        let child = Command::new(bin("edgefleet-agent"))
+            .args([
+                "simulate",
+                "--count",
+                &count.to_string(),
+                "--console",
+                console_url,
+            ])
+            .args(["--interval", interval])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting edgefleet-agent simulate")?;
+        Ok(AgentProc {
+            child,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("child still running") as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill(1) exists");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    pub fn log(&self) -> String {
+        ["agent.log", "simulate.log"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.dir.join(f)).ok())
+            .collect()
+    }
+}
