@@ -82,7 +82,10 @@ fn steady_state_heartbeat_fits_in_64_bytes_on_the_wire() {
     let payload = sealed_len(&s, hb);
     let packet = publish_packet_len(&s.topic, payload);
     println!("BUDGET heartbeat_steady payload={payload} B packet={packet} B (limit 64)");
-    assert!(packet <= 64, "steady-state heartbeat PUBLISH is {packet} bytes");
+    assert!(
+        packet <= 64,
+        "steady-state heartbeat PUBLISH is {packet} bytes"
+    );
 }
 
 #[test]
@@ -102,8 +105,13 @@ fn json_comparison_for_the_same_heartbeat() {
     .to_string();
     let json_packet = publish_packet_len(&s.topic, json.len());
     let ratio = json_packet as f64 / cbor_packet as f64;
-    println!("BUDGET heartbeat_json packet={json_packet} B vs cbor+cose {cbor_packet} B: {ratio:.1}x");
-    assert!(ratio > 2.0, "CBOR+COSE should be far smaller than JSON, ratio {ratio}");
+    println!(
+        "BUDGET heartbeat_json packet={json_packet} B vs cbor+cose {cbor_packet} B: {ratio:.1}x"
+    );
+    assert!(
+        ratio > 2.0,
+        "CBOR+COSE should be far smaller than JSON, ratio {ratio}"
+    );
 }
 
 #[test]

@@ -397,7 +397,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let id = "abcdefghijklmnop";
-        let base = 1_800_000_000_000u64 - 1_800_000_000_000u64 % 900_000;
+        let t = 1_795_000_123_456u64;
+        let base = t - t % 900_000;
         let samples: Vec<(String, u64, Sample)> = (0..30)
             .map(|i| {
                 (

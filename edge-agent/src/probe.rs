@@ -70,8 +70,8 @@ impl Probe for SysinfoProbe {
         self.networks.refresh(true);
         let mut ips: Vec<String> = self
             .networks
-            .iter()
-            .flat_map(|(_, data)| data.ip_networks().iter().map(|n| n.addr))
+            .values()
+            .flat_map(|data| data.ip_networks().iter().map(|n| n.addr))
             .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
             .map(|ip| ip.to_string())
             .collect();
@@ -175,7 +175,7 @@ impl SimProbe {
             hostname: format!("sim-{index:05}-{}", SIM_SITES[index % SIM_SITES.len()]),
             os: SIM_OS[index % SIM_OS.len()].to_string(),
             kernel: "6.1.0-sim".to_string(),
-            arch: if index % 3 == 0 { "aarch64" } else { "x86_64" }.to_string(),
+            arch: if index.is_multiple_of(3) { "aarch64" } else { "x86_64" }.to_string(),
             ips: vec![format!(
                 "10.{}.{}.{}",
                 (index >> 16) & 255,

@@ -78,14 +78,24 @@ fn demo(args: &[String]) -> Result<()> {
     count
         .parse::<u32>()
         .with_context(|| format!("demo takes a number of simulated agents, got `{count}`"))?;
-    run(cargo().args(["build", "--release", "-p", "edgefleet-console", "-p", "edgefleet-agent"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "edgefleet-console",
+        "-p",
+        "edgefleet-agent",
+    ]))?;
     let bin = workspace_root().join("target/release/edgefleet-console");
     run(Command::new(bin).args(["--demo", count]))
 }
 
 fn install_deps() -> Result<()> {
     let targets = capture(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !targets.lines().any(|t| t.trim() == "wasm32-unknown-unknown") {
+    if !targets
+        .lines()
+        .any(|t| t.trim() == "wasm32-unknown-unknown")
+    {
         run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
     }
     let missing: Vec<&str> = APT_PACKAGES
