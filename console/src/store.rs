@@ -6,7 +6,8 @@
 //! - `raw`, `r1m`, `r15m`: agent id ++ bucket start ms (BE) → [`Sample`] (fixed 26 bytes).
 //! - `events`: agent id ++ event id (BE) → [`EventRecord`] (JSON); the key makes redelivery
 //!   idempotent.
-//! - `results`: agent id ++ arrival counter (BE) → [`ResultRecord`] (JSON).
+//! - `results`: agent id ++ at_ms (BE) ++ command id → [`ResultRecord`] (JSON); idempotent
+//!   on redelivery too.
 //!
 //! **Flush policy.** sled writes to its log immediately and fsyncs every
 //! [`FLUSH_EVERY_MS`]; a power loss can lose the writes of that last window (host updates,
@@ -317,7 +318,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Command results of one agent in arrival order.
+    /// Command results of one agent in the order they happened.
     pub fn results(&self, id: &str, limit: usize) -> Result<Vec<ResultRecord>, StoreError> {
         let mut out = Vec::new();
         for item in self.results.scan_prefix(id.as_bytes()).take(limit) {

@@ -111,7 +111,10 @@ mod tests {
         }
         // The paused clock advances in whole milliseconds per sleep.
         let elapsed = start.elapsed();
-        assert!(elapsed >= total && elapsed <= total + Duration::from_millis(8), "{elapsed:?} vs {total:?}");
+        assert!(
+            elapsed >= total && elapsed <= total + Duration::from_millis(8),
+            "{elapsed:?} vs {total:?}"
+        );
         assert!(total >= Duration::from_secs(60), "{total:?}");
     }
 }

@@ -175,7 +175,12 @@ impl SimProbe {
             hostname: format!("sim-{index:05}-{}", SIM_SITES[index % SIM_SITES.len()]),
             os: SIM_OS[index % SIM_OS.len()].to_string(),
             kernel: "6.1.0-sim".to_string(),
-            arch: if index.is_multiple_of(3) { "aarch64" } else { "x86_64" }.to_string(),
+            arch: if index.is_multiple_of(3) {
+                "aarch64"
+            } else {
+                "x86_64"
+            }
+            .to_string(),
             ips: vec![format!(
                 "10.{}.{}.{}",
                 (index >> 16) & 255,
