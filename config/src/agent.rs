@@ -13,10 +13,8 @@ use crate::HumanDuration;
 pub struct AgentConfig {
     /// `mqtt://host[:port]` or `mqtts://host[:port]`; tried in order.
     pub console_urls: Vec<String>,
-    /// CA certificate (PEM) for `mqtts://`; without it the system roots are used.
+    /// CA certificate (PEM) for `mqtts://`. The certificate is verified against the URL host.
     pub ca_file: Option<PathBuf>,
-    /// TLS server name, when it differs from the URL host.
-    pub server_name: Option<String>,
     /// Enrollment token (secret). It pins the console key on first contact.
     pub token: Option<String>,
     pub data_dir: PathBuf,
@@ -72,7 +70,6 @@ impl Default for AgentConfig {
         AgentConfig {
             console_urls: Vec::new(),
             ca_file: None,
-            server_name: None,
             token: None,
             data_dir: PathBuf::from("/var/lib/edgefleet-agent"),
             heartbeat_interval: HumanDuration::secs(30),
@@ -91,8 +88,7 @@ impl Default for AgentConfig {
 /// Every agent key with its environment variable, default and meaning.
 pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "console_urls", env: "EDGEFLEET_AGENT_CONSOLE_URLS", kind: ValueKind::List, default: "(none)", meaning: "Console MQTT URLs, `mqtt://host:port` or `mqtts://host:port`, tried in order (env: comma-separated)." },
-    KeyDoc { key: "ca_file", env: "EDGEFLEET_AGENT_CA_FILE", kind: ValueKind::Text, default: "(system roots)", meaning: "PEM CA certificate that signs the console's MQTT TLS certificate." },
-    KeyDoc { key: "server_name", env: "EDGEFLEET_AGENT_SERVER_NAME", kind: ValueKind::Text, default: "(URL host)", meaning: "TLS server name to verify, when it differs from the URL host." },
+    KeyDoc { key: "ca_file", env: "EDGEFLEET_AGENT_CA_FILE", kind: ValueKind::Text, default: "(none)", meaning: "PEM CA certificate that signs the console's MQTT TLS certificate; required for `mqtts://` (the server name checked is the URL host)." },
     KeyDoc { key: "token", env: "EDGEFLEET_AGENT_TOKEN", kind: ValueKind::Text, default: "(none)", meaning: "Enrollment token (secret); pins the console key on first contact." },
     KeyDoc { key: "data_dir", env: "EDGEFLEET_AGENT_DATA_DIR", kind: ValueKind::Text, default: "/var/lib/edgefleet-agent", meaning: "Key, pinned console key, state database and queue." },
     KeyDoc { key: "heartbeat_interval", env: "EDGEFLEET_AGENT_HEARTBEAT_INTERVAL", kind: ValueKind::Text, default: "30s", meaning: "Time between heartbeats, 1s to 1h." },
