@@ -107,6 +107,18 @@ pub type ConnectPolicy = Arc<dyn Fn(&ConnectAttempt) -> bool + Send + Sync>;
 pub struct Inbound {
     pub topic: String,
     pub payload: Bytes,
+    /// When the broker link handed it over, for the ingest latency histogram.
+    pub received: Instant,
+}
+
+impl Inbound {
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Inbound {
+        Inbound {
+            topic: topic.into(),
+            payload: payload.into(),
+            received: Instant::now(),
+        }
+    }
 }
 
 /// Counters an operator would graph.
@@ -356,10 +368,7 @@ fn pump(mut rx: LinkRx, tx: mpsc::Sender<Inbound>, stats: &BrokerStats) {
         match rx.recv() {
             Ok(Some(Notification::Forward(forward))) => {
                 let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-                let inbound = Inbound {
-                    topic,
-                    payload: forward.publish.payload,
-                };
+                let inbound = Inbound::new(topic, forward.publish.payload);
                 match tx.try_send(inbound) {
                     Ok(()) => {
                         stats.console_received.fetch_add(1, Ordering::Relaxed);

@@ -36,6 +36,11 @@ pub fn spawn(count: usize, mqtt: SocketAddr, data_dir: &Path) -> Result<Child> {
         ])
         .arg("--data-dir")
         .arg(&sim_dir)
+        // Twenty-five agents logging every connect would drown the console's own log.
+        .env(
+            "RUST_LOG",
+            std::env::var("EDGEFLEET_DEMO_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .kill_on_drop(true)
         .spawn()
         .context("starting edgefleet-agent simulate")

@@ -148,6 +148,7 @@ impl Fleet {
     /// Verifies and applies one round of messages, then writes everything in one batch.
     pub fn ingest(&self, batch: Vec<Inbound>) {
         let now = now_ms();
+        let received: Vec<Instant> = batch.iter().map(|m| m.received).collect();
         let mut changed: BTreeMap<String, ()> = BTreeMap::new();
         let mut round_transitions = Vec::new();
         let mut samples = Vec::new();
@@ -254,6 +255,9 @@ impl Fleet {
                 .store_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "cannot write ingest round to sled");
+        }
+        for t in received {
+            self.metrics.ingest_latency(t.elapsed().as_secs_f64());
         }
     }
 

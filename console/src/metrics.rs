@@ -11,7 +11,21 @@ pub struct Metrics {
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     transitions: Mutex<BTreeMap<&'static str, u64>>,
     connect_refused: Mutex<BTreeMap<&'static str, u64>>,
+    latency: Mutex<Histogram>,
     pub store_errors: AtomicU64,
+}
+
+/// Upper bounds of the ingest latency buckets, in seconds.
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A Prometheus-style histogram: counts per bucket (the last one is +Inf), sum and count.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BOUNDS.len() + 1],
+    sum: f64,
+    count: u64,
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -45,6 +59,18 @@ impl Metrics {
 
     pub fn connect_refused(&self, reason: &'static str) {
         bump(&self.connect_refused, reason);
+    }
+
+    /// Time from the broker link handing a message over to its ingest round being written.
+    pub fn ingest_latency(&self, seconds: f64) {
+        let mut h = self.latency.lock().expect("not poisoned");
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        h.buckets[i] += 1;
+        h.sum += seconds;
+        h.count += 1;
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -91,6 +117,22 @@ impl Metrics {
             "reason",
             &self.connect_refused,
         );
+        {
+            let h = self.latency.lock().expect("not poisoned");
+            let name = "edgefleet_ingest_latency_seconds";
+            let _ = writeln!(out, "# HELP {name} From the broker handing a message over to its ingest round being stored.\n# TYPE {name} histogram");
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
+                cumulative += h.buckets[i];
+                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            }
+            cumulative += h.buckets[LATENCY_BOUNDS.len()];
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {}\n{name}_count {}",
+                h.sum, h.count
+            );
+        }
         let _ = writeln!(out, "# HELP edgefleet_agents_online Agents currently online.\n# TYPE edgefleet_agents_online gauge\nedgefleet_agents_online {}", g.agents_online);
         let _ = writeln!(out, "# HELP edgefleet_agents_total Agents known.\n# TYPE edgefleet_agents_total gauge\nedgefleet_agents_total {}", g.agents_total);
         let _ = writeln!(out, "# HELP edgefleet_sled_bytes Size of the sled database on disk.\n# TYPE edgefleet_sled_bytes gauge\nedgefleet_sled_bytes {}", g.sled_bytes);

@@ -64,10 +64,10 @@ fn enroll(env: &Env) -> Agent {
 
 fn sealed(agent: &Agent, msg: AgentMessage, channel: Channel) -> Inbound {
     let id = agent.identity.agent_id();
-    Inbound {
-        topic: Topics::default().agent(&id, channel),
-        payload: seal_agent(&msg, &id, &agent.mac).into(),
-    }
+    Inbound::new(
+        Topics::default().agent(&id, channel),
+        seal_agent(&msg, &id, &agent.mac),
+    )
 }
 
 fn birth(bd_seq: u64, seq: u64, hostname: &str) -> AgentMessage {
@@ -123,6 +123,13 @@ async fn sealed_telemetry_makes_an_agent_online_with_vitals() {
             Channel::Heartbeat,
         ),
     ]);
+    let metrics = env.fleet.metrics.render(edgefleet_console::metrics::Gauges {
+        agents_online: 0,
+        agents_total: 0,
+        sled_bytes: 0,
+        broker_queue_dropped: 0,
+    });
+    assert!(metrics.contains("edgefleet_ingest_latency_seconds_count 2"), "{metrics}");
     let (status, doc) = get(&env, &format!("/api/agents/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert_eq!(doc["status"], "online");
@@ -158,27 +165,15 @@ async fn forged_replayed_and_garbage_payloads_are_rejected_and_counted() {
     );
     let stranger = Identity::generate().agent_id();
     env.fleet.ingest(vec![
-        good, // replay
-        Inbound {
-            topic: topic.clone(),
-            payload: forged.into(),
-        }, // bad tag
-        Inbound {
-            topic: topic.clone(),
-            payload: vec![0xff, 1].into(),
-        }, // bad version
-        Inbound {
-            topic: topic.clone(),
-            payload: vec![].into(),
-        }, // empty
-        Inbound {
-            topic: "ef/a/nope/hb".into(),
-            payload: vec![1].into(),
-        },
-        Inbound {
-            topic: Topics::default().agent(&stranger, Channel::Heartbeat),
-            payload: vec![0x12].into(),
-        },
+        good,                                          // replay
+        Inbound::new(topic.clone(), forged),           // bad tag
+        Inbound::new(topic.clone(), vec![0xff, 1]),    // bad version
+        Inbound::new(topic.clone(), Vec::<u8>::new()), // empty
+        Inbound::new("ef/a/nope/hb", vec![1]),
+        Inbound::new(
+            Topics::default().agent(&stranger, Channel::Heartbeat),
+            vec![0x12],
+        ),
     ]);
     let text = env
         .fleet
