@@ -123,13 +123,19 @@ async fn sealed_telemetry_makes_an_agent_online_with_vitals() {
             Channel::Heartbeat,
         ),
     ]);
-    let metrics = env.fleet.metrics.render(edgefleet_console::metrics::Gauges {
-        agents_online: 0,
-        agents_total: 0,
-        sled_bytes: 0,
-        broker_queue_dropped: 0,
-    });
-    assert!(metrics.contains("edgefleet_ingest_latency_seconds_count 2"), "{metrics}");
+    let metrics = env
+        .fleet
+        .metrics
+        .render(edgefleet_console::metrics::Gauges {
+            agents_online: 0,
+            agents_total: 0,
+            sled_bytes: 0,
+            broker_queue_dropped: 0,
+        });
+    assert!(
+        metrics.contains("edgefleet_ingest_latency_seconds_count 2"),
+        "{metrics}"
+    );
     let (status, doc) = get(&env, &format!("/api/agents/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert_eq!(doc["status"], "online");
