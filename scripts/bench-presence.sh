@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the agent footprint and console ingest figures in BENCHMARKS.md.
-# Usage: cargo build --release -p edgefleet-agent -p edgefleet-console && scripts/bench-presence.sh [agents] [seconds]
+# Usage: cargo build --release -p edgefleet-agent -p edgefleet-console && scripts/bench-presence.sh [agents] [seconds] [agent-seconds]
 set -euo pipefail
 N=${1:-2000}
 SECS=${2:-60}
+AGENT_SECS=${3:-300}
 BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -13,14 +14,14 @@ rss() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 hb() { curl -s "http://127.0.0.1:$1/metrics" | awk -F' ' '/^edgefleet_ingest_messages_total\{kind="heartbeat"\}/ {print $2}'; }
 
 if [ -z "${SKIP_AGENT:-}" ]; then
-echo "== one agent, 30 s heartbeats, ${SECS}s =="
+echo "== one agent, 30 s heartbeats, ${AGENT_SECS}s =="
 "$BIN/edgefleet-console" --data-dir "$WORK/c1" --http 127.0.0.1:19080 --mqtt 127.0.0.1:19883 >"$WORK/c1.log" 2>&1 &
 sleep 2
 RUST_LOG=warn "$BIN/edgefleet-agent" run --console mqtt://127.0.0.1:19883 --data-dir "$WORK/a1" >"$WORK/a1.log" 2>&1 &
 AGENT=$!
 sleep 10
 c0=$(cpu $AGENT); t0=$(date +%s.%N)
-sleep "$SECS"
+sleep "$AGENT_SECS"
 c1=$(cpu $AGENT); t1=$(date +%s.%N)
 echo "agent RSS: $(rss $AGENT) KiB"
 echo "agent CPU: $(echo "($c1-$c0)/$ticks/($t1-$t0)*100" | bc -l | cut -c1-6) %"

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::{self, check_range, ConfigError, KeyDoc, Provenance, ValueKind, REDACTED};
+use crate::source::{
+    self, check_range, check_topic_prefix, ConfigError, KeyDoc, Provenance, ValueKind, REDACTED,
+};
 use crate::HumanDuration;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,20 +155,7 @@ impl AgentConfig {
                 format!("must be between 1 and 4096 (got {})", self.queue_cap_mb),
             ));
         }
-        let prefix_ok = (1..=16).contains(&self.topic_prefix.len())
-            && self
-                .topic_prefix
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !prefix_ok {
-            return Err(prov.invalid(
-                "topic_prefix",
-                format!(
-                    "must be 1-16 characters of [a-z0-9_-] (got {:?})",
-                    self.topic_prefix
-                ),
-            ));
-        }
+        check_topic_prefix(prov, "topic_prefix", &self.topic_prefix)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(prov.invalid("data_dir", "must not be empty"));
         }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::{self, check_range, ConfigError, KeyDoc, Provenance, ValueKind, REDACTED};
+use crate::source::{
+    self, check_range, check_topic_prefix, ConfigError, KeyDoc, Provenance, ValueKind, REDACTED,
+};
 use crate::HumanDuration;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,20 +266,7 @@ impl ConsoleConfig {
                 ),
             ));
         }
-        let prefix_ok =
-            (1..=16).contains(&self.mqtt.topic_prefix.len())
-                && self.mqtt.topic_prefix.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                });
-        if !prefix_ok {
-            return Err(prov.invalid(
-                "mqtt.topic_prefix",
-                format!(
-                    "must be 1-16 characters of [a-z0-9_-] (got {:?})",
-                    self.mqtt.topic_prefix
-                ),
-            ));
-        }
+        check_topic_prefix(prov, "mqtt.topic_prefix", &self.mqtt.topic_prefix)?;
         let p = &self.presence;
         check_range(
             prov,

@@ -230,3 +230,23 @@ pub(crate) fn check_range(
     }
     Ok(())
 }
+
+/// Topic prefixes are paid for on every publish and must not contain MQTT wildcards.
+pub(crate) fn check_topic_prefix(
+    prov: &Provenance,
+    key: &str,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    let ok = (1..=16).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(prov.invalid(
+            key,
+            format!("must be 1-16 characters of [a-z0-9_-] (got {prefix:?})"),
+        ))
+    }
+}

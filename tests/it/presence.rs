@@ -283,6 +283,17 @@ fn real_mac_key(
     edgefleet_codec::MacKey::derive_agent(&agent, &console.public_key()).unwrap()
 }
 
+async fn wait_online(console: &Console, id: &str) {
+    wait_for(Duration::from_secs(10), "agent online", || async {
+        let agents = console.agents().await;
+        agents
+            .iter()
+            .any(|a| a["id"] == id && a["status"] == "online")
+            .then_some(())
+    })
+    .await;
+}
+
 fn in_process_agent(
     dir: &std::path::Path,
     url: &str,
@@ -316,15 +327,7 @@ async fn a_stale_will_after_a_reconnect_does_not_mark_the_agent_offline() {
     let agent_dir = tmp.path().join("agent");
     let agent = in_process_agent(&agent_dir, &format!("mqtt://{}", proxy.addr()), 7);
     let id = agent.agent_id().to_string();
-    wait_for(Duration::from_secs(10), "agent online", || async {
-        (console
-            .agents()
-            .await
-            .iter()
-            .any(|a| a["id"] == id && a["status"] == "online"))
-        .then_some(())
-    })
-    .await;
+    wait_online(&console, &id).await;
     let first_bd_seq = agent.status().bd_seq;
 
     // Cut the link: the agent reconnects with a new bd_seq.
@@ -384,15 +387,7 @@ async fn queued_events_and_results_arrive_in_order_exactly_once_after_a_console_
         .unwrap();
     let agent = in_process_agent(&tmp.path().join("agent"), &console.mqtt_url(), 3);
     let id = agent.agent_id().to_string();
-    wait_for(Duration::from_secs(10), "agent online", || async {
-        (console
-            .agents()
-            .await
-            .iter()
-            .any(|a| a["id"] == id && a["status"] == "online"))
-        .then_some(())
-    })
-    .await;
+    wait_online(&console, &id).await;
     agent
         .emit_event(edgefleet_codec::EventLevel::Info, "before", "0")
         .await
@@ -471,15 +466,7 @@ async fn mosquitto_sub_sees_the_retained_statuses() {
         .unwrap();
     let agent = in_process_agent(&tmp.path().join("agent"), &console.mqtt_url(), 5);
     let id = agent.agent_id().to_string();
-    wait_for(Duration::from_secs(10), "agent online", || async {
-        (console
-            .agents()
-            .await
-            .iter()
-            .any(|a| a["id"] == id && a["status"] == "online"))
-        .then_some(())
-    })
-    .await;
+    wait_online(&console, &id).await;
     // An independent client (Debian's mosquitto-clients) with an identity of its own.
     let me = edgefleet_codec::Identity::generate();
     let my_id = me.agent_id();
