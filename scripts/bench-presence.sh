@@ -5,7 +5,7 @@ set -euo pipefail
 N=${1:-2000}
 SECS=${2:-60}
 AGENT_SECS=${3:-300}
-BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release
+BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ticks=$(getconf CLK_TCK)
