@@ -32,13 +32,21 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port. The small race between releasing and reusing it is acceptable in
-/// tests; the console reports a clear bind error if it ever loses the race.
+/// A free loopback port below Linux's ephemeral range (32768-60999). Hundreds of simulated
+/// agents use ephemeral ports as client source ports, so a port taken from that range could
+/// be grabbed by an outgoing connection between this check and the console's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("loopback has free ports")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 12;
+    for _ in 0..12_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 /// Polls `check` until it returns `Some`, or fails the test after `limit`.
@@ -129,6 +137,8 @@ impl Console {
             .arg("--mqtt")
             .arg(self.mqtt.to_string())
             .env("RUST_LOG", "info")
+            // Keep the error itself at the end of the log, not a backtrace.
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
