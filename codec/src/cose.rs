@@ -259,19 +259,25 @@ pub fn open_console_state_self_signed(payload: &[u8]) -> Result<ConsoleState, Ve
 }
 
 fn peek_console_state(payload: &[u8]) -> Result<ConsoleState, VerifyError> {
-    let kind = peek_kind(payload)?;
-    if kind != Kind::ConsoleState {
-        return Err(DecodeError::WrongKind {
-            expected: "console state",
-            got: kind,
-        }
-        .into());
+    let body = unverified_sign1_body(payload, Kind::ConsoleState, "console state")?;
+    Ok(crate::msg::decode(&body)?)
+}
+
+/// The payload of a Sign1 of `kind`, *before* its signature is checked: only for reading the
+/// signer's key out of a self-describing message, which the caller then verifies.
+fn unverified_sign1_body(
+    payload: &[u8],
+    kind: Kind,
+    expected: &'static str,
+) -> Result<Vec<u8>, VerifyError> {
+    let got = peek_kind(payload)?;
+    if got != kind {
+        return Err(DecodeError::WrongKind { expected, got }.into());
     }
     let sign1 = CoseSign1::from_slice(&payload[1..]).map_err(malformed)?;
-    let body = sign1
+    Ok(sign1
         .payload
-        .ok_or_else(|| malformed("Sign1 without payload"))?;
-    Ok(crate::msg::decode(&body)?)
+        .ok_or_else(|| malformed("Sign1 without payload"))?)
 }
 
 /// Signs an enrollment request with the new agent's key.
@@ -288,18 +294,7 @@ pub fn sign_enroll_request(req: &EnrollRequest, agent: &Identity) -> Vec<u8> {
 /// Verifies an enrollment request received on `agent`'s enrollment topic: the key inside
 /// must derive `agent`, and must have signed the request.
 pub fn open_enroll_request(payload: &[u8], agent: &AgentId) -> Result<EnrollRequest, VerifyError> {
-    let kind = peek_kind(payload)?;
-    if kind != Kind::EnrollRequest {
-        return Err(DecodeError::WrongKind {
-            expected: "enroll request",
-            got: kind,
-        }
-        .into());
-    }
-    let sign1 = CoseSign1::from_slice(&payload[1..]).map_err(malformed)?;
-    let body = sign1
-        .payload
-        .ok_or_else(|| malformed("Sign1 without payload"))?;
+    let body = unverified_sign1_body(payload, Kind::EnrollRequest, "enroll request")?;
     let req: EnrollRequest = crate::msg::decode(&body)?;
     let key = PublicKey::from_bytes(req.public_key);
     if key.agent_id() != *agent || req.agent_id != agent.as_str() {

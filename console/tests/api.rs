@@ -87,6 +87,17 @@ fn birth(bd_seq: u64, seq: u64, hostname: &str) -> AgentMessage {
     })
 }
 
+fn metrics_text(env: &Env) -> String {
+    env.fleet
+        .metrics
+        .render(edgefleet_console::metrics::Gauges {
+            agents_online: 0,
+            agents_total: 0,
+            sled_bytes: 0,
+            broker_queue_dropped: 0,
+        })
+}
+
 async fn get(env: &Env, uri: &str) -> (StatusCode, serde_json::Value) {
     let app = edgefleet_console::http::app(env.fleet.clone());
     let resp = app
@@ -123,15 +134,7 @@ async fn sealed_telemetry_makes_an_agent_online_with_vitals() {
             Channel::Heartbeat,
         ),
     ]);
-    let metrics = env
-        .fleet
-        .metrics
-        .render(edgefleet_console::metrics::Gauges {
-            agents_online: 0,
-            agents_total: 0,
-            sled_bytes: 0,
-            broker_queue_dropped: 0,
-        });
+    let metrics = metrics_text(&env);
     assert!(
         metrics.contains("edgefleet_ingest_latency_seconds_count 2"),
         "{metrics}"
@@ -181,15 +184,7 @@ async fn forged_replayed_and_garbage_payloads_are_rejected_and_counted() {
             vec![0x12],
         ),
     ]);
-    let text = env
-        .fleet
-        .metrics
-        .render(edgefleet_console::metrics::Gauges {
-            agents_online: 0,
-            agents_total: 0,
-            sled_bytes: 0,
-            broker_queue_dropped: 0,
-        });
+    let text = metrics_text(&env);
     for line in [
         "edgefleet_ingest_rejected_total{reason=\"replay\"} 1",
         "edgefleet_ingest_rejected_total{reason=\"bad_tag\"} 1",
