@@ -73,6 +73,8 @@ pub struct ConsoleOpts {
     pub heartbeat_interval: &'static str,
     pub restart_grace: &'static str,
     pub grace: &'static str,
+    /// Extra TOML appended to the config file (whole tables, e.g. `[mqtt]`).
+    pub extra_toml: String,
 }
 
 impl Default for ConsoleOpts {
@@ -81,6 +83,7 @@ impl Default for ConsoleOpts {
             heartbeat_interval: "30s",
             restart_grace: "60s",
             grace: "2s",
+            extra_toml: String::new(),
         }
     }
 }
@@ -120,11 +123,12 @@ impl Console {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\n\n[presence]\nheartbeat_interval = {hb:?}\ngrace = {grace:?}\nrestart_grace = {rg:?}\n",
+                "data_dir = {data:?}\n\n[presence]\nheartbeat_interval = {hb:?}\ngrace = {grace:?}\nrestart_grace = {rg:?}\n\n{extra}\n",
                 data = self.dir.join("data"),
                 hb = self.opts.heartbeat_interval,
                 grace = self.opts.grace,
                 rg = self.opts.restart_grace,
+                extra = self.opts.extra_toml,
             ),
         )?;
         self.starts += 1;

@@ -8,3 +8,4 @@ mod cli;
 mod harness;
 mod mqtt;
 mod presence;
+mod tls;

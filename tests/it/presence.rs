@@ -166,6 +166,7 @@ async fn console_restart_with_fifty_agents_records_no_offline_transition() {
         heartbeat_interval: "2s",
         restart_grace: "30s",
         grace: "2s",
+        ..ConsoleOpts::default()
     };
     let mut console = Console::start(&tmp.path().join("console"), opts)
         .await

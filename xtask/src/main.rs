@@ -15,6 +15,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // (binary that proves it is installed, Debian package)
     ("mosquitto", "mosquitto"),
     ("mosquitto_sub", "mosquitto-clients"),
+    ("openssl", "openssl"),
 ];
 
 fn main() -> Result<()> {
