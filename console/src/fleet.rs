@@ -34,6 +34,7 @@ pub struct Fleet {
     pub timings: Timings,
     pub started_ms: u64,
     pub metrics: Metrics,
+    pub api_keys: crate::auth::ApiKeys,
     hosts: RwLock<HashMap<String, HostRecord>>,
     keys: RwLock<HashMap<String, MacKey>>,
     log_limiter: Mutex<HashMap<&'static str, Instant>>,
@@ -62,7 +63,9 @@ impl Fleet {
             hosts.insert(host.id.clone(), host);
         }
         tracing::info!(hosts = hosts.len(), "fleet restored from sled");
+        let api_keys = crate::auth::ApiKeys::new(store.api_keys_tree()?);
         Ok(Fleet {
+            api_keys,
             store,
             identity,
             topics,

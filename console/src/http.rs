@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use edgefleet_codec::api::{self, AgentPage, AgentStatus, ApiErrorBody, FleetSummary};
 
+use crate::auth::Role;
 use crate::fleet::{now_ms, parse_id, Fleet};
 use crate::presence::HostRecord;
 use crate::store::{Sample, Tier};
@@ -70,18 +71,63 @@ const SORT_KEYS: [&str; 7] = [
 const MAX_POINTS: usize = 500;
 
 pub fn app(fleet: Arc<Fleet>) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    // Every /api route needs a key; `/`, `/healthz` and `/metrics` stay open for browsers,
+    // load balancers and Prometheus.
+    let api = Router::new()
         .route("/api/agents", get(list))
         .route("/api/agents/:id", get(detail))
         .route("/api/agents/:id/metrics", get(series))
         .route("/api/agents/:id/events", get(events))
         .route("/api/agents/:id/results", get(results))
         .route("/api/fleet/summary", get(summary))
+        .route_layer(axum::middleware::from_fn_with_state(
+            fleet.clone(),
+            require_key,
+        ));
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(api)
         .fallback(not_found)
         .with_state(fleet)
+}
+
+/// Checks `Authorization: Bearer <key>`. Read-only routes need at least [`Role::Viewer`].
+async fn require_key(
+    State(fleet): State<Arc<Fleet>>,
+    peer: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let addr = peer.map(|axum::extract::ConnectInfo(a)| a.ip());
+    if fleet.api_keys.locked_out(addr) {
+        return Err(ApiError::TooManyRequests);
+    }
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        fleet.api_keys.note_failure(addr);
+        return Err(ApiError::Unauthorized(
+            "missing `Authorization: Bearer <api key>` header".into(),
+        ));
+    };
+    match fleet.api_keys.check(secret.trim()) {
+        Some(record) if record.role >= Role::Viewer => {
+            req.extensions_mut().insert(record);
+            Ok(next.run(req).await)
+        }
+        Some(_) => Err(ApiError::Forbidden(
+            "this key's role does not allow that".into(),
+        )),
+        None => {
+            fleet.api_keys.note_failure(addr);
+            tracing::warn!(client = ?addr, "rejected an unknown API key");
+            Err(ApiError::Unauthorized("unknown API key".into()))
+        }
+    }
 }
 
 /// The one error type of the API. 4xx carry a precise message; 5xx a generic one, with the
@@ -89,7 +135,10 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
+    Unauthorized(String),
+    Forbidden(String),
     NotFound(String),
+    TooManyRequests,
     Internal(String),
 }
 
@@ -97,7 +146,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed API key attempts from this address; wait a minute".to_string(),
+            ),
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 (
@@ -125,8 +180,9 @@ async fn index() -> Html<&'static str> {
         "<!doctype html><meta charset=utf-8><title>EdgeFleet</title>\
          <h1>EdgeFleet console</h1>\
          <p>The web dashboard is not built yet (it is planned as a Leptos WASM app in <code>web-ui/</code>).</p>\
-         <p>The REST API is live: <a href=/api/fleet/summary>/api/fleet/summary</a>, \
-         <a href=/api/agents>/api/agents</a>, <a href=/metrics>/metrics</a>.</p>",
+         <p>The REST API is live behind an API key (<code>Authorization: Bearer ...</code>; the first \
+         admin key is in <code>&lt;data_dir&gt;/admin.key</code>): /api/fleet/summary, /api/agents. \
+         Open without a key: <a href=/metrics>/metrics</a>, <a href=/healthz>/healthz</a>.</p>",
     )
 }
 

@@ -5,8 +5,10 @@
 //! - `store`: the sled trees, batched writes, rollups and retention.
 //! - `http`: the axum REST API, `/healthz` and `/metrics`.
 //! - `metrics`: counters rendered in Prometheus text format.
+//! - `auth`: REST API keys (hashed in sled, roles, failure limits).
 //! - `demo`: the simulated fleet started by `--demo N`.
 
+pub mod auth;
 pub mod demo;
 pub mod fleet;
 pub mod http;
@@ -205,7 +207,18 @@ pub async fn run(
         None => None,
     };
 
-    let app = http::app(fleet.clone());
+    if fleet.api_keys.is_empty() {
+        let secret = fleet
+            .api_keys
+            .create("admin", auth::Role::Admin, fleet::now_ms())?;
+        let path = config.data_dir.join("admin.key");
+        edgefleet_config::keyfile::write_secret(&path, format!("{secret}\n").as_bytes())?;
+        // Printed once, on the first start, for the operator who just installed the console.
+        println!("First start: created the admin API key. It is also in {} (mode 0600):\n\n    {secret}\n", path.display());
+        tracing::info!(path = %path.display(), "created the first admin API key");
+    }
+
+    let app = http::app(fleet.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await

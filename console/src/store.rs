@@ -8,6 +8,7 @@
 //!   idempotent.
 //! - `results`: agent id ++ at_ms (BE) ++ command id → [`ResultRecord`] (JSON); idempotent
 //!   on redelivery too.
+//! - `api_keys`: SHA-256 of an API key → `auth::KeyRecord` (JSON).
 //!
 //! **Flush policy.** sled writes to its log immediately and fsyncs every
 //! [`FLUSH_EVERY_MS`]; a power loss can lose the writes of that last window (host updates,
@@ -368,6 +369,11 @@ impl Store {
         }
         tree.apply_batch(batch)?;
         Ok(n)
+    }
+
+    /// The tree of API key hashes (see `auth`).
+    pub fn api_keys_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("api_keys")?)
     }
 
     pub fn size_on_disk(&self) -> u64 {

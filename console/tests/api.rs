@@ -26,6 +26,7 @@ struct Env {
     _dir: tempfile::TempDir,
     fleet: Arc<Fleet>,
     console: Identity,
+    key: String,
 }
 
 fn env() -> Env {
@@ -33,10 +34,15 @@ fn env() -> Env {
     let store = Store::open(&dir.path().join("db")).unwrap();
     let console = Identity::generate();
     let fleet = Arc::new(Fleet::open(store, console.clone(), Topics::default(), TIMINGS).unwrap());
+    let key = fleet
+        .api_keys
+        .create("test", edgefleet_console::auth::Role::Viewer, 0)
+        .unwrap();
     Env {
         _dir: dir,
         fleet,
         console,
+        key,
     }
 }
 
@@ -99,11 +105,16 @@ fn metrics_text(env: &Env) -> String {
 }
 
 async fn get(env: &Env, uri: &str) -> (StatusCode, serde_json::Value) {
+    get_with(env, uri, Some(&format!("Bearer {}", env.key))).await
+}
+
+async fn get_with(env: &Env, uri: &str, auth: Option<&str>) -> (StatusCode, serde_json::Value) {
     let app = edgefleet_console::http::app(env.fleet.clone());
-    let resp = app
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let mut req = Request::get(uri);
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
@@ -327,11 +338,36 @@ async fn every_listed_route_is_served() {
     let a = enroll(&env);
     for (_, path, _) in edgefleet_console::http::ROUTES {
         let uri = path.replace(":id", a.identity.agent_id().as_str());
-        let app = edgefleet_console::http::app(env.fleet.clone());
-        let resp = app
-            .oneshot(Request::get(&uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let (status, body) = get(&env, &uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
     }
+}
+
+#[tokio::test]
+async fn api_routes_need_a_key_and_repeated_failures_are_locked_out() {
+    let env = env();
+    let (status, doc) = get_with(&env, "/api/agents", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        doc["error"],
+        "missing `Authorization: Bearer <api key>` header"
+    );
+    let (status, doc) = get_with(&env, "/api/agents", Some("Bearer efk_nope")).await;
+    assert_eq!(
+        (status, doc["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unknown API key"))
+    );
+    // Open routes stay open.
+    for uri in ["/", "/healthz", "/metrics"] {
+        assert_eq!(get_with(&env, uri, None).await.0, StatusCode::OK, "{uri}");
+    }
+    for _ in 0..edgefleet_console::auth::MAX_FAILURES {
+        get_with(&env, "/api/agents", Some("Bearer efk_nope")).await;
+    }
+    let (status, doc) = get(&env, "/api/agents").await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even a good key waits out the lockout: {doc}"
+    );
 }

@@ -33,10 +33,16 @@ async fn the_cli_lists_shows_and_summarises_and_agent_status_reads_local_state()
     })
     .await;
     let addr = console.http.to_string();
+    let key = console.api_key.clone();
 
     let (ok, out) = tokio::task::spawn_blocking({
-        let addr = addr.clone();
-        move || run("edgefleet", &["--console", &addr, "agents", "list"])
+        let (addr, key) = (addr.clone(), key.clone());
+        move || {
+            run(
+                "edgefleet",
+                &["--console", &addr, "--api-key", &key, "agents", "list"],
+            )
+        }
     })
     .await
     .unwrap();
@@ -49,33 +55,67 @@ async fn the_cli_lists_shows_and_summarises_and_agent_status_reads_local_state()
     assert!(out.contains("1 of 1 agents"), "{out}");
 
     let (ok, out) = tokio::task::spawn_blocking({
-        let (addr, id) = (addr.clone(), id.clone());
-        move || run("edgefleet", &["--console", &addr, "agents", "show", &id])
+        let (addr, id, key) = (addr.clone(), id.clone(), key.clone());
+        move || {
+            run(
+                "edgefleet",
+                &["--console", &addr, "--api-key", &key, "agents", "show", &id],
+            )
+        }
     })
     .await
     .unwrap();
     assert!(ok && out.contains("\"status_history\""), "{out}");
 
     let (ok, out) = tokio::task::spawn_blocking({
-        let addr = addr.clone();
-        move || run("edgefleet", &["--console", &addr, "fleet"])
+        let (addr, key) = (addr.clone(), key.clone());
+        move || {
+            run(
+                "edgefleet",
+                &["--console", &addr, "--api-key", &key, "fleet"],
+            )
+        }
     })
     .await
     .unwrap();
     assert!(ok && out.starts_with("1 agents: 1 online (100%)"), "{out}");
 
     let (ok, out) = tokio::task::spawn_blocking({
-        let addr = addr.clone();
+        let (addr, key) = (addr.clone(), key.clone());
         move || {
             run(
                 "edgefleet",
-                &["--console", &addr, "agents", "show", "nosuchagent"],
+                &[
+                    "--console",
+                    &addr,
+                    "--api-key",
+                    &key,
+                    "agents",
+                    "show",
+                    "nosuchagent",
+                ],
             )
         }
     })
     .await
     .unwrap();
     assert!(!ok && out.contains("console answered 404"), "{out}");
+
+    let (ok, out) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            run(
+                "edgefleet",
+                &["--console", &addr, "--api-key", "efk_wrong", "fleet"],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        !ok && out.contains("console answered 401: unknown API key"),
+        "{out}"
+    );
 
     let data = agent.dir.join("data");
     let out = wait_for(

@@ -97,6 +97,8 @@ pub struct Console {
     pub dir: PathBuf,
     opts: ConsoleOpts,
     starts: u32,
+    /// The admin API key the console wrote on its first start.
+    pub api_key: String,
 }
 
 impl Console {
@@ -108,6 +110,7 @@ impl Console {
             dir: dir.to_path_buf(),
             opts,
             starts: 0,
+            api_key: String::new(),
         };
         console.spawn().await?;
         Ok(console)
@@ -153,7 +156,10 @@ impl Console {
         let http = self.http;
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if let Ok((200, _)) = http_get(http, "/healthz").await {
+            if let Ok((200, _)) = http_get(http, "/healthz", None).await {
+                let key = std::fs::read_to_string(self.dir.join("data/admin.key"))
+                    .context("the console writes data/admin.key on first start")?;
+                self.api_key = key.trim().to_string();
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
@@ -198,7 +204,7 @@ impl Console {
 
     /// GET a JSON document from the REST API; panics with the body on a non-200 answer.
     pub async fn get(&self, path: &str) -> Value {
-        let (status, body) = http_get(self.http, path)
+        let (status, body) = http_get(self.http, path, Some(&self.api_key))
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
         assert_eq!(status, 200, "GET {path} answered {status}: {body}");
@@ -206,7 +212,7 @@ impl Console {
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        http_get(self.http, path)
+        http_get(self.http, path, Some(&self.api_key))
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
     }
@@ -231,12 +237,19 @@ impl Console {
 
 /// A minimal HTTP/1.1 GET, enough for our own JSON API (`Connection: close`, body read to
 /// the end). It keeps the test crate free of an HTTP client dependency.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    api_key: Option<&str>,
+) -> Result<(u16, String)> {
     let mut stream =
         tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
             .await
             .context("connect timed out")??;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = api_key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))

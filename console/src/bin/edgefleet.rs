@@ -14,6 +14,9 @@ struct Args {
     /// Console address (host:port of its HTTP API).
     #[arg(long, default_value = "127.0.0.1:8080", env = "EDGEFLEET_CONSOLE")]
     console: String,
+    /// API key (the console writes the first admin key to <data_dir>/admin.key).
+    #[arg(long, env = "EDGEFLEET_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -44,9 +47,9 @@ enum AgentsCmd {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    match args.command {
+    match &args.command {
         Cmd::Fleet => {
-            let s: FleetSummary = get(&args.console, "/api/fleet/summary")?;
+            let s: FleetSummary = get(&args, "/api/fleet/summary")?;
             println!(
                 "{} agents: {} online ({}%), {} offline, {} stale, {} pending",
                 s.total, s.online, s.percent_online, s.offline, s.stale, s.pending
@@ -64,12 +67,12 @@ fn main() -> Result<()> {
         } => {
             let mut path = "/api/agents?per_page=200".to_string();
             if let Some(s) = status {
-                path.push_str(&format!("&status={}", encode(&s)));
+                path.push_str(&format!("&status={}", encode(s)));
             }
             if let Some(q) = q {
-                path.push_str(&format!("&q={}", encode(&q)));
+                path.push_str(&format!("&q={}", encode(q)));
             }
-            let page: AgentPage = get(&args.console, &path)?;
+            let page: AgentPage = get(&args, &path)?;
             println!(
                 "{:<16}  {:<8}  {:<24}  {:>4} {:>4} {:>4}  OS",
                 "ID", "STATUS", "HOSTNAME", "CPU", "MEM", "DISK"
@@ -92,7 +95,7 @@ fn main() -> Result<()> {
         Cmd::Agents {
             command: AgentsCmd::Show { id },
         } => {
-            let d: AgentDetail = get(&args.console, &format!("/api/agents/{}", encode(&id)))?;
+            let d: AgentDetail = get(&args, &format!("/api/agents/{}", encode(id)))?;
             println!("{}", serde_json::to_string_pretty(&d)?);
         }
     }
@@ -112,13 +115,17 @@ fn encode(s: &str) -> String {
 }
 
 /// A plain HTTP/1.1 GET; the API is JSON over loopback or a trusted network.
-fn get<T: serde::de::DeserializeOwned>(console: &str, path: &str) -> Result<T> {
+fn get<T: serde::de::DeserializeOwned>(args: &Args, path: &str) -> Result<T> {
+    let console = args.console.as_str();
+    let Some(key) = args.api_key.as_deref() else {
+        bail!("no API key: pass --api-key or set EDGEFLEET_API_KEY (the console wrote its first admin key to <data_dir>/admin.key)");
+    };
     let mut stream = TcpStream::connect(console)
         .with_context(|| format!("connecting to the console at {console}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {console}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = String::new();
     stream
