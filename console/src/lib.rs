@@ -7,6 +7,7 @@
 //! - `metrics`: counters rendered in Prometheus text format.
 //! - `auth`: REST API keys (hashed in sled, roles, failure limits).
 //! - `demo`: the simulated fleet started by `--demo N`.
+//! - `tls`: `init-tls`, a self-signed CA and server certificate for MQTT over TLS.
 
 pub mod auth;
 pub mod demo;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod presence;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;

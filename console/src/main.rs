@@ -32,11 +32,37 @@ struct Args {
     /// Log output: human (default) or json.
     #[arg(long, default_value = "human")]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Create a self-signed CA and a server certificate for MQTT over TLS.
+    InitTls {
+        /// Directory for ca.pem, ca.key, server.pem and server.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS name or IP address the server certificate is valid for (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::InitTls { out, names }) = &args.command {
+        let files = edgefleet_console::tls::init_tls(out, names)?;
+        println!(
+            "CA certificate:     {}  (give this to agents as ca_file)\nCA key:             {}  (keep offline)\nserver certificate: {}\nserver key:         {}\n\nSet [mqtt] tls_cert and tls_key to the server files and tls_bind to the listen address.",
+            files.ca_cert.display(),
+            files.ca_key.display(),
+            files.server_cert.display(),
+            files.server_key.display()
+        );
+        return Ok(());
+    }
     init_tracing(&args.log_format)?;
     let mut config = ConsoleConfig::load_from_process_env(args.config.as_deref())?;
     if args.demo.is_some() {

@@ -1,85 +1,48 @@
-//! MQTT over TLS end to end: the embedded broker's TLS listener with a certificate from a CA
-//! made here with openssl, an agent that trusts that CA, and one that trusts another CA.
+//! MQTT over TLS end to end: `edgefleet-console init-tls` makes a CA and a server
+//! certificate, the embedded broker serves them, an agent that trusts that CA connects, and
+//! one that trusts another CA is refused.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{free_port, wait_for, AgentProc, Console, ConsoleOpts};
+use crate::harness::{bin, free_port, wait_for, AgentProc, Console, ConsoleOpts};
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
+/// `edgefleet-console init-tls`: a CA and a server certificate for `localhost` in `dir`.
+fn init_tls(dir: &Path) {
+    let out = Command::new(bin("edgefleet-console"))
+        .args([
+            "init-tls",
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+            "--out",
+        ])
+        .arg(dir)
         .output()
-        .expect("openssl is installed");
+        .unwrap();
     assert!(
         out.status.success(),
-        "openssl {args:?}: {}",
+        "init-tls: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A CA and a server certificate for `localhost`, signed by it.
-fn make_ca_and_server(dir: &Path, ca: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={ca}"),
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ],
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("give this to agents as ca_file"), "{text}");
+    for f in ["ca.key", "server.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    // A second run refuses to overwrite.
+    let again = Command::new(bin("edgefleet-console"))
+        .args(["init-tls", "--name", "x", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already exists")
     );
 }
 
@@ -87,8 +50,8 @@ fn make_ca_and_server(dir: &Path, ca: &str) {
 async fn an_agent_connects_over_mqtts_and_a_wrong_ca_fails_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
-    make_ca_and_server(&pki, "EdgeFleet test CA");
-    make_ca_and_server(&tmp.path().join("other"), "Some other CA");
+    init_tls(&pki);
+    init_tls(&tmp.path().join("other"));
     let tls_port = free_port();
     let opts = ConsoleOpts {
         extra_toml: format!(

@@ -15,7 +15,6 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // (binary that proves it is installed, Debian package)
     ("mosquitto", "mosquitto"),
     ("mosquitto_sub", "mosquitto-clients"),
-    ("openssl", "openssl"),
 ];
 
 fn main() -> Result<()> {
