@@ -18,9 +18,14 @@ pub struct SystemFacts {
     pub boot_time: u64,
 }
 
+/// A source of device facts and vitals. Calls happen on the session task between event
+/// loop polls, so they must be quick (milliseconds) and must not block on the network.
 pub trait Probe: Send {
+    /// What the birth says: read on every connect.
     fn facts(&mut self) -> SystemFacts;
+    /// A sample for a heartbeat; rates are averaged since the previous call.
     fn vitals(&mut self) -> Vitals;
+    /// Managed apps and their state.
     fn apps(&mut self) -> Vec<AppState>;
 }
 
@@ -32,23 +37,40 @@ pub struct SysinfoProbe {
     disks: sysinfo::Disks,
     mounts: Vec<PathBuf>,
     apps: Vec<String>,
-    last_net: Instant,
+    /// Total bytes received and sent (all interfaces but loopback) at the last sample.
+    last_net: (u64, u64, Instant),
 }
 
 impl SysinfoProbe {
+    /// `mounts`: the fullest of these is reported as disk %; `apps`: managed app ids.
     pub fn new(mounts: Vec<PathBuf>, apps: Vec<String>) -> SysinfoProbe {
         let mut system = sysinfo::System::new();
         system.refresh_cpu_usage();
         system.refresh_memory();
+        let networks = sysinfo::Networks::new_with_refreshed_list();
+        let (rx, tx) = net_totals(&networks);
         SysinfoProbe {
             system,
-            networks: sysinfo::Networks::new_with_refreshed_list(),
+            networks,
             disks: sysinfo::Disks::new_with_refreshed_list(),
             mounts,
             apps,
-            last_net: Instant::now(),
+            last_net: (rx, tx, Instant::now()),
         }
     }
+}
+
+/// Cumulative counters, so the rate does not depend on who refreshed the list last.
+fn net_totals(networks: &sysinfo::Networks) -> (u64, u64) {
+    networks
+        .iter()
+        .filter(|(name, _)| name.as_str() != "lo")
+        .fold((0u64, 0u64), |(r, t), (_, d)| {
+            (
+                r.saturating_add(d.total_received()),
+                t.saturating_add(d.total_transmitted()),
+            )
+        })
 }
 
 /// `PRETTY_NAME` from os-release, the name operators know their devices by.
@@ -92,11 +114,13 @@ impl Probe for SysinfoProbe {
         self.system.refresh_memory();
         self.disks.refresh(true);
         self.networks.refresh(true);
-        let elapsed = self.last_net.elapsed().as_secs_f64().max(0.001);
-        self.last_net = Instant::now();
-        let (rx, tx) = self.networks.iter().fold((0u64, 0u64), |(r, t), (_, d)| {
-            (r + d.received(), t + d.transmitted())
-        });
+        let (total_rx, total_tx) = net_totals(&self.networks);
+        let (last_rx, last_tx, last_at) = self.last_net;
+        let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
+        self.last_net = (total_rx, total_tx, Instant::now());
+        // An interface that went away makes the totals drop: report 0, not a wrap.
+        let rx = total_rx.saturating_sub(last_rx);
+        let tx = total_tx.saturating_sub(last_tx);
         let total = self.system.total_memory().max(1);
         let mem = self.system.used_memory() as f64 * 100.0 / total as f64;
         let disk = self
@@ -158,6 +182,8 @@ const SIM_SITES: [&str; 6] = ["ferry", "store", "tower", "farm", "depot", "ship"
 const SIM_APPS: [&str; 5] = ["modbus-bridge", "camera", "edge-db", "vpn", "pos"];
 
 impl SimProbe {
+    /// The simulated device number `index`: the same index gives the same device (host
+    /// name, OS, apps), so a restarted simulation keeps its fleet.
     pub fn new(index: usize) -> SimProbe {
         let mut rng = rand::rngs::StdRng::seed_from_u64(index as u64 ^ 0x5eed);
         let apps = (0..rng.gen_range(2..=4))
@@ -187,7 +213,11 @@ impl SimProbe {
                 (index >> 8) & 255,
                 index & 255
             )],
-            boot_time: 1_790_000_000 - rng.gen_range(0..864_000),
+            boot_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .saturating_sub(rng.gen_range(600..30 * 86_400)),
         };
         let current = Vitals {
             cpu_pct: rng.gen_range(2..60),
@@ -257,11 +287,27 @@ mod tests {
         let mut b = SimProbe::new(2);
         assert_ne!(a.facts().hostname, b.facts().hostname);
         assert!((2..=4).contains(&a.apps().len()));
-        for _ in 0..1000 {
+        let mut cpus = std::collections::BTreeSet::new();
+        for _ in 0..5000 {
             let v = a.vitals();
-            assert!(v.cpu_pct <= 100 && v.mem_pct <= 100 && v.disk_pct <= 100);
+            assert!(v.cpu_pct <= 100, "{v:?}");
+            assert!((5..=99).contains(&v.mem_pct), "{v:?}");
+            assert!((1..=99).contains(&v.disk_pct), "{v:?}");
+            assert!(v.load_centi <= 800, "{v:?}");
+            assert!(v.rx_bps <= 1_000_000 && v.tx_bps <= 1_000_000, "{v:?}");
+            assert!(v.uptime_s > 0, "{v:?}");
+            cpus.insert(v.cpu_pct);
         }
+        assert!(cpus.len() > 20, "cpu wanders: {cpus:?}");
         let _ = b.vitals();
+        let oses: std::collections::BTreeSet<String> =
+            (0..10).map(|i| SimProbe::new(i).facts().os).collect();
+        assert!(oses.len() >= 4, "{oses:?}");
+        assert_eq!(
+            SimProbe::new(3).facts().hostname,
+            SimProbe::new(3).facts().hostname
+        );
+        assert!(SimProbe::new(3).facts().hostname.starts_with("sim-"));
     }
 
     #[test]

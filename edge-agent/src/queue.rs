@@ -1,50 +1,101 @@
-//! The store-and-forward queue, in the agent's own sled.
+//! The store-and-forward queue, in the agent's own sled (tree `queue`), and [`Delivery`],
+//! which ties rumqttc's packet ids back to queue items.
 //!
-//! Items are unsealed [`AgentMessage`]s (they are stamped and sealed when sent). Keys are
-//! sled's monotonic ids, so iteration order is arrival order and survives restarts. An item
-//! is removed only after the broker acknowledged it (PUBACK). Over the byte cap the oldest
-//! heartbeats go first; events and results are never dropped.
+//! Items are unsealed [`AgentMessage`]s: they are stamped with the current `(bd_seq, seq)`
+//! and sealed only when sent (docs/wire.md). Keys are sled's monotonic ids, big-endian, so
+//! iteration order is arrival order and survives restarts. An item is removed only after
+//! the broker acknowledged it (PUBACK). Over the byte cap the oldest heartbeats go first;
+//! events and results are never dropped, even when they alone exceed the cap.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use edgefleet_codec::{AgentMessage, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("agent queue")]
+    #[error("agent queue storage")]
     Sled(#[from] sled::Error),
 }
 
+/// A bounded, persistent FIFO of unsealed agent messages.
 #[derive(Debug, Clone)]
 pub struct Queue {
     db: sled::Db,
     tree: sled::Tree,
     cap_bytes: u64,
+    /// Keys plus values held, counted once at open and kept current: summing the tree on
+    /// every push would make a full queue quadratic.
+    bytes: Arc<Mutex<u64>>,
 }
 
 /// What a push had to do to stay under the cap.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PushOutcome {
+    /// The queue key of the new item.
+    pub key: u64,
     pub dropped_heartbeats: usize,
-    /// The queue is over its cap with nothing droppable left.
+    /// The queue is over its cap with nothing droppable left (events and results only).
     pub over_cap: bool,
 }
 
+/// What a publish request carries, so its PUBACK can be acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// Nothing to do on acknowledgement (live status, birth, heartbeats).
+    Plain,
+    /// A queue item, removed when acknowledged.
+    Queued(u64),
+    /// The clean offline status sent on shutdown.
+    Goodbye,
+}
+
+/// Matches publishes to their acknowledgements. rumqttc reports `Outgoing::Publish(pkid)`
+/// for every publish request, in request order (pkid 0 for QoS 0), and
+/// `Incoming::PubAck(pkid)` later; the pkid is the only link between the two, and pkids are
+/// reused, so each one is forgotten as soon as it is acknowledged.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    requested: VecDeque<Tag>,
+    by_pkid: HashMap<u16, Tag>,
+    /// The last queue key handed to the client, so the next read continues after it.
+    cursor: Option<u64>,
+    queued_in_flight: usize,
+}
+
 impl Queue {
-    pub fn new(db: sled::Db, tree: sled::Tree, cap_bytes: u64) -> Queue {
+    /// Opens the queue in `tree` of `db` with a cap of `cap_bytes`.
+    pub fn open(db: sled::Db, tree: sled::Tree, cap_bytes: u64) -> Queue {
+        let bytes = tree
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
         Queue {
             db,
             tree,
             cap_bytes,
+            bytes: Arc::new(Mutex::new(bytes)),
         }
     }
 
-    pub fn push(&self, msg: &AgentMessage) -> Result<(u64, PushOutcome), QueueError> {
+    /// Appends `msg`, then drops the oldest heartbeats while over the cap. Events and
+    /// results are flushed to disk before this returns: they must survive a power cut.
+    pub fn push(&self, msg: &AgentMessage) -> Result<PushOutcome, QueueError> {
         let id = self.db.generate_id()?;
-        self.tree.insert(id.to_be_bytes(), msg.to_stored())?;
-        let mut outcome = PushOutcome::default();
-        while self.bytes() > self.cap_bytes {
+        let value = msg.to_stored();
+        let mut bytes = self.bytes.lock().expect("queue byte counter poisoned");
+        self.tree.insert(id.to_be_bytes(), value.as_slice())?;
+        *bytes += (8 + value.len()) as u64;
+        let mut outcome = PushOutcome {
+            key: id,
+            ..PushOutcome::default()
+        };
+        while *bytes > self.cap_bytes {
             match self.oldest_heartbeat()? {
-                Some(key) => {
+                Some((key, len)) => {
                     self.tree.remove(key)?;
+                    *bytes = bytes.saturating_sub(len);
                     outcome.dropped_heartbeats += 1;
                 }
                 None => {
@@ -53,26 +104,27 @@ impl Queue {
                 }
             }
         }
-        Ok((id, outcome))
+        drop(bytes);
+        if msg.kind() != Kind::Heartbeat {
+            self.tree.flush()?;
+        }
+        Ok(outcome)
     }
 
-    fn oldest_heartbeat(&self) -> Result<Option<sled::IVec>, QueueError> {
+    fn oldest_heartbeat(&self) -> Result<Option<(sled::IVec, u64)>, QueueError> {
         for item in self.tree.iter() {
             let (k, v) = item?;
             if v.first().copied() == Some(Kind::Heartbeat.header()) {
-                return Ok(Some(k));
+                let len = (k.len() + v.len()) as u64;
+                return Ok(Some((k, len)));
             }
         }
         Ok(None)
     }
 
-    /// Approximate bytes held (keys + values).
+    /// Bytes held (keys + values).
     pub fn bytes(&self) -> u64 {
-        self.tree
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum()
+        *self.bytes.lock().expect("queue byte counter poisoned")
     }
 
     pub fn len(&self) -> usize {
@@ -83,20 +135,26 @@ impl Queue {
         self.tree.is_empty()
     }
 
-    /// Up to `n` items after `after` (exclusive), oldest first. Undecodable items (written by
-    /// a newer agent version, or damaged) are removed and logged rather than blocking the
-    /// queue forever.
+    /// Up to `n` items after `after` (exclusive), oldest first. Undecodable items (written
+    /// by a newer agent version, or damaged) are removed and logged rather than blocking
+    /// the queue forever.
     pub fn peek_after(
         &self,
         after: Option<u64>,
         n: usize,
     ) -> Result<Vec<(u64, AgentMessage)>, QueueError> {
-        let start = after
-            .map(|a| a.saturating_add(1))
-            .unwrap_or(0)
-            .to_be_bytes();
+        let start = match after {
+            Some(a) => match a.checked_add(1) {
+                Some(s) => s,
+                None => return Ok(Vec::new()),
+            },
+            None => 0,
+        };
         let mut out = Vec::new();
-        for item in self.tree.range(start..) {
+        for item in self.tree.range(start.to_be_bytes()..) {
+            if out.len() >= n {
+                break;
+            }
             let (k, v) = item?;
             let Ok(key) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) else {
                 continue;
@@ -105,26 +163,79 @@ impl Queue {
                 Ok(msg) => out.push((key, msg)),
                 Err(e) => {
                     tracing::error!(queue.key = key, error = %e, "dropping an undecodable queue item");
-                    self.tree.remove(k)?;
+                    self.remove(key)?;
                 }
-            }
-            if out.len() >= n {
-                break;
             }
         }
         Ok(out)
     }
 
+    /// Removes an acknowledged item. Removing a key that is gone is not an error.
     pub fn remove(&self, key: u64) -> Result<(), QueueError> {
-        self.tree.remove(key.to_be_bytes())?;
+        let mut bytes = self.bytes.lock().expect("queue byte counter poisoned");
+        if let Some(old) = self.tree.remove(key.to_be_bytes())? {
+            *bytes = bytes.saturating_sub((8 + old.len()) as u64);
+        }
         Ok(())
+    }
+}
+
+impl Delivery {
+    /// A fresh tracker for a new connection: queued items are read from the start again,
+    /// since whatever was in flight on the old connection may not have arrived.
+    pub fn new() -> Delivery {
+        Delivery::default()
+    }
+
+    /// A publish request was accepted by the client. Queued items must be requested in
+    /// key order.
+    pub fn requested(&mut self, tag: Tag) {
+        if let Tag::Queued(key) = tag {
+            self.cursor = Some(key);
+            self.queued_in_flight += 1;
+        }
+        self.requested.push_back(tag);
+    }
+
+    /// rumqttc wrote the oldest requested publish with packet id `pkid`.
+    pub fn outgoing(&mut self, pkid: u16) {
+        if let Some(tag) = self.requested.pop_front() {
+            if pkid != 0 && tag != Tag::Plain {
+                self.by_pkid.insert(pkid, tag);
+            }
+        }
+    }
+
+    /// The broker acknowledged `pkid`: what it was, if we were waiting for it.
+    pub fn acked(&mut self, pkid: u16) -> Option<Tag> {
+        let tag = self.by_pkid.remove(&pkid)?;
+        if matches!(tag, Tag::Queued(_)) {
+            self.queued_in_flight = self.queued_in_flight.saturating_sub(1);
+        }
+        Some(tag)
+    }
+
+    /// The last queue key requested on this connection.
+    pub fn cursor(&self) -> Option<u64> {
+        self.cursor
+    }
+
+    /// Queue items requested and not yet acknowledged.
+    pub fn queued_in_flight(&self) -> usize {
+        self.queued_in_flight
+    }
+
+    /// Publish requests not yet written by the client.
+    pub fn unwritten(&self) -> usize {
+        self.requested.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgefleet_codec::{Event, EventLevel, Heartbeat};
+    use edgefleet_codec::{CommandOutcome, CommandResult, Event, EventLevel, Heartbeat};
+    use rand::{Rng, SeedableRng};
 
     fn event(id: u64) -> AgentMessage {
         AgentMessage::Event(Event {
@@ -135,6 +246,17 @@ mod tests {
             level: EventLevel::Info,
             kind: "k".into(),
             message: "m".repeat(100),
+        })
+    }
+
+    fn result(n: u8) -> AgentMessage {
+        AgentMessage::CommandResult(CommandResult {
+            bd_seq: 0,
+            seq: 0,
+            command_id: [n; 16],
+            outcome: CommandOutcome::Succeeded,
+            message: "done".repeat(25),
+            at_ms: 1,
         })
     }
 
@@ -149,56 +271,138 @@ mod tests {
     fn open(dir: &std::path::Path, cap: u64) -> Queue {
         let db = sled::open(dir.join("q")).unwrap();
         let tree = db.open_tree("queue").unwrap();
-        Queue::new(db, tree, cap)
+        Queue::open(db, tree, cap)
+    }
+
+    fn describe(items: &[(u64, AgentMessage)]) -> Vec<String> {
+        items
+            .iter()
+            .map(|(_, m)| match m {
+                AgentMessage::Event(e) => format!("ev{}", e.event_id),
+                AgentMessage::Heartbeat(h) => format!("hb{}", h.at.unwrap_or(0)),
+                AgentMessage::CommandResult(r) => format!("res{}", r.command_id[0]),
+                other => format!("{:?}", other.kind()),
+            })
+            .collect()
     }
 
     #[test]
     fn items_come_back_in_order_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        let bytes_before;
         {
             let q = open(dir.path(), 1 << 20);
-            for i in 0..5 {
+            q.push(&event(0)).unwrap();
+            q.push(&hb(1)).unwrap();
+            q.push(&result(2)).unwrap();
+            q.push(&event(3)).unwrap();
+            q.push(&event(4)).unwrap();
+            bytes_before = q.bytes();
+        }
+        let q = open(dir.path(), 1 << 20);
+        assert_eq!(q.bytes(), bytes_before, "the byte count is rebuilt on open");
+        let items = q.peek_after(None, 10).unwrap();
+        assert_eq!(describe(&items), ["ev0", "hb1", "res2", "ev3", "ev4"]);
+        q.remove(items[0].0).unwrap();
+        assert_eq!(q.len(), 4);
+        let rest = q.peek_after(Some(items[1].0), 10).unwrap();
+        assert_eq!(describe(&rest), ["res2", "ev3", "ev4"]);
+        assert_eq!(q.peek_after(None, 2).unwrap().len(), 2);
+        assert!(q.peek_after(Some(u64::MAX), 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn new_items_after_a_reopen_still_sort_after_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = open(dir.path(), 1 << 20);
+            for i in 0..3 {
                 q.push(&event(i)).unwrap();
             }
         }
         let q = open(dir.path(), 1 << 20);
+        q.push(&event(3)).unwrap();
         let items = q.peek_after(None, 10).unwrap();
-        let ids: Vec<u64> = items
-            .iter()
-            .map(|(_, m)| match m {
-                AgentMessage::Event(e) => e.event_id,
-                _ => 99,
-            })
-            .collect();
-        assert_eq!(ids, [0, 1, 2, 3, 4]);
-        q.remove(items[0].0).unwrap();
-        assert_eq!(q.len(), 4);
-        let rest = q.peek_after(Some(items[1].0), 10).unwrap();
-        assert_eq!(rest.len(), 3);
+        assert_eq!(describe(&items), ["ev0", "ev1", "ev2", "ev3"]);
     }
 
     #[test]
-    fn over_the_cap_the_oldest_heartbeats_go_first_never_events() {
+    fn over_the_cap_the_oldest_heartbeats_go_first_never_events_or_results() {
         let dir = tempfile::tempdir().unwrap();
-        let q = open(dir.path(), 250);
-        q.push(&hb(1)).unwrap();
-        q.push(&event(1)).unwrap();
-        q.push(&hb(2)).unwrap();
-        q.push(&event(2)).unwrap();
-        q.push(&event(3)).unwrap();
-        let (_, outcome) = q.push(&event(4)).unwrap();
-        let left: Vec<AgentMessage> = q
-            .peek_after(None, 100)
-            .unwrap()
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect();
+        let size = |m: &AgentMessage| 8 + m.to_stored().len() as u64;
+        let (ev, hb_size) = (size(&event(1)), size(&hb(1)));
         assert!(
-            left.iter().all(|m| matches!(m, AgentMessage::Event(_))),
-            "{left:?}"
+            ev > 2 * hb_size,
+            "the scenario below assumes small heartbeats"
         );
-        assert_eq!(left.len(), 4, "no event was dropped");
-        assert!(outcome.over_cap, "events alone exceed the cap and are kept");
+        let cap = 2 * ev + 2 * hb_size;
+        let q = open(dir.path(), cap);
+        for m in [hb(1), event(1), hb(2), hb(3)] {
+            assert_eq!(q.push(&m).unwrap().dropped_heartbeats, 0);
+        }
+        let outcome = q.push(&event(2)).unwrap();
+        assert_eq!((outcome.dropped_heartbeats, outcome.over_cap), (1, false));
+        assert_eq!(q.bytes(), cap);
+        let left = q.peek_after(None, 10).unwrap();
+        assert_eq!(describe(&left), ["ev1", "hb2", "hb3", "ev2"]);
+
+        // Both remaining heartbeats go, and events alone are then over the cap: kept.
+        let outcome = q.push(&event(3)).unwrap();
+        assert_eq!((outcome.dropped_heartbeats, outcome.over_cap), (2, true));
+        let outcome = q.push(&result(9)).unwrap();
+        assert_eq!((outcome.dropped_heartbeats, outcome.over_cap), (0, true));
+        let left = q.peek_after(None, 10).unwrap();
+        assert_eq!(describe(&left), ["ev1", "ev2", "ev3", "res9"]);
+        assert!(q.bytes() > cap);
+
+        // A new heartbeat cannot stay while events and results alone are over the cap.
+        let outcome = q.push(&hb(4)).unwrap();
+        assert_eq!(outcome.dropped_heartbeats, 1);
+        assert_eq!(q.len(), 4);
+
+        // Once delivered items are removed, heartbeats fit again.
+        for (key, _) in q.peek_after(None, 10).unwrap() {
+            q.remove(key).unwrap();
+        }
+        let outcome = q.push(&hb(5)).unwrap();
+        assert_eq!((outcome.dropped_heartbeats, outcome.over_cap), (0, false));
+    }
+
+    #[test]
+    fn under_any_mix_events_survive_and_heartbeats_leave_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 2_000);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let (mut events, mut hbs) = (Vec::new(), Vec::new());
+        for i in 0..300u64 {
+            if rng.gen_bool(0.2) {
+                q.push(&event(i)).unwrap();
+                events.push(format!("ev{i}"));
+            } else {
+                q.push(&hb(i)).unwrap();
+                hbs.push(format!("hb{i}"));
+            }
+            let left = describe(&q.peek_after(None, 1000).unwrap());
+            let kept_events: Vec<&String> = left.iter().filter(|d| d.starts_with("ev")).collect();
+            assert_eq!(kept_events.len(), events.len(), "no event is ever dropped");
+            let kept_hbs: Vec<&String> = left.iter().filter(|d| d.starts_with("hb")).collect();
+            let suffix: Vec<&String> = hbs[hbs.len() - kept_hbs.len()..].iter().collect();
+            assert_eq!(kept_hbs, suffix, "only the oldest heartbeats go");
+            assert!(q.bytes() <= 2_000 || kept_hbs.is_empty());
+        }
+    }
+
+    #[test]
+    fn removal_keeps_the_byte_count_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 1 << 20);
+        let a = q.push(&event(1)).unwrap().key;
+        let b = q.push(&hb(1)).unwrap().key;
+        q.remove(a).unwrap();
+        q.remove(a).unwrap();
+        q.remove(b).unwrap();
+        assert_eq!(q.bytes(), 0);
+        assert!(q.is_empty());
     }
 
     #[test]
@@ -210,7 +414,58 @@ mod tests {
             .unwrap();
         q.push(&event(7)).unwrap();
         let items = q.peek_after(None, 10).unwrap();
-        assert_eq!(items.len(), 1);
+        assert_eq!(describe(&items), ["ev7"]);
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn delivery_removes_an_item_only_on_its_own_puback() {
+        let mut d = Delivery::new();
+        // A live QoS 0 heartbeat, two queued items, then the goodbye.
+        d.requested(Tag::Plain);
+        d.requested(Tag::Queued(10));
+        d.requested(Tag::Queued(11));
+        d.requested(Tag::Goodbye);
+        assert_eq!(d.cursor(), Some(11));
+        assert_eq!(d.queued_in_flight(), 2);
+        assert_eq!(d.acked(1), None, "nothing written yet");
+        d.outgoing(0);
+        d.outgoing(5);
+        d.outgoing(6);
+        d.outgoing(7);
+        assert_eq!(d.unwritten(), 0);
+        // Acks may come back in any order; each maps to its own item.
+        assert_eq!(d.acked(6), Some(Tag::Queued(11)));
+        assert_eq!(d.acked(6), None, "a duplicate ack does nothing");
+        assert_eq!(d.acked(5), Some(Tag::Queued(10)));
+        assert_eq!(d.acked(7), Some(Tag::Goodbye));
+        assert_eq!(d.queued_in_flight(), 0);
+        // Packet ids are reused.
+        d.requested(Tag::Queued(12));
+        d.outgoing(5);
+        assert_eq!(d.acked(5), Some(Tag::Queued(12)));
+    }
+
+    #[test]
+    fn a_lost_connection_leaves_unacknowledged_items_in_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 1 << 20);
+        for i in 0..3 {
+            q.push(&event(i)).unwrap();
+        }
+        let mut d = Delivery::new();
+        for (key, _) in q.peek_after(d.cursor(), 10).unwrap() {
+            d.requested(Tag::Queued(key));
+        }
+        d.outgoing(1);
+        d.outgoing(2);
+        d.outgoing(3);
+        if let Some(Tag::Queued(key)) = d.acked(1) {
+            q.remove(key).unwrap();
+        }
+        // The connection drops: a new tracker starts over from the oldest unacknowledged.
+        let d = Delivery::new();
+        let again = q.peek_after(d.cursor(), 10).unwrap();
+        assert_eq!(describe(&again), ["ev1", "ev2"]);
     }
 }

@@ -1,46 +1,69 @@
-//! The MQTT session: connect, pin the console key, birth and status, heartbeats, queue
-//! drain, reconnect with backoff, and the graceful goodbye. See docs/wire.md, "Session
-//! protocol".
+//! The MQTT session: connect, pin the console key, status and birth, heartbeats, queue
+//! drain, reconnect with backoff, and the graceful goodbye. The agent side of
+//! docs/wire.md, "Session protocol".
+//!
+//! One task owns everything: the rumqttc event loop, the probe, the storage. It waits on
+//! the event loop, the heartbeat clock, requests from the [`crate::AgentHandle`] and the
+//! shutdown token in a single `select!`, and never awaits anything slow in between, so the
+//! event loop is always polled. Publishes use `try_publish`: rumqttc's `publish().await`
+//! blocks while disconnected, and a full request channel must cost a heartbeat, not a hang.
 
-use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use edgefleet_codec::{
     open_console, open_console_state_pinning, open_console_state_self_signed, seal_agent, AgentId,
     AgentMessage, Birth, Channel, CommandOutcome, CommandResult, ConsoleMessage, Deadband,
-    EnrollToken, Event, EventLevel, Heartbeat, HeartbeatReporter, Identity, MacKey, PublicKey,
-    Status, Topics,
+    EnrollToken, Event, EventLevel, Identity, MacKey, PublicKey, Status, Topics,
 };
 use edgefleet_config::MqttUrl;
+use rand::SeedableRng;
 use rumqttc::{
-    AsyncClient, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
-    Transport,
+    AsyncClient, ConnectReturnCode, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::heartbeat::Heartbeats;
+use crate::identity::{hex, ConsolePin};
 use crate::probe::Probe;
+use crate::queue::{Delivery, Tag};
 use crate::state::Storage;
+use crate::status::{now_ms, AgentStatusSnapshot};
 
+/// Largest MQTT packet in either direction (docs/wire.md: `MAX_PAYLOAD`).
+pub const MAX_PACKET: usize = 64 * 1024;
 /// How many queued items may await their PUBACK at once.
 const QUEUE_WINDOW: usize = 16;
-/// While disconnected, one heartbeat sample is kept for history this often.
-const HISTORY_EVERY: Duration = Duration::from_secs(300);
-/// Largest MQTT packet in either direction.
-const MAX_PACKET: usize = 64 * 1024;
+/// Capacity of rumqttc's request channel.
+const CLIENT_REQUESTS: usize = 128;
+/// Longest event message kept; longer ones are cut (a sealed payload must fit a packet).
+pub const MAX_EVENT_MESSAGE: usize = 16 * 1024;
+/// Longest event kind kept.
+pub const MAX_EVENT_KIND: usize = 64;
+/// How long the goodbye waits for its PUBACK, and then for DISCONNECT to be written.
+const GOODBYE_ACK: Duration = Duration::from_secs(1);
+const GOODBYE_DISCONNECT: Duration = Duration::from_millis(500);
 
-/// Everything a session needs.
+/// Everything one session needs, already loaded: the lower-level way to start an agent
+/// ([`crate::spawn_session`]), used by the simulator to share one database among many
+/// agents. [`crate::spawn`] builds this from an `AgentConfig`.
 pub struct SessionConfig {
     pub identity: Identity,
+    /// Tried in order, one per connection attempt.
     pub urls: Vec<MqttUrl>,
+    /// PEM CA for `mqtts://` URLs.
     pub ca_file: Option<PathBuf>,
+    /// Pins the console key on first contact (docs/wire.md, "Console key pinning").
     pub token: Option<EnrollToken>,
     pub heartbeat_interval: Duration,
     pub keepalive: Duration,
     pub topics: Topics,
     pub storage: Storage,
+    pub pin: ConsolePin,
     pub probe: Box<dyn Probe>,
 }
 
@@ -49,40 +72,30 @@ impl std::fmt::Debug for SessionConfig {
         f.debug_struct("SessionConfig")
             .field("agent", &self.identity.agent_id())
             .field("urls", &self.urls)
+            .field("heartbeat_interval", &self.heartbeat_interval)
             .finish_non_exhaustive()
     }
 }
 
 /// Requests from the handle to the running session.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     Event {
         level: EventLevel,
         kind: String,
         message: String,
+        reply: oneshot::Sender<Result<u64, String>>,
     },
     Result {
         command_id: [u8; 16],
         outcome: CommandOutcome,
         message: String,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     HeartbeatNow,
 }
 
-/// What the session reports about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Snapshot {
-    pub agent_id: String,
-    pub console_url: String,
-    pub connected: bool,
-    pub bd_seq: u64,
-    pub queue_depth: usize,
-    /// Unix ms of the last heartbeat sent.
-    pub last_heartbeat: Option<u64>,
-    /// Hex SHA-256 of the pinned console key.
-    pub console_key: Option<String>,
-}
-
+/// How one connection ended.
 enum End {
     Shutdown,
     /// The console key was just pinned: reconnect at once, now with a sealed last-will.
@@ -90,367 +103,245 @@ enum End {
     Lost(String),
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// What became of a publish request.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// Not now: no MAC key yet, or the client's request channel is full.
+    NotNow,
+    /// Can never be sent: the sealed message does not fit a packet.
+    TooLarge,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// One MQTT connection's state.
+struct Link {
+    client: AsyncClient,
+    mac: Option<MacKey>,
+    url: String,
+    bd_seq: u64,
+    seq: u64,
+    delivery: Delivery,
+    /// The console epoch seen on this connection.
+    epoch: Option<u64>,
+    connected: bool,
 }
 
-/// Runs the session until `shutdown`, reconnecting forever.
-pub async fn run(
-    mut cfg: SessionConfig,
-    mut requests: mpsc::Receiver<Request>,
-    status: watch::Sender<Snapshot>,
-    shutdown: CancellationToken,
-) {
-    let id = cfg.identity.agent_id();
-    let mut backoff = Backoff::default();
-    let mut rng = rand::rngs::StdRng::from_entropy();
-    let mut attempt_url = 0usize;
-    let mut reporter = HeartbeatReporter::new(Deadband::default());
-    let mut next_history = tokio::time::Instant::now() + HISTORY_EVERY;
-    status.send_modify(|s| {
-        s.agent_id = id.to_string();
-        s.console_key = cfg.storage.console_key().map(|k| hex(&k.fingerprint()));
-        s.queue_depth = cfg.storage.queue.len();
-    });
-    loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let url = cfg.urls[attempt_url % cfg.urls.len()].clone();
-        let bd_seq = match cfg.storage.next_bd_seq() {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(agent.id = %id, error = %e, "cannot persist bd_seq; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+impl Link {
+    fn can_send(&self) -> bool {
+        self.connected && self.mac.is_some()
+    }
+}
+
+pub(crate) struct Session {
+    cfg: SessionConfig,
+    id: AgentId,
+    requests: mpsc::Receiver<Request>,
+    status: watch::Sender<AgentStatusSnapshot>,
+    heartbeats: Heartbeats,
+    backoff: Backoff,
+    rng: rand::rngs::StdRng,
+    pinned: Option<PublicKey>,
+}
+
+impl Session {
+    pub(crate) fn new(
+        cfg: SessionConfig,
+        requests: mpsc::Receiver<Request>,
+        status: watch::Sender<AgentStatusSnapshot>,
+        pinned: Option<PublicKey>,
+    ) -> Session {
+        let id = cfg.identity.agent_id();
+        let heartbeats =
+            Heartbeats::new(cfg.heartbeat_interval, Deadband::default(), Instant::now());
         status.send_modify(|s| {
-            s.console_url = format!(
+            s.agent_id = id.to_string();
+            s.console_key = pinned.map(|k| hex(&k.fingerprint()));
+            s.bd_seq = cfg.storage.bd_seq();
+            s.queue_depth = cfg.storage.queue.len();
+            s.queue_bytes = cfg.storage.queue.bytes();
+        });
+        Session {
+            cfg,
+            id,
+            requests,
+            status,
+            heartbeats,
+            backoff: Backoff::default(),
+            rng: rand::rngs::StdRng::from_entropy(),
+            pinned,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled (or every handle is gone), reconnecting forever.
+    #[tracing::instrument(name = "agent", skip_all, fields(agent.id = %self.id))]
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut attempt = 0usize;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let url = self.cfg.urls[attempt % self.cfg.urls.len()].clone();
+            let url_text = format!(
                 "{}://{}:{}",
                 if url.tls { "mqtts" } else { "mqtt" },
                 url.host,
                 url.port
             );
-            s.bd_seq = bd_seq;
-        });
-        let end = match connect(&cfg, &url, bd_seq) {
-            Ok((client, eventloop, mac)) => {
-                let mut conn = Connection {
-                    cfg: &mut cfg,
-                    id: &id,
-                    client,
-                    mac,
-                    bd_seq,
-                    // The last-will is sealed with seq 0 at connect time; everything the
-                    // connection publishes comes after it.
-                    seq: 1,
-                    inflight: VecDeque::new(),
-                    pkid_to_key: HashMap::new(),
-                    queue_inflight: 0,
-                    last_queued_sent: None,
-                    epoch: None,
-                    reporter: &mut reporter,
-                    status: &status,
-                    backoff: &mut backoff,
-                };
-                conn.run(eventloop, &mut requests, &shutdown).await
-            }
-            Err(e) => End::Lost(e),
-        };
-        status.send_modify(|s| s.connected = false);
-        match end {
-            End::Shutdown => return,
-            End::Pinned => continue,
-            End::Lost(error) => {
-                let delay = backoff.next_delay(&mut rng);
-                tracing::warn!(agent.id = %id, attempt = backoff.attempt(), delay_ms = delay.as_millis() as u64, url = %format!("{}:{}", url.host, url.port), %error, "disconnected; reconnecting");
-                attempt_url += 1;
-                if wait_offline(
-                    &mut cfg,
-                    delay,
-                    &mut next_history,
-                    &mut requests,
-                    &status,
-                    &shutdown,
-                )
-                .await
-                {
-                    return;
+            let end = match self.cfg.storage.next_bd_seq() {
+                Ok(bd_seq) => {
+                    self.status.send_modify(|s| {
+                        s.console_url = url_text.clone();
+                        s.bd_seq = bd_seq;
+                    });
+                    match self.connect(&url, bd_seq) {
+                        Ok((client, eventloop, mac)) => {
+                            let link = Link {
+                                client,
+                                mac,
+                                url: url_text.clone(),
+                                bd_seq,
+                                // The last-will is sealed with seq 0 at connect time;
+                                // everything this connection publishes comes after it.
+                                seq: 1,
+                                delivery: Delivery::new(),
+                                epoch: None,
+                                connected: false,
+                            };
+                            self.connection(link, eventloop, &shutdown).await
+                        }
+                        Err(e) => End::Lost(e),
+                    }
                 }
-            }
-        }
-    }
-}
-
-use rand::SeedableRng;
-
-fn connect(
-    cfg: &SessionConfig,
-    url: &MqttUrl,
-    bd_seq: u64,
-) -> Result<(AsyncClient, EventLoop, Option<MacKey>), String> {
-    let id = cfg.identity.agent_id();
-    // A fresh client id per connection: rumqttd looks wills up by client id, so a takeover
-    // by the same id can publish the *new* connection's will when the old one dies.
-    let mut opts = MqttOptions::new(client_id(&id, bd_seq), url.host.clone(), url.port);
-    opts.set_keep_alive(cfg.keepalive);
-    opts.set_clean_session(true);
-    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    let now = now_ms() / 1000;
-    opts.set_credentials(
-        id.as_str(),
-        edgefleet_codec::connect::password(&cfg.identity, now),
-    );
-    if url.tls {
-        let ca = match &cfg.ca_file {
-            Some(path) => std::fs::read(path)
-                .map_err(|e| format!("reading CA file {}: {e}", path.display()))?,
-            None => return Err("mqtts:// needs ca_file (system roots are not wired up yet)".into()),
-        };
-        opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth: None,
-        }));
-    }
-    let mac = match cfg.storage.console_key() {
-        Some(key) => Some(
-            MacKey::derive_agent(&cfg.identity, &key)
-                .map_err(|e| format!("pinned console key unusable: {e}"))?,
-        ),
-        None => None,
-    };
-    if let Some(mac) = &mac {
-        let will = AgentMessage::Status(Status {
-            bd_seq,
-            seq: 0,
-            online: false,
-            clean: false,
-        });
-        let payload = seal_agent(&will, &id, mac);
-        opts.set_last_will(LastWill::new(
-            cfg.topics.agent(&id, Channel::Status),
-            payload,
-            QoS::AtLeastOnce,
-            true,
-        ));
-    }
-    let (client, eventloop) = AsyncClient::new(opts, 256);
-    Ok((client, eventloop, mac))
-}
-
-/// `{agent_id}-{bd_seq}`: the MQTT client id of one connection.
-pub fn client_id(id: &AgentId, bd_seq: u64) -> String {
-    format!("{id}-{bd_seq}")
-}
-
-/// Waits out a backoff delay while still accepting events into the queue and keeping a
-/// down-sampled heartbeat history. Returns true on shutdown.
-async fn wait_offline(
-    cfg: &mut SessionConfig,
-    delay: Duration,
-    next_history: &mut tokio::time::Instant,
-    requests: &mut mpsc::Receiver<Request>,
-    status: &watch::Sender<Snapshot>,
-    shutdown: &CancellationToken,
-) -> bool {
-    let until = tokio::time::Instant::now() + delay;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return true,
-            _ = tokio::time::sleep_until(until) => return false,
-            req = requests.recv() => match req {
-                Some(req) => {
-                    enqueue_request(cfg, req);
-                    status.send_modify(|s| s.queue_depth = cfg.storage.queue.len());
-                }
-                None => return true,
-            },
-            _ = tokio::time::sleep_until(*next_history) => {
-                *next_history += HISTORY_EVERY;
-                let mut hb = cfg.probe.vitals().keyframe();
-                hb.at = Some(now_ms() / 1000);
-                push(cfg, AgentMessage::Heartbeat(hb));
-            }
-        }
-    }
-}
-
-fn push(cfg: &SessionConfig, msg: AgentMessage) {
-    match cfg.storage.queue.push(&msg) {
-        Ok((_, outcome)) => {
-            if outcome.dropped_heartbeats > 0 {
-                tracing::warn!(
-                    dropped = outcome.dropped_heartbeats,
-                    "queue full: dropped the oldest heartbeat samples"
-                );
-            }
-            if outcome.over_cap {
-                tracing::error!("queue is over its cap with events and results only; keeping them");
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, kind = msg.kind().name(), "cannot queue a message; it is lost")
-        }
-    }
-}
-
-fn enqueue_request(cfg: &SessionConfig, req: Request) -> bool {
-    match req {
-        Request::Event {
-            level,
-            kind,
-            message,
-        } => {
-            let event_id = match cfg.storage.next_event_id() {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot allocate an event id; event lost");
-                    return true;
-                }
+                Err(e) => End::Lost(format!("cannot persist bd_seq: {e}")),
             };
-            push(
-                cfg,
-                AgentMessage::Event(Event {
-                    bd_seq: 0,
-                    seq: 0,
-                    event_id,
-                    at_ms: now_ms(),
-                    level,
-                    kind,
-                    message,
-                }),
-            );
-            true
+            self.heartbeats.disconnected();
+            self.status.send_modify(|s| s.connected = false);
+            match end {
+                End::Shutdown => return Ok(()),
+                End::Pinned => continue,
+                End::Lost(error) => {
+                    let delay = self.backoff.next_delay(&mut self.rng);
+                    tracing::warn!(
+                        attempt = self.backoff.attempt(),
+                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        url = %url_text,
+                        %error,
+                        "no connection to the console; retrying"
+                    );
+                    attempt = attempt.wrapping_add(1);
+                    if self.wait_offline(delay, &shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
         }
-        Request::Result {
-            command_id,
-            outcome,
-            message,
-        } => {
-            push(
-                cfg,
-                AgentMessage::CommandResult(CommandResult {
-                    bd_seq: 0,
-                    seq: 0,
-                    command_id,
-                    outcome,
-                    message,
-                    at_ms: now_ms(),
-                }),
-            );
-            true
-        }
-        Request::HeartbeatNow => false,
     }
-}
 
-struct Connection<'a> {
-    cfg: &'a mut SessionConfig,
-    id: &'a AgentId,
-    client: AsyncClient,
-    mac: Option<MacKey>,
-    bd_seq: u64,
-    seq: u64,
-    /// One entry per publish request, in order: the queue key it carries, if any.
-    inflight: VecDeque<Option<u64>>,
-    pkid_to_key: HashMap<u16, u64>,
-    queue_inflight: usize,
-    last_queued_sent: Option<u64>,
-    epoch: Option<u64>,
-    reporter: &'a mut HeartbeatReporter,
-    status: &'a watch::Sender<Snapshot>,
-    backoff: &'a mut Backoff,
-}
+    fn connect(
+        &self,
+        url: &MqttUrl,
+        bd_seq: u64,
+    ) -> Result<(AsyncClient, EventLoop, Option<MacKey>), String> {
+        // A fresh client id per connection: rumqttd looks wills up by client id, so a
+        // takeover by the same id can publish or lose the *new* connection's will.
+        let mut opts = MqttOptions::new(client_id(&self.id, bd_seq), url.host.clone(), url.port);
+        opts.set_keep_alive(self.cfg.keepalive.max(Duration::from_secs(1)));
+        opts.set_clean_session(true);
+        opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        opts.set_credentials(
+            self.id.as_str(),
+            edgefleet_codec::connect::password(&self.cfg.identity, now_ms() / 1000),
+        );
+        if url.tls {
+            let Some(path) = &self.cfg.ca_file else {
+                return Err(
+                    "mqtts:// needs ca_file: the CA that signs the console's certificate".into(),
+                );
+            };
+            let ca = std::fs::read(path)
+                .map_err(|e| format!("reading the CA file {}: {e}", path.display()))?;
+            // rumqttc checks the certificate against the URL host (the server name).
+            opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth: None,
+            }));
+        }
+        let mac = match &self.pinned {
+            Some(key) => Some(
+                MacKey::derive_agent(&self.cfg.identity, key)
+                    .map_err(|e| format!("the pinned console key is unusable: {e}"))?,
+            ),
+            None => None,
+        };
+        // Without the console key the will cannot be sealed: the first contact connects
+        // without one, pins the key and reconnects (docs/wire.md).
+        if let Some(mac) = &mac {
+            let will = AgentMessage::Status(Status {
+                bd_seq,
+                seq: 0,
+                online: false,
+                clean: false,
+            });
+            opts.set_last_will(LastWill::new(
+                self.cfg.topics.agent(&self.id, Channel::Status),
+                seal_agent(&will, &self.id, mac),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
+        let (client, eventloop) = AsyncClient::new(opts, CLIENT_REQUESTS);
+        Ok((client, eventloop, mac))
+    }
 
-impl Connection<'_> {
-    async fn run(
+    async fn connection(
         &mut self,
+        mut link: Link,
         mut eventloop: EventLoop,
-        requests: &mut mpsc::Receiver<Request>,
         shutdown: &CancellationToken,
     ) -> End {
-        let mut connected = false;
-        let mut ticker = tokio::time::interval(self.cfg.heartbeat_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let live = self.heartbeats.live_deadline();
+            let history = self.heartbeats.history_deadline();
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    if connected {
-                        self.goodbye(&mut eventloop).await;
+                    if link.connected {
+                        self.goodbye(&mut link, &mut eventloop).await;
                     }
                     return End::Shutdown;
                 }
-                req = requests.recv() => match req {
-                    Some(req) => {
-                        if !enqueue_request(self.cfg, req) && connected {
-                            self.heartbeat(true);
+                req = self.requests.recv() => match req {
+                    Some(req) => self.request(req, Some(&mut link)),
+                    None => {
+                        if link.connected {
+                            self.goodbye(&mut link, &mut eventloop).await;
                         }
-                        if connected {
-                            self.pump_queue();
-                        }
-                        self.status.send_modify(|s| s.queue_depth = self.cfg.storage.queue.len());
+                        return End::Shutdown;
                     }
-                    None => return End::Shutdown,
                 },
-                _ = ticker.tick(), if connected && self.mac.is_some() => self.heartbeat(false),
+                _ = at(live) => self.live_heartbeat(&mut link, false),
+                _ = tokio::time::sleep_until(history), if !link.can_send() => self.history_sample(),
                 event = eventloop.poll() => match event {
                     Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
-                        if ack.code != rumqttc::ConnectReturnCode::Success {
-                            return End::Lost(format!("console refused the connection: {:?}", ack.code));
+                        if ack.code != ConnectReturnCode::Success {
+                            return End::Lost(format!("the console refused the connection: {:?}", ack.code));
                         }
-                        connected = true;
-                        self.backoff.reset();
-                        tracing::info!(agent.id = %self.id, bd_seq = self.bd_seq, pinned = self.mac.is_some(), "connected");
-                        for filter in self.cfg.topics.agent_filters(self.id) {
-                            if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
-                                return End::Lost(format!("subscribe: {e}"));
-                            }
+                        if let Err(e) = self.connected(&mut link) {
+                            return End::Lost(e);
                         }
-                        if self.mac.is_some() {
-                            self.announce();
-                            self.reporter.reset();
-                            ticker.reset();
-                            self.heartbeat(false);
-                            self.pump_queue();
-                        }
-                        self.status.send_modify(|s| s.connected = true);
                     }
                     Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
                         if p.topic == self.cfg.topics.console_state() {
-                            if let Some(end) = self.console_state(&p.payload) {
-                                // Disconnect properly before reconnecting: a client-id takeover
-                                // in rumqttd can fire or lose wills.
-                                disconnect(&self.client, &mut eventloop).await;
+                            if let Some(end) = self.console_state(&mut link, &p.payload) {
+                                disconnect(&link.client, &mut eventloop).await;
                                 return end;
                             }
                         } else {
-                            tracing::debug!(topic = %p.topic, "ignoring a message: command handling comes with remote operations");
+                            tracing::debug!(topic = %p.topic, "ignoring a message: commands arrive with remote operations");
                         }
                     }
-                    Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(Some(key)) = self.inflight.pop_front() {
-                            self.pkid_to_key.insert(pkid, key);
-                        }
-                    }
-                    Ok(rumqttc::Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(key) = self.pkid_to_key.remove(&ack.pkid) {
-                            if let Err(e) = self.cfg.storage.queue.remove(key) {
-                                tracing::error!(error = %e, "cannot remove a delivered queue item; it will be sent again");
-                            }
-                            self.queue_inflight = self.queue_inflight.saturating_sub(1);
-                            self.pump_queue();
-                            self.status.send_modify(|s| s.queue_depth = self.cfg.storage.queue.len());
-                        }
-                    }
+                    Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => link.delivery.outgoing(pkid),
+                    Ok(rumqttc::Event::Incoming(Packet::PubAck(ack))) => self.acked(&mut link, ack.pkid),
                     Ok(_) => {}
                     Err(e) => return End::Lost(e.to_string()),
                 },
@@ -458,48 +349,84 @@ impl Connection<'_> {
         }
     }
 
+    /// On every CONNACK: subscribe again (rumqttc does not restore subscriptions), then
+    /// retained online status, birth, a keyframe heartbeat and the queue drain.
+    fn connected(&mut self, link: &mut Link) -> Result<(), String> {
+        link.connected = true;
+        self.backoff.reset();
+        tracing::info!(bd_seq = link.bd_seq, url = %link.url, pinned = link.mac.is_some(), "connected");
+        for filter in self.cfg.topics.agent_filters(&self.id) {
+            link.client
+                .try_subscribe(filter, QoS::AtLeastOnce)
+                .map_err(|e| format!("subscribing: {e}"))?;
+        }
+        if link.mac.is_some() {
+            self.announce(link);
+            self.heartbeats.connected(Instant::now());
+            self.pump_queue(link);
+        }
+        self.status.send_modify(|s| s.connected = true);
+        Ok(())
+    }
+
+    /// Stamps, seals and hands a message to the client.
     fn publish(
         &mut self,
+        link: &mut Link,
         msg: &mut AgentMessage,
         channel: Channel,
         qos: QoS,
         retain: bool,
-        key: Option<u64>,
-    ) -> bool {
-        let Some(mac) = &self.mac else { return false };
-        msg.stamp(self.bd_seq, self.seq);
-        self.seq += 1;
-        let payload = seal_agent(msg, self.id, mac);
-        match self.client.try_publish(
-            self.cfg.topics.agent(self.id, channel),
-            qos,
-            retain,
-            payload,
-        ) {
+        tag: Tag,
+    ) -> Sent {
+        let Some(mac) = &link.mac else {
+            return Sent::NotNow;
+        };
+        msg.stamp(link.bd_seq, link.seq);
+        let payload = seal_agent(msg, &self.id, mac);
+        let topic = self.cfg.topics.agent(&self.id, channel);
+        // Fixed header, topic length and packet id: well under 16 bytes beyond these.
+        if payload.len() + topic.len() + 16 > MAX_PACKET {
+            tracing::error!(
+                kind = msg.kind().name(),
+                bytes = payload.len(),
+                "message too large for one packet"
+            );
+            return Sent::TooLarge;
+        }
+        match link.client.try_publish(topic, qos, retain, payload) {
             Ok(()) => {
-                self.inflight.push_back(key);
-                true
+                link.seq += 1;
+                link.delivery.requested(tag);
+                Sent::Yes
             }
             Err(e) => {
-                tracing::warn!(error = %e, kind = msg.kind().name(), "publish queue full");
-                false
+                tracing::warn!(kind = msg.kind().name(), error = %e, "the MQTT client is busy; publish deferred");
+                Sent::NotNow
             }
         }
     }
 
     /// Retained online status, then the birth.
-    fn announce(&mut self) {
+    fn announce(&mut self, link: &mut Link) {
         let mut status = AgentMessage::Status(Status {
-            bd_seq: self.bd_seq,
+            bd_seq: link.bd_seq,
             seq: 0,
             online: true,
             clean: false,
         });
-        self.publish(&mut status, Channel::Status, QoS::AtLeastOnce, true, None);
+        self.publish(
+            link,
+            &mut status,
+            Channel::Status,
+            QoS::AtLeastOnce,
+            true,
+            Tag::Plain,
+        );
         let facts = self.cfg.probe.facts();
         let apps = self.cfg.probe.apps();
         let mut birth = AgentMessage::Birth(Birth {
-            bd_seq: self.bd_seq,
+            bd_seq: link.bd_seq,
             seq: 0,
             hostname: facts.hostname,
             os: facts.os,
@@ -510,158 +437,367 @@ impl Connection<'_> {
             boot_time: facts.boot_time,
             apps,
             inventory_digest: None,
-            heartbeat_interval_s: self
-                .cfg
-                .heartbeat_interval
-                .as_secs()
-                .clamp(1, u64::from(u32::MAX)) as u32,
+            heartbeat_interval_s: u32::try_from(self.heartbeats.interval().as_secs().max(1))
+                .unwrap_or(u32::MAX),
         });
-        self.publish(&mut birth, Channel::Birth, QoS::AtLeastOnce, false, None);
+        self.publish(
+            link,
+            &mut birth,
+            Channel::Birth,
+            QoS::AtLeastOnce,
+            false,
+            Tag::Plain,
+        );
     }
 
-    fn heartbeat(&mut self, full: bool) {
+    fn live_heartbeat(&mut self, link: &mut Link, keyframe: bool) {
         let vitals = self.cfg.probe.vitals();
-        if full {
-            self.reporter.reset();
-        }
-        let hb: Heartbeat = self.reporter.next(&vitals);
+        let hb = self.heartbeats.live(&vitals, Instant::now(), keyframe);
         let mut msg = AgentMessage::Heartbeat(hb);
-        if self.publish(&mut msg, Channel::Heartbeat, QoS::AtMostOnce, false, None) {
+        if self.publish(
+            link,
+            &mut msg,
+            Channel::Heartbeat,
+            QoS::AtMostOnce,
+            false,
+            Tag::Plain,
+        ) == Sent::Yes
+        {
             self.status
                 .send_modify(|s| s.last_heartbeat = Some(now_ms()));
         }
     }
 
+    /// One full heartbeat into the queue, stamped with the time, while offline.
+    fn history_sample(&mut self) {
+        let vitals = self.cfg.probe.vitals();
+        let hb = self
+            .heartbeats
+            .history(&vitals, Instant::now(), now_ms() / 1000);
+        // A failure is logged by push; a lost history sample is not worth more.
+        let _ = self.push(AgentMessage::Heartbeat(hb));
+    }
+
     /// Sends queued items in order, keeping at most [`QUEUE_WINDOW`] awaiting PUBACK.
-    fn pump_queue(&mut self) {
-        if self.mac.is_none() {
+    fn pump_queue(&mut self, link: &mut Link) {
+        if !link.can_send() {
             return;
         }
-        while self.queue_inflight < QUEUE_WINDOW {
-            let next = match self.cfg.storage.queue.peek_after(self.last_queued_sent, 1) {
-                Ok(mut items) => items.pop(),
+        while link.delivery.queued_in_flight() < QUEUE_WINDOW {
+            let room = QUEUE_WINDOW - link.delivery.queued_in_flight();
+            let items = match self
+                .cfg
+                .storage
+                .queue
+                .peek_after(link.delivery.cursor(), room)
+            {
+                Ok(items) => items,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the queue");
                     return;
                 }
             };
-            let Some((key, mut msg)) = next else { return };
-            let channel = match &msg {
-                AgentMessage::Event(_) => Channel::Event,
-                AgentMessage::CommandResult(_) | AgentMessage::CommandProgress(_) => {
-                    Channel::Result
-                }
-                AgentMessage::Heartbeat(_) => Channel::Heartbeat,
-                AgentMessage::InventoryChunk(_) | AgentMessage::InventoryDelta(_) => {
-                    Channel::Inventory
-                }
-                AgentMessage::Birth(_) => Channel::Birth,
-                AgentMessage::Status(_) => Channel::Status,
-            };
-            if !self.publish(&mut msg, channel, QoS::AtLeastOnce, false, Some(key)) {
+            if items.is_empty() {
                 return;
             }
-            self.last_queued_sent = Some(key);
-            self.queue_inflight += 1;
+            for (key, mut msg) in items {
+                let channel = channel_of(&msg);
+                match self.publish(
+                    link,
+                    &mut msg,
+                    channel,
+                    QoS::AtLeastOnce,
+                    false,
+                    Tag::Queued(key),
+                ) {
+                    Sent::Yes => {}
+                    Sent::NotNow => return,
+                    Sent::TooLarge => {
+                        // It would block every item behind it forever.
+                        tracing::error!(
+                            queue.key = key,
+                            kind = msg.kind().name(),
+                            "dropping a queue item that cannot be sent"
+                        );
+                        if let Err(e) = self.cfg.storage.queue.remove(key) {
+                            tracing::error!(error = %e, "cannot remove a queue item");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn acked(&mut self, link: &mut Link, pkid: u16) {
+        if let Some(Tag::Queued(key)) = link.delivery.acked(pkid) {
+            if let Err(e) = self.cfg.storage.queue.remove(key) {
+                tracing::error!(queue.key = key, error = %e, "cannot remove a delivered queue item; it will be sent again");
+            }
+            self.pump_queue(link);
+            self.update_queue_status();
+        }
+    }
+
+    fn update_queue_status(&self) {
+        let queue = &self.cfg.storage.queue;
+        self.status.send_modify(|s| {
+            s.queue_depth = queue.len();
+            s.queue_bytes = queue.bytes();
+        });
+    }
+
+    fn push(&mut self, msg: AgentMessage) -> Result<(), String> {
+        let kind = msg.kind().name();
+        match self.cfg.storage.queue.push(&msg) {
+            Ok(outcome) => {
+                if outcome.dropped_heartbeats > 0 {
+                    tracing::warn!(
+                        dropped = outcome.dropped_heartbeats,
+                        "queue full: dropped the oldest heartbeat samples"
+                    );
+                }
+                if outcome.over_cap {
+                    tracing::error!(
+                        kind,
+                        bytes = self.cfg.storage.queue.bytes(),
+                        "queue over its cap with events and results alone; keeping them"
+                    );
+                }
+                self.status.send_modify(|s| {
+                    s.dropped_heartbeats += outcome.dropped_heartbeats as u64;
+                    s.over_cap += u64::from(outcome.over_cap);
+                });
+                self.update_queue_status();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(kind, error = %e, "cannot queue a message");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Handles a request from the handle; events and results go through the queue.
+    fn request(&mut self, req: Request, link: Option<&mut Link>) {
+        match req {
+            Request::Event {
+                level,
+                kind,
+                message,
+                reply,
+            } => {
+                let result = self
+                    .cfg
+                    .storage
+                    .next_event_id()
+                    .map_err(|e| format!("allocating an event id: {e}"))
+                    .and_then(|event_id| {
+                        self.push(AgentMessage::Event(Event {
+                            bd_seq: 0,
+                            seq: 0,
+                            event_id,
+                            at_ms: now_ms(),
+                            level,
+                            kind: truncate(kind, MAX_EVENT_KIND),
+                            message: truncate(message, MAX_EVENT_MESSAGE),
+                        }))
+                        .map(|()| event_id)
+                    });
+                let _ = reply.send(result);
+            }
+            Request::Result {
+                command_id,
+                outcome,
+                message,
+                reply,
+            } => {
+                let result = self.push(AgentMessage::CommandResult(CommandResult {
+                    bd_seq: 0,
+                    seq: 0,
+                    command_id,
+                    outcome,
+                    message: truncate(message, MAX_EVENT_MESSAGE),
+                    at_ms: now_ms(),
+                }));
+                let _ = reply.send(result);
+            }
+            Request::HeartbeatNow => {
+                if let Some(link) = link {
+                    if link.can_send() {
+                        self.live_heartbeat(link, true);
+                    }
+                }
+                return;
+            }
+        }
+        if let Some(link) = link {
+            self.pump_queue(link);
         }
     }
 
     /// Handles a console state. Returns how the connection ends, if it must.
-    fn console_state(&mut self, payload: &[u8]) -> Option<End> {
-        match self.cfg.storage.console_key() {
-            Some(pinned) => match open_console(payload, None, &pinned) {
+    fn console_state(&mut self, link: &mut Link, payload: &[u8]) -> Option<End> {
+        if let Some(pinned) = self.pinned {
+            match open_console(payload, None, &pinned) {
                 Ok(ConsoleMessage::ConsoleState(state)) => {
-                    if state.online && self.epoch != Some(state.epoch) {
-                        if self.epoch.is_some() && self.mac.is_some() {
+                    if !state.online {
+                        tracing::info!(epoch = state.epoch, "the console is offline");
+                    } else if link.epoch != Some(state.epoch) {
+                        if link.epoch.is_some() && link.can_send() {
                             tracing::info!(
                                 epoch = state.epoch,
-                                "console restarted: publishing status and birth again"
+                                "the console restarted: publishing status and birth again"
                             );
-                            self.announce();
+                            self.announce(link);
                         }
-                        self.epoch = Some(state.epoch);
+                        link.epoch = Some(state.epoch);
                     }
-                    None
                 }
-                Ok(_) => None,
+                Ok(other) => {
+                    tracing::warn!(
+                        kind = other.kind().name(),
+                        "unexpected message on the console state topic"
+                    )
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "refusing a console state not signed by the pinned console key");
-                    None
+                    tracing::error!(error = %e, "refusing a console state not signed by the pinned console key")
                 }
-            },
-            None => {
-                let opened = match &self.cfg.token {
-                    Some(token) => open_console_state_pinning(payload, &token.console_fingerprint),
-                    None => open_console_state_self_signed(payload),
-                };
-                match opened {
-                    Ok(state) => {
-                        let key = PublicKey::from_bytes(state.public_key);
-                        if self.cfg.token.is_none() {
-                            tracing::warn!(fingerprint = %hex(&key.fingerprint()), "no enrollment token: trusting the first console key seen");
-                        }
-                        if let Err(e) = self.cfg.storage.pin_console_key(&key) {
-                            tracing::error!(error = %e, "cannot persist the console key");
-                            return Some(End::Lost("cannot persist the console key".into()));
-                        }
-                        tracing::info!(fingerprint = %hex(&key.fingerprint()), "pinned the console key; reconnecting with a last-will");
-                        self.status
-                            .send_modify(|s| s.console_key = Some(hex(&key.fingerprint())));
-                        Some(End::Pinned)
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "refusing the console: its key does not match the enrollment token");
-                        None
-                    }
-                }
+            }
+            return None;
+        }
+        let opened = match &self.cfg.token {
+            Some(token) => open_console_state_pinning(payload, &token.console_fingerprint),
+            None => open_console_state_self_signed(payload),
+        };
+        let state = match opened {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!(error = %e, token = self.cfg.token.is_some(), "refusing the console state: its key is not the one the enrollment token names, or it is not validly signed");
+                return None;
+            }
+        };
+        let key = PublicKey::from_bytes(state.public_key);
+        let fingerprint = hex(&key.fingerprint());
+        if self.cfg.token.is_none() {
+            tracing::warn!(fingerprint = %fingerprint, "no enrollment token: trusting the first console key seen");
+        }
+        if let Err(e) = self.cfg.pin.store(&key) {
+            tracing::error!(error = %format!("{e:#}"), "cannot pin the console key");
+            return Some(End::Lost("cannot pin the console key".into()));
+        }
+        self.pinned = Some(key);
+        tracing::info!(fingerprint = %fingerprint, "pinned the console key; reconnecting with a last-will");
+        self.status
+            .send_modify(|s| s.console_key = Some(fingerprint));
+        Some(End::Pinned)
+    }
+
+    /// Waits out a backoff delay while still taking events into the queue and keeping a
+    /// down-sampled heartbeat history. Returns true on shutdown.
+    async fn wait_offline(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            let history = self.heartbeats.history_deadline();
+            tokio::select! {
+                _ = shutdown.cancelled() => return true,
+                _ = tokio::time::sleep_until(until) => return false,
+                req = self.requests.recv() => match req {
+                    Some(req) => self.request(req, None),
+                    None => return true,
+                },
+                _ = tokio::time::sleep_until(history) => self.history_sample(),
             }
         }
     }
 
-    /// Clean offline status (waits for its PUBACK, at most 1 s), then DISCONNECT.
-    async fn goodbye(&mut self, eventloop: &mut EventLoop) {
+    /// Retained clean offline status, its PUBACK (at most 1 s), then DISCONNECT.
+    async fn goodbye(&mut self, link: &mut Link, eventloop: &mut EventLoop) {
         let mut status = AgentMessage::Status(Status {
-            bd_seq: self.bd_seq,
+            bd_seq: link.bd_seq,
             seq: 0,
             online: false,
             clean: true,
         });
-        if self.mac.is_some()
-            && self.publish(&mut status, Channel::Status, QoS::AtLeastOnce, true, None)
-        {
-            let mut goodbye_pkid = None;
-            // The goodbye is the last publish requested; count the ones before it.
-            let mut ahead = self.inflight.len() - 1;
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let sent = self.publish(
+            link,
+            &mut status,
+            Channel::Status,
+            QoS::AtLeastOnce,
+            true,
+            Tag::Goodbye,
+        );
+        if sent == Sent::Yes {
+            let acked = tokio::time::timeout(GOODBYE_ACK, async {
                 loop {
                     match eventloop.poll().await {
                         Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => {
-                            if ahead == 0 && goodbye_pkid.is_none() {
-                                goodbye_pkid = Some(pkid);
-                            }
-                            ahead = ahead.saturating_sub(1);
+                            link.delivery.outgoing(pkid)
                         }
-                        Ok(rumqttc::Event::Incoming(Packet::PubAck(ack)))
-                            if Some(ack.pkid) == goodbye_pkid =>
-                        {
-                            return
+                        Ok(rumqttc::Event::Incoming(Packet::PubAck(ack))) => {
+                            match link.delivery.acked(ack.pkid) {
+                                Some(Tag::Goodbye) => return true,
+                                Some(Tag::Queued(key)) => {
+                                    let _ = self.cfg.storage.queue.remove(key);
+                                }
+                                _ => {}
+                            }
                         }
                         Ok(_) => {}
-                        Err(_) => return,
+                        Err(_) => return false,
                     }
                 }
             })
             .await;
+            if acked != Ok(true) {
+                tracing::warn!("the clean offline status was not acknowledged in time");
+            }
         }
-        disconnect(&self.client, eventloop).await;
-        tracing::info!(agent.id = %self.id, "disconnected cleanly");
+        disconnect(&link.client, eventloop).await;
+        self.update_queue_status();
+        tracing::info!(bd_seq = link.bd_seq, "disconnected cleanly");
+    }
+}
+
+/// `{agent_id}-{bd_seq}`: the MQTT client id of one connection.
+pub fn client_id(id: &AgentId, bd_seq: u64) -> String {
+    format!("{id}-{bd_seq}")
+}
+
+fn channel_of(msg: &AgentMessage) -> Channel {
+    match msg {
+        AgentMessage::Event(_) => Channel::Event,
+        AgentMessage::CommandResult(_) | AgentMessage::CommandProgress(_) => Channel::Result,
+        AgentMessage::Heartbeat(_) => Channel::Heartbeat,
+        AgentMessage::InventoryChunk(_) | AgentMessage::InventoryDelta(_) => Channel::Inventory,
+        AgentMessage::Birth(_) => Channel::Birth,
+        AgentMessage::Status(_) => Channel::Status,
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
 /// Sends DISCONNECT and drives the event loop until it is written (at most 500 ms).
 async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
     let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+    let _ = tokio::time::timeout(GOODBYE_DISCONNECT, async {
         loop {
             match eventloop.poll().await {
                 Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
@@ -670,4 +806,23 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_characters() {
+        assert_eq!(truncate("héllo".into(), 2), "h");
+        assert_eq!(truncate("héllo".into(), 3), "hé");
+        assert_eq!(truncate("abc".into(), 10), "abc");
+    }
+
+    #[test]
+    fn every_connection_has_its_own_client_id() {
+        let id = Identity::generate().agent_id();
+        assert_eq!(client_id(&id, 7), format!("{id}-7"));
+        assert_ne!(client_id(&id, 7), client_id(&id, 8));
+    }
 }

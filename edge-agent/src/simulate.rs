@@ -1,73 +1,100 @@
 //! `edgefleet-agent simulate`: many virtual agents in one process, each with its own key,
-//! MQTT connection and simulated probe, running the same session code as a real agent.
+//! MQTT connection and [`SimProbe`], running the same session code as a real agent.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use edgefleet_codec::Topics;
 use edgefleet_config::MqttUrl;
+use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::ConsolePin;
 use crate::probe::SimProbe;
 use crate::session::SessionConfig;
 use crate::state::Storage;
 
-/// Connects per second during the ramp: the embedded broker accepts ~850/s at best.
+/// Connects per second during the ramp, well below what the embedded broker accepts.
 pub const RAMP_PER_SEC: u64 = 200;
+/// Queue cap of each virtual agent.
+const SIM_QUEUE_CAP: u64 = 1024 * 1024;
 
-/// Runs `count` virtual agents until `shutdown`. Identities live in `data_dir/sim-keys/`,
-/// so a restart keeps the same fleet.
-pub async fn run(
-    count: usize,
-    url: MqttUrl,
-    interval: Duration,
-    data_dir: &Path,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    pub count: usize,
+    pub url: MqttUrl,
+    pub heartbeat_interval: Duration,
+    /// `sim-<i>/` holds agent `i`'s key and pinned console key, so a restart keeps the
+    /// same fleet; `sim.sled` is the one database they share.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Runs the virtual agents until `shutdown`, then stops them all gracefully (each sends
+/// its clean offline status), within 2 s.
+pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<()> {
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // One database for every virtual agent: sled runs a flusher thread per database.
-    let db = sled::Config::new()
-        .path(data_dir.join("sim.sled"))
-        .cache_capacity(16 * 1024 * 1024)
-        .flush_every_ms(Some(1000))
-        .open()
-        .with_context(|| format!("opening {}", data_dir.join("sim.sled").display()))?;
-    let mut agents = Vec::with_capacity(count);
-    let pause = Duration::from_micros(1_000_000 / RAMP_PER_SEC);
-    for i in 0..count {
-        if shutdown.is_cancelled() {
-            break;
+    let db_path = dir.join("sim.sled");
+    let db = tokio::task::spawn_blocking({
+        let db_path = db_path.clone();
+        move || {
+            sled::Config::new()
+                .path(db_path)
+                .cache_capacity(16 * 1024 * 1024)
+                .flush_every_ms(Some(1000))
+                .open()
         }
-        let identity =
-            crate::load_or_create_identity(&data_dir.join("sim-keys").join(format!("{i}.key")))?;
-        let storage = Storage::in_db(&db, &format!("-{i}"), 1024 * 1024)?;
+    })
+    .await?
+    .with_context(|| format!("opening {}", db_path.display()))?;
+    let mut agents = Vec::with_capacity(opts.count);
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let step_us = 1_000_000 / RAMP_PER_SEC;
+    for i in 0..opts.count {
+        let agent_dir = dir.join(format!("sim-{i}"));
+        let identity = crate::identity::load_or_create(&agent_dir.join("agent.key"))?;
+        let storage = Storage::in_db(&db, &format!("-{i}"), SIM_QUEUE_CAP)
+            .with_context(|| format!("opening the trees of simulated agent {i}"))?;
         let cfg = SessionConfig {
             identity,
-            urls: vec![url.clone()],
+            urls: vec![opts.url.clone()],
             ca_file: None,
             token: None,
-            heartbeat_interval: interval,
+            heartbeat_interval: opts.heartbeat_interval,
             keepalive: Duration::from_secs(30),
             topics: Topics::default(),
             storage,
+            pin: ConsolePin::in_dir(&agent_dir),
             probe: Box::new(SimProbe::new(i)),
         };
-        agents.push(crate::spawn(cfg));
-        tokio::time::sleep(pause).await;
+        agents.push(crate::spawn_session(cfg, None)?);
+        // Jittered ramp: on average RAMP_PER_SEC connects per second, never in lockstep.
+        let pause = Duration::from_micros(rng.gen_range(step_us / 2..=step_us * 3 / 2));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
     }
-    tracing::info!(count = agents.len(), "all simulated agents started");
+    tracing::info!(count = agents.len(), "simulated agents started");
     shutdown.cancelled().await;
     for agent in &agents {
         agent.shutdown_token().cancel();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let all = async {
         for agent in agents {
             agent.join().await;
         }
-    })
-    .await;
-    db.flush()?;
+    };
+    if tokio::time::timeout(Duration::from_millis(1800), all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some simulated agents did not stop in time");
+    }
+    db.flush_async()
+        .await
+        .context("flushing the simulator database")?;
     Ok(())
 }

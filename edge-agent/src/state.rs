@@ -1,56 +1,89 @@
-//! The agent's persistent state in its sled: connection counter, pinned console key, event
-//! ids, and the store-and-forward queue.
+//! The agent's persistent state in its sled database: the connection counter (`bd_seq`),
+//! the event id counter, recently seen command ids, and the store-and-forward queue.
+//! The pinned console key lives in a file next to it (see `identity`).
 
 use std::path::Path;
-
-use edgefleet_codec::PublicKey;
+use std::time::Duration;
 
 use crate::queue::{Queue, QueueError};
 
 const BD_SEQ: &[u8] = b"bd_seq";
-const CONSOLE_KEY: &[u8] = b"console_key";
 const EVENT_ID: &[u8] = b"event_id";
+const RECENT_SEQ: &[u8] = b"recent_seq";
+/// How many command ids are remembered for duplicate detection.
+const RECENT_COMMANDS: usize = 256;
 
-/// sled's page cache for the agent: small, because the agent must stay within a few MB.
+/// sled's page cache for one agent: small, because the agent should stay within a few MB.
 pub const AGENT_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
+/// Counters, recent ids and the queue of one agent.
 #[derive(Debug, Clone)]
 pub struct Storage {
     state: sled::Tree,
+    recent: sled::Tree,
     pub queue: Queue,
 }
 
 impl Storage {
-    /// The agent's own database in `data_dir/agent.sled`.
-    pub fn open_dir(data_dir: &Path, queue_cap_bytes: u64) -> Result<Storage, QueueError> {
-        let db = sled::Config::new()
-            .path(data_dir.join("agent.sled"))
-            .cache_capacity(AGENT_CACHE_BYTES)
-            .flush_every_ms(Some(200))
-            .open()?;
-        Storage::in_db(&db, "", queue_cap_bytes)
+    /// The agent's own database, `data_dir/agent.sled`.
+    ///
+    /// sled allows one open handle per database; an agent that was just aborted in this
+    /// process may still be releasing it, so a held lock is retried for up to 5 s.
+    pub async fn open_dir(data_dir: &Path, queue_cap_bytes: u64) -> Result<Storage, QueueError> {
+        let path = data_dir.join("agent.sled");
+        let mut waited = Duration::ZERO;
+        loop {
+            let path = path.clone();
+            let opened = tokio::task::spawn_blocking(move || {
+                sled::Config::new()
+                    .path(path)
+                    .cache_capacity(AGENT_CACHE_BYTES)
+                    .flush_every_ms(Some(500))
+                    .open()
+            })
+            .await
+            .map_err(|e| sled::Error::ReportableBug(format!("opening sled panicked: {e}")))?;
+            match opened {
+                Ok(db) => return Storage::in_db(&db, "", queue_cap_bytes),
+                // sled reports a held lock as an `Other` error wrapping EWOULDBLOCK.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && waited < Duration::from_secs(5) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    waited += Duration::from_millis(50);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
-    /// Trees named after `name` in a shared database (the simulator keeps one database for
-    /// all its virtual agents instead of thousands).
+    /// Trees suffixed with `name` in a shared database: the simulator keeps one database
+    /// for all its virtual agents, because sled runs a flusher thread per database.
     pub fn in_db(db: &sled::Db, name: &str, queue_cap_bytes: u64) -> Result<Storage, QueueError> {
         let state = db.open_tree(format!("state{name}"))?;
-        let queue = Queue::new(
+        let recent = db.open_tree(format!("recent{name}"))?;
+        let queue = Queue::open(
             db.clone(),
             db.open_tree(format!("queue{name}"))?,
             queue_cap_bytes,
         );
-        Ok(Storage { state, queue })
+        Ok(Storage {
+            state,
+            recent,
+            queue,
+        })
     }
 
-    fn counter(&self, key: &[u8]) -> Result<u64, QueueError> {
+    fn increment(&self, key: &[u8]) -> Result<u64, QueueError> {
         let next = self.state.update_and_fetch(key, |old| {
             let n = old
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            Some((n + 1).to_be_bytes().to_vec())
+            Some(n.saturating_add(1).to_be_bytes().to_vec())
         })?;
+        // A counter that went backwards after a crash would reuse ids: flush before use.
         self.state.flush()?;
         Ok(next
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
@@ -58,24 +91,99 @@ impl Storage {
             .unwrap_or(1))
     }
 
-    /// Increments and persists the connection counter before a connect.
+    /// Increments and persists the connection counter; called before every connect.
     pub fn next_bd_seq(&self) -> Result<u64, QueueError> {
-        self.counter(BD_SEQ)
+        self.increment(BD_SEQ)
     }
 
+    /// The current connection counter (0 before the first connect).
+    pub fn bd_seq(&self) -> u64 {
+        self.state
+            .get(BD_SEQ)
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0)
+    }
+
+    /// A new, never reused event id (the console's dedup key for events).
     pub fn next_event_id(&self) -> Result<u64, QueueError> {
-        self.counter(EVENT_ID)
+        self.increment(EVENT_ID)
     }
 
-    pub fn console_key(&self) -> Option<PublicKey> {
-        let bytes = self.state.get(CONSOLE_KEY).ok()??;
-        let key: [u8; 32] = bytes.as_ref().try_into().ok()?;
-        Some(PublicKey::from_bytes(key))
+    /// Records a command id; `false` if it was seen recently (a redelivered command).
+    /// Only the newest [`RECENT_COMMANDS`] ids are kept.
+    pub fn remember_command(&self, command_id: &[u8; 16]) -> Result<bool, QueueError> {
+        if self.recent.contains_key(command_id)? {
+            return Ok(false);
+        }
+        let order = self.increment(RECENT_SEQ)?;
+        self.recent.insert(command_id, &order.to_be_bytes())?;
+        while self.recent.len() > RECENT_COMMANDS {
+            let oldest = self
+                .recent
+                .iter()
+                .filter_map(Result::ok)
+                .min_by_key(|(_, v)| <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).ok())
+                .map(|(k, _)| k);
+            match oldest {
+                Some(k) => {
+                    self.recent.remove(k)?;
+                }
+                None => break,
+            }
+        }
+        self.recent.flush()?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counters_persist_and_only_go_up() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open_dir(dir.path(), 1 << 20).await.unwrap();
+            assert_eq!(s.bd_seq(), 0);
+            assert_eq!(s.next_bd_seq().unwrap(), 1);
+            assert_eq!(s.next_bd_seq().unwrap(), 2);
+            assert_eq!(s.next_event_id().unwrap(), 1);
+        }
+        let s = Storage::open_dir(dir.path(), 1 << 20).await.unwrap();
+        assert_eq!(s.bd_seq(), 2);
+        assert_eq!(s.next_bd_seq().unwrap(), 3);
+        assert_eq!(s.next_event_id().unwrap(), 2);
     }
 
-    pub fn pin_console_key(&self, key: &PublicKey) -> Result<(), QueueError> {
-        self.state.insert(CONSOLE_KEY, key.as_bytes().as_slice())?;
-        self.state.flush()?;
-        Ok(())
+    #[tokio::test]
+    async fn a_database_held_elsewhere_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Storage::open_dir(dir.path(), 1 << 20).await.unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(first);
+        });
+        let second = Storage::open_dir(dir.path(), 1 << 20).await;
+        assert!(second.is_ok(), "{:?}", second.err());
+        release.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn recent_command_ids_detect_duplicates_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open_dir(dir.path(), 1 << 20).await.unwrap();
+        assert!(s.remember_command(&[1; 16]).unwrap());
+        assert!(!s.remember_command(&[1; 16]).unwrap());
+        for i in 0..300u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[15] = 9;
+            s.remember_command(&id).unwrap();
+        }
+        assert_eq!(s.recent.len(), RECENT_COMMANDS);
     }
 }

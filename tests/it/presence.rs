@@ -295,25 +295,18 @@ async fn wait_online(console: &Console, id: &str) {
     .await;
 }
 
-fn in_process_agent(
+async fn in_process_agent(
     dir: &std::path::Path,
     url: &str,
     index: usize,
 ) -> edgefleet_agent::AgentHandle {
-    std::fs::create_dir_all(dir).unwrap();
-    let identity = edgefleet_agent::load_or_create_identity(&dir.join("agent.key")).unwrap();
-    let storage = edgefleet_agent::state::Storage::open_dir(dir, 16 << 20).unwrap();
-    edgefleet_agent::spawn(edgefleet_agent::SessionConfig {
-        identity,
-        urls: vec![edgefleet_config::parse_mqtt_url(url).unwrap()],
-        ca_file: None,
-        token: None,
-        heartbeat_interval: Duration::from_secs(30),
-        keepalive: Duration::from_secs(30),
-        topics: edgefleet_codec::Topics::default(),
-        storage,
-        probe: Box::new(edgefleet_agent::probe::SimProbe::new(index)),
-    })
+    let mut config = edgefleet_config::AgentConfig::default();
+    config.console_urls = vec![url.to_string()];
+    config.data_dir = dir.to_path_buf();
+    let mut opts =
+        edgefleet_agent::AgentOptions::new(config, edgefleet_agent::probe::SimProbe::new(index));
+    opts.queue_cap_bytes = Some(16 << 20);
+    edgefleet_agent::spawn(opts).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +319,7 @@ async fn a_stale_will_after_a_reconnect_does_not_mark_the_agent_offline() {
         .unwrap();
     let proxy = FaultProxy::start(console.mqtt).await.unwrap();
     let agent_dir = tmp.path().join("agent");
-    let agent = in_process_agent(&agent_dir, &format!("mqtt://{}", proxy.addr()), 7);
+    let agent = in_process_agent(&agent_dir, &format!("mqtt://{}", proxy.addr()), 7).await;
     let id = agent.agent_id().to_string();
     wait_online(&console, &id).await;
     let first_bd_seq = agent.status().bd_seq;
@@ -386,7 +379,7 @@ async fn queued_events_and_results_arrive_in_order_exactly_once_after_a_console_
     let mut console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
         .await
         .unwrap();
-    let agent = in_process_agent(&tmp.path().join("agent"), &console.mqtt_url(), 3);
+    let agent = in_process_agent(&tmp.path().join("agent"), &console.mqtt_url(), 3).await;
     let id = agent.agent_id().to_string();
     wait_online(&console, &id).await;
     agent
@@ -465,7 +458,7 @@ async fn mosquitto_sub_sees_the_retained_statuses() {
     let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
         .await
         .unwrap();
-    let agent = in_process_agent(&tmp.path().join("agent"), &console.mqtt_url(), 5);
+    let agent = in_process_agent(&tmp.path().join("agent"), &console.mqtt_url(), 5).await;
     let id = agent.agent_id().to_string();
     wait_online(&console, &id).await;
     // An independent client (Debian's mosquitto-clients) with an identity of its own.

@@ -93,7 +93,7 @@ async fn an_agent_connects_over_mqtts_and_a_wrong_ca_fails_clearly() {
         "a clear TLS error in the agent log",
         || async {
             let log = bad.log();
-            (log.contains("disconnected; reconnecting")
+            (log.contains("no connection to the console")
                 && log.to_lowercase().contains("certificate"))
             .then_some(log)
         },
