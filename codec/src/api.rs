@@ -54,6 +54,16 @@ pub enum Cause {
     Heartbeat,
     /// First seen: the agent proved its key at connect.
     Connect,
+    /// Enrolled with a token (pending or active).
+    Enrolled,
+    /// An operator approved a pending agent.
+    Approved,
+    /// An operator revoked the agent.
+    Revoked,
+    /// A new key took over this host record (duplicate-host adoption).
+    Adopted,
+    /// An operator deleted the host (soft delete).
+    Deleted,
 }
 
 /// One row of the host list.
@@ -70,6 +80,9 @@ pub struct AgentSummary {
     pub mem: Option<u8>,
     pub disk: Option<u8>,
     pub last_seen: Option<u64>,
+    /// For a pending agent: an existing host it collides with (same hostname or IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
 }
 
 /// `GET /api/agents`.
@@ -167,6 +180,100 @@ pub struct FleetSummary {
     pub pending: usize,
     pub hotspots: Hotspots,
     pub os: Vec<OsCount>,
+}
+
+/// `POST /api/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreate {
+    /// Agents enrolling with this token become active at once instead of pending.
+    #[serde(default)]
+    pub auto_approve: bool,
+    /// A duration such as `7d` or `12h`, or `never`. Default `7d`.
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// How many agents may enroll with it. Default unlimited.
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// An enrollment token as the API shows it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub auto_approve: bool,
+    pub created_at: u64,
+    pub created_by: String,
+    pub expires_at: Option<u64>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub revoked: bool,
+    /// `active`, `expired`, `used_up` or `revoked`.
+    pub state: String,
+}
+
+/// The answer to `POST /api/tokens`: the only time the whole token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
+/// `POST /api/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyCreate {
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyView {
+    pub name: String,
+    pub role: String,
+    pub created_at: u64,
+}
+
+/// The answer to `POST /api/keys`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    pub secret: String,
+    #[serde(flatten)]
+    pub view: ApiKeyView,
+}
+
+/// One audit log entry. `hash` chains every entry to the one before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: u64,
+    /// The API key name, or `console` for decisions the console made itself.
+    pub actor: String,
+    pub action: String,
+    /// The agent or object acted on.
+    pub target: Option<String>,
+    pub detail: String,
+    /// Hex SHA-256 over the previous hash and this entry.
+    pub hash: String,
+}
+
+/// `GET /api/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Newest first.
+    pub items: Vec<AuditEntry>,
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+}
+
+/// `GET /api/audit/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerify {
+    pub ok: bool,
+    pub entries: u64,
+    /// The first entry whose hash does not chain, if any.
+    pub broken_at: Option<u64>,
 }
 
 /// The body of every error response.

@@ -6,6 +6,11 @@
 //! checks it with [`verify_password`]: the client id must be the id derived from the key, so
 //! nobody can connect under someone else's id, and the timestamp must be within
 //! [`MAX_SKEW_SECS`] of the console's clock.
+//!
+//! The username is the agent id, or, for an agent that is not enrolled yet,
+//! `{agent_id}.{token_id}.{proof}`: the token claim, where `proof` is base64url of the
+//! token proof ([`crate::EnrollToken::proof`]) over the agent key. The console accepts an
+//! unknown key only with a claim for a live token ([`parse_username`]).
 
 use data_encoding::BASE64URL_NOPAD;
 use ed25519_dalek::{Signature, Signer, VerifyingKey};
@@ -43,6 +48,57 @@ impl ConnectError {
             ConnectError::Skew { .. } => "clock_skew",
             ConnectError::BadSignature => "bad_signature",
         }
+    }
+}
+
+/// A token claim carried in the CONNECT username by an agent that is not enrolled yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaim {
+    pub token_id: String,
+    pub proof: [u8; 32],
+}
+
+/// The username an agent presents: its id, plus a token claim when it has a token and is
+/// not enrolled yet.
+pub fn username(identity: &Identity, token: Option<&crate::EnrollToken>) -> String {
+    let id = identity.agent_id();
+    match token {
+        Some(token) => format!(
+            "{id}.{}.{}",
+            token.id,
+            BASE64URL_NOPAD.encode(&token.proof(&identity.public_key()))
+        ),
+        None => id.to_string(),
+    }
+}
+
+/// Splits a CONNECT username into the agent id part and an optional token claim.
+pub fn parse_username(username: &str) -> Result<(&str, Option<TokenClaim>), ConnectError> {
+    if username.len() > 128 {
+        return Err(ConnectError::Malformed);
+    }
+    let mut parts = username.split('.');
+    let id = parts.next().unwrap_or_default();
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, None, None) => Ok((id, None)),
+        (Some(token_id), Some(proof), None) => {
+            let proof: [u8; 32] = BASE64URL_NOPAD
+                .decode(proof.as_bytes())
+                .ok()
+                .and_then(|p| p.try_into().ok())
+                .ok_or(ConnectError::Malformed)?;
+            if token_id.is_empty() || token_id.len() > 16 {
+                return Err(ConnectError::Malformed);
+            }
+            Ok((
+                id,
+                Some(TokenClaim {
+                    token_id: token_id.to_string(),
+                    proof,
+                }),
+            ))
+        }
+        _ => Err(ConnectError::Malformed),
     }
 }
 
@@ -165,6 +221,30 @@ mod tests {
             verify_password(id.as_str(), &pw, NOW),
             Err(ConnectError::BadSignature)
         );
+    }
+
+    #[test]
+    fn usernames_carry_an_optional_token_claim() {
+        let me = Identity::generate();
+        let id = me.agent_id();
+        assert_eq!(
+            parse_username(&username(&me, None)),
+            Ok((id.as_str(), None))
+        );
+        let token = crate::EnrollToken::generate([3; 32]);
+        let name = username(&me, Some(&token));
+        let (got_id, claim) = parse_username(&name).unwrap();
+        assert_eq!(got_id, id.as_str());
+        let claim = claim.unwrap();
+        assert_eq!(claim.token_id, token.id);
+        assert!(crate::token::verify_proof(
+            &token.secret,
+            &me.public_key(),
+            &claim.proof
+        ));
+        for bad in ["a.b", "a.b.c.d", "a..x", &"x".repeat(200), "a.b.!!!"] {
+            assert_eq!(parse_username(bad), Err(ConnectError::Malformed), "{bad}");
+        }
     }
 
     #[test]

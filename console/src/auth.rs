@@ -25,6 +25,22 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Operator, Role::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub name: String,
@@ -78,6 +94,38 @@ impl ApiKeys {
         )?;
         self.tree.flush()?;
         Ok(secret)
+    }
+
+    /// Every key's record (never a secret: only hashes are stored), oldest first.
+    pub fn list(&self) -> Result<Vec<KeyRecord>, sled::Error> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (_, v) = item?;
+            if let Ok(record) = serde_json::from_slice::<KeyRecord>(&v) {
+                out.push(record);
+            }
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    /// Deletes the key named `name`; `false` if there is none.
+    pub fn delete(&self, name: &str) -> Result<bool, sled::Error> {
+        let mut found = None;
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            if serde_json::from_slice::<KeyRecord>(&v).is_ok_and(|r| r.name == name) {
+                found = Some(k);
+            }
+        }
+        match found {
+            Some(k) => {
+                self.tree.remove(k)?;
+                self.tree.flush()?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The key's record, if the secret is a known key. The lookup is by hash, so its timing
@@ -138,6 +186,12 @@ mod tests {
             .collect();
         assert!(!String::from_utf8_lossy(&stored).contains(&secret[4..]));
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+        keys.create("ops", Role::Operator, 2).unwrap();
+        let names: Vec<String> = keys.list().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["ci", "ops"]);
+        assert!(keys.delete("ci").unwrap());
+        assert!(!keys.delete("ci").unwrap());
+        assert_eq!(keys.check(&secret), None, "a deleted key no longer works");
     }
 
     #[test]

@@ -4,10 +4,57 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use edgefleet_codec::api::TokenCreate;
+use edgefleet_codec::EnrollToken;
+
+use crate::fleet::{now_ms, Fleet};
 use tokio::process::{Child, Command};
 
+/// The demo fleet's enrollment token: auto-approve, no expiry, kept in
+/// `data_dir/demo.token` (mode 0600) so a restarted demo reuses it instead of piling up
+/// tokens.
+pub fn token(fleet: &Fleet, data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("demo.token");
+    if let Ok(bytes) = edgefleet_config::keyfile::read_secret(&path) {
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        if let Ok(token) = text.parse::<EnrollToken>() {
+            let live = fleet
+                .tokens
+                .get(&token.id)?
+                .is_some_and(|t| t.state(now_ms()).is_ok());
+            if live {
+                return Ok(text);
+            }
+        }
+    }
+    let req = TokenCreate {
+        auto_approve: true,
+        expires: Some("never".into()),
+        uses: None,
+    };
+    let (token, record) = fleet
+        .tokens
+        .create(
+            &req,
+            "demo",
+            fleet.identity.public_key().fingerprint(),
+            now_ms(),
+        )
+        .map_err(|e| anyhow::anyhow!("creating the demo token: {e}"))?;
+    fleet.audit.record(
+        "demo",
+        "token_create",
+        Some(&record.id),
+        "auto_approve=true expires_at=None uses=None (demo fleet)",
+        now_ms(),
+    )?;
+    let text = token.to_string();
+    edgefleet_config::keyfile::write_secret(&path, text.as_bytes())?;
+    Ok(text)
+}
+
 /// Starts `edgefleet-agent simulate` from next to our own executable.
-pub fn spawn(count: usize, mqtt: SocketAddr, data_dir: &Path) -> Result<Child> {
+pub fn spawn(count: usize, mqtt: SocketAddr, data_dir: &Path, token: &str) -> Result<Child> {
     let exe = std::env::current_exe().context("locating the console executable")?;
     let agent = exe.with_file_name("edgefleet-agent");
     if !agent.is_file() {
@@ -36,6 +83,7 @@ pub fn spawn(count: usize, mqtt: SocketAddr, data_dir: &Path) -> Result<Child> {
         ])
         .arg("--data-dir")
         .arg(&sim_dir)
+        .env("EDGEFLEET_AGENT_TOKEN", token)
         // Twenty-five agents logging every connect would drown the console's own log.
         .env(
             "RUST_LOG",

@@ -9,14 +9,53 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgefleet_broker::{ConnectAttempt, Inbound};
-use edgefleet_codec::api::{self, AgentStatus, Cause};
+use edgefleet_codec::api::{self, AgentStatus, Cause, StatusChange};
 use edgefleet_codec::{
-    open_agent, AgentId, AgentMessage, Identity, MacKey, PublicKey, Topic, Topics, VerifyError,
+    open_agent, open_enroll_request, sign_console, AgentId, AgentMessage, ConsoleMessage,
+    EnrollDecision, EnrollRequest, EnrollResponse, Identity, MacKey, PublicKey, Topic, Topics,
+    VerifyError,
 };
+use tokio::sync::mpsc;
 
+use crate::audit::{Audit, CONSOLE};
+use crate::enrollment::{find_duplicate, ConsumeError, Duplicate, Tokens};
 use crate::metrics::Metrics;
-use crate::presence::{HostRecord, Timings};
+use crate::presence::{Approval, HostRecord, Timings};
 use crate::store::{EventRecord, ResultRecord, Round, Sample, Store, StoreError};
+
+/// Failed connects allowed per agent id per minute before further attempts are refused
+/// without checking (rumqttd's auth handler does not see the client address, so there is no
+/// per-address limit at the MQTT layer).
+pub const MAX_CONNECT_FAILURES: u32 = 5;
+/// How often a not-approved agent that keeps sending telemetry is told its state.
+const NOTICE_EVERY: Duration = Duration::from_secs(10);
+/// Capacity of the queue of console publishes (enrollment responses) to the broker link.
+const OUTBOX: usize = 4096;
+
+/// A message the console publishes: enrollment responses and, later, commands.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Which host record an agent id's key belongs to, and the MAC key for its telemetry.
+#[derive(Debug)]
+struct AgentKey {
+    host: String,
+    mac: MacKey,
+}
+
+/// Why an operator decision on a host could not be made. Mapped to 404 / 409 by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    #[error("no agent {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("storing the decision")]
+    Store(#[from] StoreError),
+}
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -35,8 +74,16 @@ pub struct Fleet {
     pub started_ms: u64,
     pub metrics: Metrics,
     pub api_keys: crate::auth::ApiKeys,
+    pub tokens: Tokens,
+    pub audit: Audit,
+    /// Host records by host id. A host id is the agent id of the host's first key.
     hosts: RwLock<HashMap<String, HostRecord>>,
-    keys: RwLock<HashMap<String, MacKey>>,
+    /// Agent id (from the topic or client id) → host record and MAC key.
+    keys: RwLock<HashMap<String, AgentKey>>,
+    outbox: mpsc::Sender<Outgoing>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    connect_failures: Mutex<HashMap<String, (Instant, u32)>>,
+    notices: Mutex<HashMap<String, Instant>>,
     log_limiter: Mutex<HashMap<&'static str, Instant>>,
 }
 
@@ -53,7 +100,13 @@ impl Fleet {
             if let Some(key) = parse_key(&host.public_key) {
                 match MacKey::derive_console(&identity, &key) {
                     Ok(mac) => {
-                        keys.insert(host.id.clone(), mac);
+                        keys.insert(
+                            host.current_agent_id().to_string(),
+                            AgentKey {
+                                host: host.id.clone(),
+                                mac,
+                            },
+                        );
                     }
                     Err(e) => {
                         tracing::warn!(agent.id = %host.id, error = %e, "cannot derive MAC key")
@@ -64,8 +117,17 @@ impl Fleet {
         }
         tracing::info!(hosts = hosts.len(), "fleet restored from sled");
         let api_keys = crate::auth::ApiKeys::new(store.api_keys_tree()?);
+        let tokens = Tokens::new(store.tree("tokens")?);
+        let audit = Audit::open(store.tree("audit")?)?;
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         Ok(Fleet {
             api_keys,
+            tokens,
+            audit,
+            outbox,
+            outbox_rx: Mutex::new(Some(outbox_rx)),
+            connect_failures: Mutex::new(HashMap::new()),
+            notices: Mutex::new(HashMap::new()),
             store,
             identity,
             topics,
@@ -78,74 +140,152 @@ impl Fleet {
         })
     }
 
-    /// The broker's connect policy: the client id must be the agent id of the key that signed
-    /// the password. A first connect registers the agent (status unknown until its birth).
+    /// What the console wants published, in order: the console's run loop hands these to
+    /// the broker link. Taken once.
+    pub fn take_outbox(&self) -> Option<mpsc::Receiver<Outgoing>> {
+        self.outbox_rx.lock().expect("outbox lock").take()
+    }
+
+    /// The broker's connect policy (docs/wire.md, "Connect"): the client id is
+    /// `{agent_id}-{n}`, the username the agent id (plus a token claim before enrollment),
+    /// and the password a fresh signature by the agent's key. Known agents get in unless
+    /// revoked; unknown keys only with a claim for a live token.
     pub fn accept_connect(&self, attempt: &ConnectAttempt) -> bool {
-        let now_unix = now_ms() / 1000;
+        match self.check_connect(attempt) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.metrics.connect_refused(reason);
+                false
+            }
+        }
+    }
+
+    fn check_connect(&self, attempt: &ConnectAttempt) -> Result<(), &'static str> {
+        let now = now_ms();
         // Agents connect as `{agent_id}-{bd_seq}`; see docs/wire.md.
         let agent_part = match attempt.client_id.split_once('-') {
             Some((id, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => id,
-            _ => {
-                self.metrics.connect_refused("bad_client_id");
-                return false;
-            }
+            _ => return Err("bad_client_id"),
         };
-        let key = match edgefleet_codec::connect::verify_password(
-            agent_part,
-            &attempt.password,
-            now_unix,
-        ) {
-            Ok(key) => key,
-            Err(e) => {
-                self.metrics.connect_refused(e.reason());
-                self.warn_limited(e.reason(), || {
-                    tracing::warn!(client.id = %attempt.client_id.escape_default(), error = %e, "connect refused")
-                });
-                return false;
-            }
-        };
-        if attempt.username != agent_part {
-            self.metrics.connect_refused("username_mismatch");
-            return false;
+        let (user_id, claim) =
+            edgefleet_codec::connect::parse_username(&attempt.username).map_err(|e| e.reason())?;
+        if user_id != agent_part {
+            return Err("username_mismatch");
         }
-        let id = agent_part.to_string();
-        if self.keys.read().expect("keys lock").contains_key(&id) {
-            return true;
+        if self.connect_limited(agent_part) {
+            return Err("rate_limited");
         }
-        let mac = match MacKey::derive_console(&self.identity, &key) {
-            Ok(mac) => mac,
-            Err(_) => {
-                self.metrics.connect_refused("weak_key");
-                return false;
+        let refuse = |reason: &'static str, why: &dyn std::fmt::Display| {
+            self.connect_failed(agent_part);
+            self.warn_limited(reason, || {
+                tracing::warn!(client.id = %attempt.client_id.escape_default(), reason, error = %why, "connect refused (further refusals for this reason are logged at most every 10 s)")
+            });
+            reason
+        };
+        let key =
+            edgefleet_codec::connect::verify_password(agent_part, &attempt.password, now / 1000)
+                .map_err(|e| refuse(e.reason(), &e))?;
+        let known = self
+            .keys
+            .read()
+            .expect("keys lock")
+            .get(agent_part)
+            .map(|k| k.host.clone());
+        if let Some(host_id) = known {
+            let (approval, deleted) = self
+                .hosts
+                .read()
+                .expect("hosts lock")
+                .get(&host_id)
+                .map(|h| (h.approval, h.deleted_at.is_some()))
+                .unwrap_or((Approval::Active, false));
+            if approval == Approval::Revoked {
+                return Err(refuse("revoked", &"the agent is revoked"));
             }
+            if deleted {
+                self.return_after_delete(&host_id, now);
+            }
+            return Ok(());
+        }
+        let Some(claim) = claim else {
+            return Err(refuse(
+                "not_enrolled",
+                &"unknown key and no enrollment token claim",
+            ));
         };
-        let now = now_ms();
-        let host = HostRecord::new(&id, key.as_bytes(), now);
-        let change = api::StatusChange {
-            status: AgentStatus::Unknown,
-            cause: Cause::Connect,
-            at: now,
+        self.tokens
+            .check(&claim.token_id, &key, &claim.proof, now)
+            .map(|_| ())
+            .map_err(|r| refuse(r.reason(), &r))
+    }
+
+    fn connect_limited(&self, id: &str) -> bool {
+        let failures = self.connect_failures.lock().expect("failures lock");
+        failures.get(id).is_some_and(|(start, n)| {
+            *n >= MAX_CONNECT_FAILURES && start.elapsed() < Duration::from_secs(60)
+        })
+    }
+
+    fn connect_failed(&self, id: &str) {
+        let mut failures = self.connect_failures.lock().expect("failures lock");
+        let now = Instant::now();
+        if failures.len() > 100_000 {
+            failures.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        let entry = failures.entry(id.to_string()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
+
+    /// A soft-deleted host's key proved itself again: it is treated as new, so it waits
+    /// for approval. Its record (and history) is kept.
+    fn return_after_delete(&self, host_id: &str, now: u64) {
+        let mut hosts = self.hosts.write().expect("hosts lock");
+        let Some(host) = hosts.get_mut(host_id) else {
+            return;
         };
+        if host.deleted_at.is_none() {
+            return;
+        }
+        host.deleted_at = None;
+        host.approval = Approval::Pending;
+        let change = host.decide(AgentStatus::Pending, Cause::Enrolled, now);
+        self.write(&hosts, host_id, change);
+        drop(hosts);
+        self.audit_or_log(
+            CONSOLE,
+            "returned",
+            host_id,
+            "a deleted agent connected again; it is pending approval",
+        );
+    }
+
+    fn write(&self, hosts: &HashMap<String, HostRecord>, host_id: &str, change: StatusChange) {
         let round = Round {
-            hosts: vec![&host],
-            transitions: vec![(id.clone(), change)],
+            hosts: hosts.get(host_id).into_iter().collect(),
+            transitions: vec![(host_id.to_string(), change)],
             ..Round::default()
         };
         if let Err(e) = self.store.write_round(&round) {
-            tracing::error!(agent.id = %id, error = %e, "cannot store a new agent");
-            return false;
+            self.metrics
+                .store_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(agent.id = %host_id, error = %e, "cannot store a host decision");
         }
-        tracing::info!(agent.id = %id, "new agent proved its key");
-        self.keys
-            .write()
-            .expect("keys lock")
-            .insert(id.clone(), mac);
-        self.hosts
-            .write()
-            .expect("hosts lock")
-            .entry(id)
-            .or_insert(host);
-        true
+    }
+
+    fn audit_or_log(&self, actor: &str, action: &str, target: &str, detail: &str) {
+        if let Err(e) = self
+            .audit
+            .record(actor, action, Some(target), detail, now_ms())
+        {
+            self.metrics
+                .store_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, action, target, detail, "cannot write an audit entry");
+        }
     }
 
     /// Verifies and applies one round of messages, then writes everything in one batch.
@@ -157,14 +297,16 @@ impl Fleet {
         let mut samples = Vec::new();
         let mut events = Vec::new();
         let mut results = Vec::new();
+        let mut enrollments = Vec::new();
+        let mut notices = Vec::new();
         {
             let keys = self.keys.read().expect("keys lock");
             let mut hosts = self.hosts.write().expect("hosts lock");
             for msg in batch {
                 let (id, channel) = match self.topics.parse(&msg.topic) {
                     Ok(Topic::Agent { id, channel }) => (id, channel),
-                    Ok(Topic::Enroll { .. }) => {
-                        self.reject("enrollment_unsupported", &msg.topic, None);
+                    Ok(Topic::Enroll { id }) => {
+                        enrollments.push((id, msg));
                         continue;
                     }
                     Ok(_) => continue,
@@ -176,12 +318,21 @@ impl Fleet {
                 if channel == edgefleet_codec::Channel::Command {
                     continue; // our own commands, echoed by the wildcard subscription
                 }
-                let (Some(key), Some(host)) = (keys.get(id.as_str()), hosts.get_mut(id.as_str()))
+                let Some((key, host)) = keys
+                    .get(id.as_str())
+                    .and_then(|k| Some((k, hosts.get_mut(&k.host)?)))
                 else {
                     self.reject("unknown_agent", &msg.topic, None);
                     continue;
                 };
-                let message = match open_agent(&msg.payload, &id, key) {
+                if host.approval != Approval::Active || host.deleted_at.is_some() {
+                    // Pending, revoked or deleted: nothing but enrollment counts.
+                    self.reject("not_approved", &msg.topic, None);
+                    notices.push(id.clone());
+                    continue;
+                }
+                let host_id = host.id.clone();
+                let message = match open_agent(&msg.payload, &id, &key.mac) {
                     Ok(m) => m,
                     Err(e) => {
                         self.reject(e.reason(), &msg.topic, Some(&e));
@@ -196,11 +347,11 @@ impl Fleet {
                         let at = hb.at.map(|s| s * 1000).unwrap_or(now);
                         let mut v = host.vitals.unwrap_or_default();
                         v.apply(hb);
-                        samples.push((id.to_string(), at, Sample::one(&v)));
+                        samples.push((host_id.clone(), at, Sample::one(&v)));
                     }),
                     AgentMessage::Event(ev) => host.on_other(message.sequence(), now).map(|()| {
                         events.push((
-                            id.to_string(),
+                            host_id.clone(),
                             EventRecord {
                                 event_id: ev.event_id,
                                 at: ev.at_ms,
@@ -214,7 +365,7 @@ impl Fleet {
                     AgentMessage::CommandResult(r) => {
                         host.on_other(message.sequence(), now).map(|()| {
                             results.push((
-                                id.to_string(),
+                                host_id.clone(),
                                 ResultRecord {
                                     command_id: r
                                         .command_id
@@ -236,10 +387,10 @@ impl Fleet {
                         self.metrics.ingested(kind);
                         if let Some(change) = change {
                             self.metrics.transition(cause_name(change.cause));
-                            tracing::info!(agent.id = %id, status = change.status.as_str(), cause = cause_name(change.cause), "presence");
-                            round_transitions.push((id.to_string(), change));
+                            tracing::info!(agent.id = %host_id, status = change.status.as_str(), cause = cause_name(change.cause), "presence");
+                            round_transitions.push((host_id.clone(), change));
                         }
-                        changed.insert(id.to_string(), ());
+                        changed.insert(host_id, ());
                     }
                     Err(ignored) => self.reject(ignored.reason(), &msg.topic, None),
                 }
@@ -259,9 +410,369 @@ impl Fleet {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "cannot write ingest round to sled");
         }
+        drop(hosts);
+        for (id, msg) in enrollments {
+            self.enroll(&id, &msg, now);
+        }
+        for id in notices {
+            self.notice(&id);
+        }
         for t in received {
             self.metrics.ingest_latency(t.elapsed().as_secs_f64());
         }
+    }
+
+    /// Handles an enrollment request: verify, decide, answer (signed) on the reply topic.
+    fn enroll(&self, id: &AgentId, msg: &Inbound, now: u64) {
+        let req = match open_enroll_request(&msg.payload, id) {
+            Ok(req) => req,
+            Err(e) => {
+                self.reject(e.reason(), &msg.topic, Some(&e));
+                return;
+            }
+        };
+        if req.at.abs_diff(now / 1000) > edgefleet_codec::connect::MAX_SKEW_SECS {
+            self.reject("clock_skew", &msg.topic, None);
+            return;
+        }
+        self.metrics.ingested("enroll_request");
+        let decision = self.decide_enrollment(id, &req, now);
+        if let EnrollDecision::Rejected { reason } = &decision {
+            tracing::warn!(agent.id = %id, hostname = %req.hostname.escape_default(), %reason, "enrollment rejected");
+        }
+        self.respond(id, decision);
+    }
+
+    fn decide_enrollment(&self, id: &AgentId, req: &EnrollRequest, now: u64) -> EnrollDecision {
+        let key = PublicKey::from_bytes(req.public_key);
+        let known = self
+            .keys
+            .read()
+            .expect("keys lock")
+            .get(id.as_str())
+            .map(|k| k.host.clone());
+        if let Some(host_id) = known {
+            // Re-enrolling a known key: the same host record and its current decision.
+            let mut hosts = self.hosts.write().expect("hosts lock");
+            let conflict = hosts.get(&host_id).and_then(|h| {
+                (h.approval == Approval::Pending)
+                    .then(|| find_duplicate(hosts.values(), &host_id, &req.hostname, &req.ips))
+                    .flatten()
+            });
+            if let Some(host) = hosts.get_mut(&host_id) {
+                if host.deleted_at.is_none() {
+                    if host.approval == Approval::Pending {
+                        host.hostname = Some(req.hostname.clone());
+                        host.os = Some(req.os.clone());
+                        host.ips = req.ips.clone();
+                        host.conflict = conflict.map(|d| match d {
+                            Duplicate::Reject { message, .. } => message,
+                            Duplicate::Adopt { reason, .. } => {
+                                format!("approving adopts the existing record: {reason}")
+                            }
+                        });
+                        let record = host.clone();
+                        if let Err(e) = self.store.write_round(&Round {
+                            hosts: vec![&record],
+                            ..Round::default()
+                        }) {
+                            tracing::error!(agent.id = %host_id, error = %e, "cannot store a pending host");
+                        }
+                    }
+                    return decision_of(host);
+                }
+            }
+        }
+        if let Err(refusal) = self.tokens.check(&req.token_id, &key, &req.proof, now) {
+            self.metrics.rejected(refusal.reason());
+            return EnrollDecision::Rejected {
+                reason: refusal.to_string(),
+            };
+        }
+        let mac = match MacKey::derive_console(&self.identity, &key) {
+            Ok(mac) => mac,
+            Err(e) => {
+                self.metrics.rejected(e.reason());
+                return EnrollDecision::Rejected {
+                    reason: format!("unusable agent key: {e}"),
+                };
+            }
+        };
+        let mut hosts = self.hosts.write().expect("hosts lock");
+        let duplicate = find_duplicate(hosts.values(), id.as_str(), &req.hostname, &req.ips);
+        if let Some(Duplicate::Reject { host, message }) = &duplicate {
+            self.metrics.rejected("duplicate_host");
+            drop(hosts);
+            self.audit_or_log(
+                CONSOLE,
+                "enroll_rejected",
+                id.as_str(),
+                &format!(
+                    "hostname {:?}: {message} (existing host {host})",
+                    req.hostname
+                ),
+            );
+            return EnrollDecision::Rejected {
+                reason: message.clone(),
+            };
+        }
+        let token = match self.tokens.consume(&req.token_id, &key, &req.proof, now) {
+            Ok(token) => token,
+            Err(ConsumeError::Refused(refusal)) => {
+                self.metrics.rejected(refusal.reason());
+                return EnrollDecision::Rejected {
+                    reason: refusal.to_string(),
+                };
+            }
+            Err(ConsumeError::Store(e)) => {
+                tracing::error!(error = %e, "cannot store a token use");
+                return EnrollDecision::Rejected {
+                    reason: "the console could not store the enrollment; try again".into(),
+                };
+            }
+        };
+        let (host_id, action, detail) = match duplicate {
+            Some(Duplicate::Adopt { host, reason }) => {
+                let record = hosts
+                    .get_mut(&host)
+                    .expect("find_duplicate returns known hosts");
+                let old = record.current_agent_id().to_string();
+                adopt(record, id, &key, req, now);
+                self.keys.write().expect("keys lock").remove(&old);
+                (
+                    host,
+                    "adopt",
+                    format!(
+                        "agent {id} enrolled with token {} and took over this host record ({reason}); the previous key (agent {old}) is no longer accepted",
+                        token.id
+                    ),
+                )
+            }
+            _ => {
+                let mut record = HostRecord::new(id.as_str(), &req.public_key, now);
+                record.hostname = Some(req.hostname.clone());
+                record.os = Some(req.os.clone());
+                record.ips = req.ips.clone();
+                let detail = if token.auto_approve {
+                    record.approval = Approval::Active;
+                    record.decide(AgentStatus::Unknown, Cause::Enrolled, now);
+                    format!("enrolled with token {}; auto-approved", token.id)
+                } else {
+                    record.approval = Approval::Pending;
+                    record.decide(AgentStatus::Pending, Cause::Enrolled, now);
+                    format!("enrolled with token {}; pending approval", token.id)
+                };
+                hosts.insert(id.to_string(), record);
+                (id.to_string(), "enroll", detail)
+            }
+        };
+        let record = hosts.get(&host_id).expect("just inserted or adopted");
+        let change = StatusChange {
+            status: record.status,
+            cause: record.cause.unwrap_or(Cause::Enrolled),
+            at: now,
+        };
+        let decision = decision_of(record);
+        self.write(&hosts, &host_id, change);
+        drop(hosts);
+        self.keys.write().expect("keys lock").insert(
+            id.to_string(),
+            AgentKey {
+                host: host_id.clone(),
+                mac,
+            },
+        );
+        self.audit_or_log(CONSOLE, action, &host_id, &detail);
+        decision
+    }
+
+    /// Signs and queues an enrollment response for `id`.
+    fn respond(&self, id: &AgentId, decision: EnrollDecision) {
+        let msg = ConsoleMessage::EnrollResponse(EnrollResponse {
+            agent_id: id.to_string(),
+            decision,
+            at: now_ms() / 1000,
+        });
+        let out = Outgoing {
+            topic: self.topics.enroll_reply(id),
+            payload: sign_console(&msg, Some(id), &self.identity),
+        };
+        if self.outbox.try_send(out).is_err() {
+            // The agent asks again (pending agents every 30 s); count it and move on.
+            self.metrics.rejected("outbox_full");
+        }
+    }
+
+    /// Tells an agent whose telemetry is being ignored what its state is, at most every
+    /// [`NOTICE_EVERY`].
+    fn notice(&self, id: &AgentId) {
+        {
+            let mut notices = self.notices.lock().expect("notices lock");
+            let now = Instant::now();
+            if notices
+                .get(id.as_str())
+                .is_some_and(|t| now.duration_since(*t) < NOTICE_EVERY)
+            {
+                return;
+            }
+            if notices.len() > 100_000 {
+                notices.retain(|_, t| now.duration_since(*t) < NOTICE_EVERY);
+            }
+            notices.insert(id.to_string(), now);
+        }
+        let host_id = self
+            .keys
+            .read()
+            .expect("keys lock")
+            .get(id.as_str())
+            .map(|k| k.host.clone());
+        let Some(host_id) = host_id else { return };
+        let deleted = self
+            .hosts
+            .read()
+            .expect("hosts lock")
+            .get(&host_id)
+            .is_some_and(|h| h.deleted_at.is_some());
+        if deleted {
+            self.return_after_delete(&host_id, now_ms());
+        }
+        let decision = self
+            .hosts
+            .read()
+            .expect("hosts lock")
+            .get(&host_id)
+            .map(decision_of);
+        if let Some(decision) = decision {
+            self.respond(id, decision);
+        }
+    }
+
+    /// `POST /api/agents/{id}/approve`: a pending agent becomes active, unless it collides
+    /// with an online or revoked host; colliding with an offline one adopts that record.
+    pub fn approve(&self, host_id: &str, actor: &str) -> Result<HostRecord, DecisionError> {
+        let now = now_ms();
+        let mut hosts = self.hosts.write().expect("hosts lock");
+        let host = live(&hosts, host_id)?;
+        if host.approval != Approval::Pending {
+            return Err(DecisionError::Conflict(format!(
+                "agent {host_id} is not pending (it is {})",
+                host.status.as_str()
+            )));
+        }
+        let agent_id: AgentId = host
+            .current_agent_id()
+            .parse()
+            .map_err(|_| DecisionError::NotFound(host_id.into()))?;
+        let hostname = host.hostname.clone().unwrap_or_default();
+        let ips = host.ips.clone();
+        let (target, change, detail) = match find_duplicate(
+            hosts.values(),
+            host_id,
+            &hostname,
+            &ips,
+        ) {
+            Some(Duplicate::Reject { message, .. }) => {
+                let host = hosts.get_mut(host_id).expect("checked above");
+                host.conflict = Some(message.clone());
+                let record = host.clone();
+                self.store.write_round(&Round {
+                    hosts: vec![&record],
+                    ..Round::default()
+                })?;
+                return Err(DecisionError::Conflict(message));
+            }
+            Some(Duplicate::Adopt {
+                host: existing,
+                reason,
+            }) => {
+                let pending = hosts.remove(host_id).expect("checked above");
+                let key = parse_key(&pending.public_key)
+                    .ok_or_else(|| DecisionError::NotFound(host_id.into()))?;
+                let record = hosts
+                    .get_mut(&existing)
+                    .expect("find_duplicate returns known hosts");
+                let old = record.current_agent_id().to_string();
+                adopt(record, &agent_id, &key, &pending_request(&pending), now);
+                let change = StatusChange {
+                    status: record.status,
+                    cause: Cause::Adopted,
+                    at: now,
+                };
+                // The pending record is folded into the existing one; keep it, deleted,
+                // for the audit trail.
+                let mut folded = pending;
+                folded.deleted_at = Some(now);
+                folded.conflict = Some(format!("adopted by host {existing}"));
+                self.store.write_round(&Round {
+                    hosts: vec![&folded],
+                    ..Round::default()
+                })?;
+                hosts.insert(host_id.to_string(), folded);
+                let mut keys = self.keys.write().expect("keys lock");
+                keys.remove(&old);
+                if let Some(k) = keys.get_mut(agent_id.as_str()) {
+                    k.host = existing.clone();
+                }
+                (
+                        existing.clone(),
+                        change,
+                        format!("approved agent {agent_id}, which took over host {existing} ({reason}); the previous key (agent {old}) is no longer accepted"),
+                    )
+            }
+            None => {
+                let host = hosts.get_mut(host_id).expect("checked above");
+                host.approval = Approval::Active;
+                host.conflict = None;
+                let change = host.decide(AgentStatus::Unknown, Cause::Approved, now);
+                (host_id.to_string(), change, "approved".to_string())
+            }
+        };
+        self.write(&hosts, &target, change);
+        let record = hosts.get(&target).expect("target exists").clone();
+        let decision = decision_of(&record);
+        drop(hosts);
+        self.audit_or_log(actor, "approve", &target, &detail);
+        self.respond(&agent_id, decision);
+        Ok(record)
+    }
+
+    /// `POST /api/agents/{id}/revoke`: the agent is refused at connect from now on and its
+    /// telemetry is ignored; a connected agent is told, signed, and disconnects.
+    pub fn revoke(&self, host_id: &str, actor: &str) -> Result<HostRecord, DecisionError> {
+        let now = now_ms();
+        let mut hosts = self.hosts.write().expect("hosts lock");
+        live(&hosts, host_id)?;
+        let host = hosts.get_mut(host_id).expect("checked above");
+        host.approval = Approval::Revoked;
+        let change = host.decide(AgentStatus::Revoked, Cause::Revoked, now);
+        let agent_id = host.current_agent_id().parse::<AgentId>().ok();
+        let record = host.clone();
+        self.write(&hosts, host_id, change);
+        drop(hosts);
+        self.audit_or_log(actor, "revoke", host_id, "revoked");
+        if let Some(agent_id) = agent_id {
+            self.respond(&agent_id, decision_of(&record));
+        }
+        Ok(record)
+    }
+
+    /// `DELETE /api/agents/{id}`: hides the host and keeps its record for audit. If its
+    /// key connects again, it is treated as new and waits for approval.
+    pub fn delete(&self, host_id: &str, actor: &str) -> Result<(), DecisionError> {
+        let now = now_ms();
+        let mut hosts = self.hosts.write().expect("hosts lock");
+        live(&hosts, host_id)?;
+        let host = hosts.get_mut(host_id).expect("checked above");
+        host.deleted_at = Some(now);
+        let change = StatusChange {
+            status: host.status,
+            cause: Cause::Deleted,
+            at: now,
+        };
+        self.write(&hosts, host_id, change);
+        drop(hosts);
+        self.audit_or_log(actor, "delete", host_id, "deleted (record kept)");
+        Ok(())
     }
 
     /// Marks agents offline whose heartbeats stopped.
@@ -314,18 +825,25 @@ impl Fleet {
         }
     }
 
-    /// A snapshot of all host records, for queries.
+    /// A snapshot of all host records that are not deleted, for queries.
     pub fn snapshot(&self) -> Vec<HostRecord> {
         self.hosts
             .read()
             .expect("hosts lock")
             .values()
+            .filter(|h| h.deleted_at.is_none())
             .cloned()
             .collect()
     }
 
+    /// A host that is not deleted.
     pub fn host(&self, id: &str) -> Option<HostRecord> {
-        self.hosts.read().expect("hosts lock").get(id).cloned()
+        self.hosts
+            .read()
+            .expect("hosts lock")
+            .get(id)
+            .filter(|h| h.deleted_at.is_none())
+            .cloned()
     }
 
     pub fn agent_ids(&self) -> Vec<String> {
@@ -350,8 +868,70 @@ impl Fleet {
             mem: host.vitals.map(|v| v.mem_pct),
             disk: host.vitals.map(|v| v.disk_pct),
             last_seen: host.last_seen,
+            conflict: host.conflict.clone(),
         }
     }
+}
+
+/// What an agent is told about its record.
+fn decision_of(host: &HostRecord) -> EnrollDecision {
+    match host.approval {
+        Approval::Active => EnrollDecision::Approved,
+        Approval::Pending => EnrollDecision::Pending,
+        Approval::Revoked => EnrollDecision::Rejected {
+            reason: "revoked by an operator".into(),
+        },
+    }
+}
+
+fn live<'a>(
+    hosts: &'a HashMap<String, HostRecord>,
+    host_id: &str,
+) -> Result<&'a HostRecord, DecisionError> {
+    hosts
+        .get(host_id)
+        .filter(|h| h.deleted_at.is_none())
+        .ok_or_else(|| DecisionError::NotFound(host_id.to_string()))
+}
+
+/// Rotates a new key onto an existing host record (duplicate-host adoption). The host id,
+/// history and approval state stay; the sequence rules start over for the new key.
+fn adopt(record: &mut HostRecord, id: &AgentId, key: &PublicKey, req: &EnrollRequest, now: u64) {
+    record.public_key = hex(key.as_bytes());
+    record.agent_id = if id.as_str() == record.id {
+        String::new()
+    } else {
+        id.to_string()
+    };
+    record.bd_seq = 0;
+    record.last_seq = (0, 0);
+    record.offline_seen = false;
+    record.hostname = Some(req.hostname.clone());
+    record.os = Some(req.os.clone());
+    record.ips = req.ips.clone();
+    record.conflict = None;
+    let status = record.status;
+    record.decide(status, Cause::Adopted, now);
+}
+
+/// The facts of a pending record, in the shape of the request that created it.
+fn pending_request(host: &HostRecord) -> EnrollRequest {
+    EnrollRequest {
+        agent_id: host.current_agent_id().to_string(),
+        public_key: parse_key(&host.public_key)
+            .map(|k| *k.as_bytes())
+            .unwrap_or_default(),
+        hostname: host.hostname.clone().unwrap_or_default(),
+        os: host.os.clone().unwrap_or_default(),
+        ips: host.ips.clone(),
+        token_id: String::new(),
+        proof: [0; 32],
+        at: 0,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn parse_key(hex: &str) -> Option<PublicKey> {
@@ -373,6 +953,11 @@ pub fn cause_name(cause: Cause) -> &'static str {
         Cause::Birth => "birth",
         Cause::Heartbeat => "heartbeat",
         Cause::Connect => "connect",
+        Cause::Enrolled => "enrolled",
+        Cause::Approved => "approved",
+        Cause::Revoked => "revoked",
+        Cause::Adopted => "adopted",
+        Cause::Deleted => "deleted",
     }
 }
 

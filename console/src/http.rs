@@ -8,11 +8,13 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use edgefleet_codec::api::{self, AgentPage, AgentStatus, ApiErrorBody, FleetSummary};
 
-use crate::auth::Role;
+use crate::auth::{KeyRecord, Role};
+use crate::fleet::DecisionError;
 use crate::fleet::{now_ms, parse_id, Fleet};
 use crate::presence::HostRecord;
 use crate::store::{Sample, Tier};
@@ -56,6 +58,53 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/api/fleet/summary",
         "Fleet totals, hotspots and OS breakdown.",
     ),
+    (
+        "POST",
+        "/api/agents/:id/approve",
+        "Admin: approve a pending agent (409 with the conflict for a duplicate host).",
+    ),
+    (
+        "POST",
+        "/api/agents/:id/revoke",
+        "Admin: revoke an agent; it is refused at connect from then on.",
+    ),
+    (
+        "DELETE",
+        "/api/agents/:id",
+        "Admin: soft-delete a host (hidden, record kept for audit).",
+    ),
+    (
+        "GET",
+        "/api/tokens",
+        "Admin: enrollment tokens (never their secrets).",
+    ),
+    (
+        "POST",
+        "/api/tokens",
+        "Admin: create an enrollment token; the answer is the only time it is shown.",
+    ),
+    (
+        "DELETE",
+        "/api/tokens/:id",
+        "Admin: revoke an enrollment token.",
+    ),
+    ("GET", "/api/keys", "Admin: API key names and roles."),
+    (
+        "POST",
+        "/api/keys",
+        "Admin: create an API key; the answer is the only time its secret is shown.",
+    ),
+    ("DELETE", "/api/keys/:name", "Admin: delete an API key."),
+    (
+        "GET",
+        "/api/audit",
+        "The audit log, newest first, paged; `agent` filters by host.",
+    ),
+    (
+        "GET",
+        "/api/audit/verify",
+        "Walks the audit hash chain and names the first broken entry.",
+    ),
 ];
 
 pub const PER_PAGE: [usize; 4] = [25, 50, 100, 200];
@@ -75,7 +124,15 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
     // load balancers and Prometheus.
     let api = Router::new()
         .route("/api/agents", get(list))
-        .route("/api/agents/:id", get(detail))
+        .route("/api/agents/:id", get(detail).delete(delete_agent))
+        .route("/api/agents/:id/approve", post(approve))
+        .route("/api/agents/:id/revoke", post(revoke))
+        .route("/api/tokens", get(list_tokens).post(create_token))
+        .route("/api/tokens/:id", axum::routing::delete(revoke_token))
+        .route("/api/keys", get(list_keys).post(create_key))
+        .route("/api/keys/:name", axum::routing::delete(delete_key))
+        .route("/api/audit", get(audit))
+        .route("/api/audit/verify", get(audit_verify))
         .route("/api/agents/:id/metrics", get(series))
         .route("/api/agents/:id/events", get(events))
         .route("/api/agents/:id/results", get(results))
@@ -138,6 +195,7 @@ pub enum ApiError {
     Unauthorized(String),
     Forbidden(String),
     NotFound(String),
+    Conflict(String),
     TooManyRequests,
     Internal(String),
 }
@@ -149,6 +207,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooManyRequests => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed API key attempts from this address; wait a minute".to_string(),
@@ -169,6 +228,294 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         ApiError::Internal(format!("{e:#}"))
     }
+}
+
+impl From<DecisionError> for ApiError {
+    fn from(e: DecisionError) -> Self {
+        match e {
+            DecisionError::NotFound(id) => ApiError::NotFound(format!("no agent {id}")),
+            DecisionError::Conflict(m) => ApiError::Conflict(m),
+            DecisionError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// 403 unless `key` has at least `role`.
+fn require(key: &KeyRecord, role: Role) -> Result<(), ApiError> {
+    if key.role >= role {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "this needs the {} role; the key {:?} is {}",
+            role.as_str(),
+            key.name,
+            key.role.as_str()
+        )))
+    }
+}
+
+/// A JSON body, with a 400 that says what is wrong instead of axum's plain-text rejection.
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.len() > 64 * 1024 {
+        return Err(ApiError::BadRequest("request body over 64 KiB".into()));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Runs a blocking sled or sign operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
+}
+
+async fn approve(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+) -> Result<Json<api::AgentSummary>, ApiError> {
+    require(&key, Role::Admin)?;
+    find(&fleet, &id)?;
+    blocking(move || {
+        let host = fleet.approve(&id, &key.name)?;
+        Ok(Json(fleet.summary_of(&host, now_ms())))
+    })
+    .await
+}
+
+async fn revoke(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+) -> Result<Json<api::AgentSummary>, ApiError> {
+    require(&key, Role::Admin)?;
+    find(&fleet, &id)?;
+    blocking(move || {
+        let host = fleet.revoke(&id, &key.name)?;
+        Ok(Json(fleet.summary_of(&host, now_ms())))
+    })
+    .await
+}
+
+async fn delete_agent(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&key, Role::Admin)?;
+    find(&fleet, &id)?;
+    blocking(move || {
+        fleet.delete(&id, &key.name)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+async fn list_tokens(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+) -> Result<Json<Vec<api::TokenView>>, ApiError> {
+    require(&key, Role::Admin)?;
+    let now = now_ms();
+    let tokens = fleet.tokens.list()?;
+    Ok(Json(tokens.iter().map(|t| t.view(now)).collect()))
+}
+
+async fn create_token(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::TokenCreated>), ApiError> {
+    require(&key, Role::Admin)?;
+    let req: api::TokenCreate = if body.is_empty() {
+        api::TokenCreate::default()
+    } else {
+        json_body(&body)?
+    };
+    blocking(move || {
+        let now = now_ms();
+        let fingerprint = fleet.identity.public_key().fingerprint();
+        let (token, record) = fleet
+            .tokens
+            .create(&req, &key.name, fingerprint, now)
+            .map_err(|e| match e {
+                crate::enrollment::CreateError::Invalid(m) => ApiError::BadRequest(m),
+                crate::enrollment::CreateError::Store(e) => e.into(),
+            })?;
+        let detail = format!(
+            "auto_approve={} expires_at={:?} uses={:?}",
+            record.auto_approve, record.expires_at, record.max_uses
+        );
+        fleet
+            .audit
+            .record(&key.name, "token_create", Some(&record.id), &detail, now)?;
+        Ok((
+            StatusCode::CREATED,
+            Json(api::TokenCreated {
+                token: token.to_string(),
+                view: record.view(now),
+            }),
+        ))
+    })
+    .await
+}
+
+async fn revoke_token(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+) -> Result<Json<api::TokenView>, ApiError> {
+    require(&key, Role::Admin)?;
+    blocking(move || {
+        let now = now_ms();
+        let record = fleet
+            .tokens
+            .revoke(&id, now)?
+            .ok_or_else(|| ApiError::NotFound(format!("no token {id:?}")))?;
+        fleet
+            .audit
+            .record(&key.name, "token_revoke", Some(&record.id), "", now)?;
+        Ok(Json(record.view(now)))
+    })
+    .await
+}
+
+fn key_view(r: &KeyRecord) -> api::ApiKeyView {
+    api::ApiKeyView {
+        name: r.name.clone(),
+        role: r.role.as_str().to_string(),
+        created_at: r.created,
+    }
+}
+
+async fn list_keys(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+) -> Result<Json<Vec<api::ApiKeyView>>, ApiError> {
+    require(&key, Role::Admin)?;
+    let keys = fleet
+        .api_keys
+        .list()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(keys.iter().map(key_view).collect()))
+}
+
+async fn create_key(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::ApiKeyCreated>), ApiError> {
+    require(&key, Role::Admin)?;
+    let req: api::ApiKeyCreate = json_body(&body)?;
+    let role = Role::parse(&req.role).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "role must be viewer, operator or admin, got {:?}",
+            req.role
+        ))
+    })?;
+    let name = req.name.trim().to_string();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(ApiError::BadRequest(
+            "name must be 1-64 characters of a-z, A-Z, 0-9, '-', '_' or '.'".into(),
+        ));
+    }
+    blocking(move || {
+        let internal = |e: sled::Error| ApiError::Internal(e.to_string());
+        if fleet
+            .api_keys
+            .list()
+            .map_err(internal)?
+            .iter()
+            .any(|k| k.name == name)
+        {
+            return Err(ApiError::Conflict(format!("a key named {name:?} exists")));
+        }
+        let now = now_ms();
+        let secret = fleet.api_keys.create(&name, role, now).map_err(internal)?;
+        fleet
+            .audit
+            .record(&key.name, "key_create", Some(&name), role.as_str(), now)?;
+        Ok((
+            StatusCode::CREATED,
+            Json(api::ApiKeyCreated {
+                secret,
+                view: api::ApiKeyView {
+                    name,
+                    role: role.as_str().to_string(),
+                    created_at: now,
+                },
+            }),
+        ))
+    })
+    .await
+}
+
+async fn delete_key(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&key, Role::Admin)?;
+    blocking(move || {
+        let internal = |e: sled::Error| ApiError::Internal(e.to_string());
+        let keys = fleet.api_keys.list().map_err(internal)?;
+        let Some(target) = keys.iter().find(|k| k.name == name) else {
+            return Err(ApiError::NotFound(format!("no key named {name:?}")));
+        };
+        if target.role == Role::Admin && keys.iter().filter(|k| k.role == Role::Admin).count() == 1
+        {
+            return Err(ApiError::Conflict(
+                "this is the last admin key; create another admin key first".into(),
+            ));
+        }
+        fleet.api_keys.delete(&name).map_err(internal)?;
+        fleet
+            .audit
+            .record(&key.name, "key_delete", Some(&name), "", now_ms())?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+async fn audit(
+    State(fleet): State<Arc<Fleet>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<api::AuditPage>, ApiError> {
+    for key in params.keys() {
+        if !["page", "per_page", "agent"].contains(&key.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter `{key}`; allowed: page, per_page, agent"
+            )));
+        }
+    }
+    let q = ListQuery::parse(
+        &params
+            .iter()
+            .filter(|(k, _)| k.as_str() != "agent")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )?;
+    let agent = params.get("agent").cloned();
+    blocking(move || {
+        Ok(Json(fleet.audit.page(
+            agent.as_deref(),
+            q.page,
+            q.per_page,
+        )?))
+    })
+    .await
+}
+
+async fn audit_verify(State(fleet): State<Arc<Fleet>>) -> Result<Json<api::AuditVerify>, ApiError> {
+    blocking(move || Ok(Json(fleet.audit.verify()?))).await
 }
 
 async fn not_found() -> ApiError {

@@ -6,11 +6,15 @@
 //! - `http`: the axum REST API, `/healthz` and `/metrics`.
 //! - `metrics`: counters rendered in Prometheus text format.
 //! - `auth`: REST API keys (hashed in sled, roles, failure limits).
+//! - `enrollment`: enrollment tokens and the duplicate-host rule.
+//! - `audit`: the hash-chained audit log.
 //! - `demo`: the simulated fleet started by `--demo N`.
 //! - `tls`: `init-tls`, a self-signed CA and server certificate for MQTT over TLS.
 
+pub mod audit;
 pub mod auth;
 pub mod demo;
+pub mod enrollment;
 pub mod fleet;
 pub mod http;
 pub mod metrics;
@@ -141,8 +145,22 @@ pub async fn run(
         });
         sign_console(&msg, None, &identity)
     };
+    let link = Arc::new(link);
     link.publish(&topics.console_state(), state(true), true)
         .await?;
+
+    // Enrollment responses (and later commands) from ingest and the API, in order.
+    let publisher = {
+        let mut outbox = fleet.take_outbox().expect("the outbox is taken once, here");
+        let link = link.clone();
+        tokio::spawn(async move {
+            while let Some(out) = outbox.recv().await {
+                if let Err(e) = link.publish(&out.topic, out.payload, false).await {
+                    tracing::warn!(topic = %out.topic, error = %e, "cannot publish");
+                }
+            }
+        })
+    };
 
     // Ingest runs on its own thread: it does sled writes and must never stall the broker
     // link, which only hands messages over through the bounded channel.
@@ -205,7 +223,10 @@ pub async fn run(
     tracing::info!(http = %http_addr, mqtt = %mqtt_addr, "console listening: open http://{http_addr}/");
 
     let mut demo_child = match demo {
-        Some(n) => Some(demo::spawn(n, mqtt_addr, &config.data_dir)?),
+        Some(n) => {
+            let token = demo::token(&fleet, &config.data_dir)?;
+            Some(demo::spawn(n, mqtt_addr, &config.data_dir, &token)?)
+        }
         None => None,
     };
 
@@ -220,17 +241,27 @@ pub async fn run(
         tracing::info!(path = %path.display(), "created the first admin API key");
     }
 
-    let app = http::app(fleet.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("HTTP server")?;
+    match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = tls::server_config(cert, key).context("HTTPS ([http] tls_cert/tls_key)")?;
+            tracing::info!(https = %http_addr, "serving the REST API and UI over HTTPS");
+            tls::serve_https(listener, http::app(fleet.clone()), tls, shutdown.clone()).await?;
+        }
+        _ => {
+            let app = http::app(fleet.clone()).into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await
+                .context("HTTP server")?;
+        }
+    }
 
     if let Some(child) = demo_child.as_mut() {
         let _ = child.kill().await;
     }
     sweeper.abort();
     retention.abort();
+    publisher.abort();
     if let Err(e) = link
         .publish(&topics.console_state(), state(false), true)
         .await

@@ -46,6 +46,30 @@ pub struct HostRecord {
     pub last_seq: (u64, u64),
     /// Whether an offline status for `bd_seq` was already accepted.
     pub offline_seen: bool,
+    /// Whether the agent may send telemetry. Records from before enrollment existed are
+    /// active.
+    #[serde(default)]
+    pub approval: Approval,
+    /// The agent id of the key currently on this record. Empty means `id`: it differs only
+    /// after a new key adopted the record (duplicate-host adoption).
+    #[serde(default)]
+    pub agent_id: String,
+    /// Set by a soft delete: the record is hidden but kept for audit.
+    #[serde(default)]
+    pub deleted_at: Option<u64>,
+    /// For a pending host: the existing host it collides with, as the API shows it.
+    #[serde(default)]
+    pub conflict: Option<String>,
+}
+
+/// The operator's decision about an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    #[default]
+    Active,
+    Pending,
+    Revoked,
 }
 
 /// Why a message was not applied. Counted on /metrics.
@@ -99,6 +123,31 @@ impl HostRecord {
             bd_seq: 0,
             last_seq: (0, 0),
             offline_seen: false,
+            approval: Approval::Active,
+            agent_id: String::new(),
+            deleted_at: None,
+            conflict: None,
+        }
+    }
+
+    /// The agent id whose key is on this record now (the MQTT topics use it).
+    pub fn current_agent_id(&self) -> &str {
+        if self.agent_id.is_empty() {
+            &self.id
+        } else {
+            &self.agent_id
+        }
+    }
+
+    /// Moves the record to `status` for an operator or enrollment decision, recording why.
+    pub fn decide(&mut self, status: AgentStatus, cause: Cause, now_ms: u64) -> StatusChange {
+        self.status = status;
+        self.status_since = now_ms;
+        self.cause = Some(cause);
+        StatusChange {
+            status,
+            cause,
+            at: now_ms,
         }
     }
 
@@ -222,7 +271,7 @@ impl HostRecord {
         console_started_ms: u64,
         now_ms: u64,
     ) -> Option<StatusChange> {
-        if self.status != AgentStatus::Online {
+        if self.status != AgentStatus::Online || self.approval != Approval::Active {
             return None;
         }
         let interval = self

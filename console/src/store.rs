@@ -9,6 +9,8 @@
 //! - `results`: agent id ++ at_ms (BE) ++ command id → [`ResultRecord`] (JSON); idempotent
 //!   on redelivery too.
 //! - `api_keys`: SHA-256 of an API key → `auth::KeyRecord` (JSON).
+//! - `tokens`: token id → `enrollment::TokenRecord` (JSON).
+//! - `audit`: sequence number (BE) → `api::AuditEntry` (JSON), hash-chained (`audit`).
 //!
 //! **Flush policy.** sled writes to its log immediately and fsyncs every
 //! [`FLUSH_EVERY_MS`]; a power loss can lose the writes of that last window (host updates,
@@ -374,6 +376,11 @@ impl Store {
     /// The tree of API key hashes (see `auth`).
     pub fn api_keys_tree(&self) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree("api_keys")?)
+    }
+
+    /// A tree owned by another module (`tokens`, `audit`).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
     }
 
     pub fn size_on_disk(&self) -> u64 {

@@ -1,5 +1,6 @@
-//! `edgefleet-console init-tls`: a self-signed CA and a server certificate for first-time
-//! setups and tests, so MQTT over TLS works without an existing PKI.
+//! TLS: `edgefleet-console init-tls` (a self-signed CA and a server certificate for
+//! first-time setups and tests, so MQTT over TLS and HTTPS work without an existing PKI),
+//! and the HTTPS listener for the REST API and UI ([`serve_https`]).
 
 use std::path::{Path, PathBuf};
 
@@ -72,4 +73,103 @@ pub fn init_tls(dir: &Path, names: &[String]) -> Result<TlsFiles> {
     std::fs::write(&files.server_cert, server.pem())
         .with_context(|| format!("writing {}", files.server_cert.display()))?;
     Ok(files)
+}
+
+/// A rustls server configuration from PEM files. Errors name the file and what is wrong.
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", cert.display());
+    }
+    edgefleet_config::keyfile::read_secret(key)
+        .with_context(|| format!("checking the key file {}", key.display()))?;
+    let key_der = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))
+    .with_context(|| format!("reading the private key from {}", key.display()))?
+    .with_context(|| format!("{} holds no PEM private key", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .with_context(|| {
+            format!(
+                "{} and {} do not make a usable certificate and key pair",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Serves `app` over HTTPS until `shutdown`. A failed handshake is logged at debug level
+/// and costs nothing else; a handshake has 10 s.
+pub async fn serve_https(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    config: rustls::ServerConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    use tower::ServiceExt;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tracker.spawn(async move {
+            let stream = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    app.clone().oneshot(req)
+                },
+            );
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(client = %peer, error = %e, "HTTPS connection ended with an error");
+            }
+        });
+    }
+    tracker.close();
+    // In-flight requests get a moment to finish, as axum's graceful shutdown gives them.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
+    Ok(())
 }

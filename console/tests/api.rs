@@ -6,8 +6,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use edgefleet_broker::{ConnectAttempt, Inbound};
+use edgefleet_codec::api::TokenCreate;
 use edgefleet_codec::{
-    seal_agent, AgentMessage, Birth, Channel, Heartbeat, Identity, MacKey, Status, Topics,
+    seal_agent, AgentMessage, Birth, Channel, ConsoleMessage, EnrollDecision, EnrollRequest,
+    EnrollToken, Heartbeat, Identity, MacKey, Status, Topics,
 };
 use edgefleet_console::fleet::Fleet;
 use edgefleet_console::presence::Timings;
@@ -26,7 +28,12 @@ struct Env {
     _dir: tempfile::TempDir,
     fleet: Arc<Fleet>,
     console: Identity,
+    /// A viewer key.
     key: String,
+    admin: String,
+    outbox: std::sync::Mutex<tokio::sync::mpsc::Receiver<edgefleet_console::fleet::Outgoing>>,
+    /// An auto-approve token.
+    token: EnrollToken,
 }
 
 fn env() -> Env {
@@ -38,12 +45,89 @@ fn env() -> Env {
         .api_keys
         .create("test", edgefleet_console::auth::Role::Viewer, 0)
         .unwrap();
+    let admin = fleet
+        .api_keys
+        .create("boss", edgefleet_console::auth::Role::Admin, 0)
+        .unwrap();
+    let outbox = std::sync::Mutex::new(fleet.take_outbox().unwrap());
+    let (token, _) = fleet
+        .tokens
+        .create(
+            &TokenCreate {
+                auto_approve: true,
+                ..TokenCreate::default()
+            },
+            "test",
+            console.public_key().fingerprint(),
+            now_ms(),
+        )
+        .unwrap();
     Env {
         _dir: dir,
         fleet,
         console,
         key,
+        admin,
+        outbox,
+        token,
     }
+}
+
+fn now_ms() -> u64 {
+    edgefleet_console::fleet::now_ms()
+}
+
+fn connect(env: &Env, identity: &Identity, token: Option<&EnrollToken>) -> bool {
+    let id = identity.agent_id();
+    env.fleet.accept_connect(&ConnectAttempt {
+        client_id: format!("{id}-1"),
+        username: edgefleet_codec::connect::username(identity, token),
+        password: edgefleet_codec::connect::password(identity, now_ms() / 1000),
+    })
+}
+
+/// Sends a signed enrollment request through ingest and returns the console's signed
+/// answer, verified with the console key.
+fn request_enrollment(
+    env: &Env,
+    identity: &Identity,
+    token: &EnrollToken,
+    hostname: &str,
+    ip: &str,
+) -> EnrollDecision {
+    let id = identity.agent_id();
+    let req = EnrollRequest {
+        agent_id: id.to_string(),
+        public_key: *identity.public_key().as_bytes(),
+        hostname: hostname.into(),
+        os: "Debian GNU/Linux 12 (bookworm)".into(),
+        ips: vec![ip.into(), "127.0.0.1".into()],
+        token_id: token.id.clone(),
+        proof: token.proof(&identity.public_key()),
+        at: now_ms() / 1000,
+    };
+    env.fleet.ingest(vec![Inbound::new(
+        Topics::default().enroll(&id),
+        edgefleet_codec::sign_enroll_request(&req, identity),
+    )]);
+    last_decision(env, &id).expect("an enrollment request is always answered")
+}
+
+/// The newest enrollment response queued for `id`, if any.
+fn last_decision(env: &Env, id: &edgefleet_codec::AgentId) -> Option<EnrollDecision> {
+    let mut outbox = env.outbox.lock().unwrap();
+    let mut last = None;
+    while let Ok(out) = outbox.try_recv() {
+        if out.topic == Topics::default().enroll_reply(id) {
+            match edgefleet_codec::open_console(&out.payload, Some(id), &env.console.public_key())
+                .unwrap()
+            {
+                ConsoleMessage::EnrollResponse(r) => last = Some(r.decision),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    last
 }
 
 struct Agent {
@@ -54,16 +138,27 @@ struct Agent {
 fn enroll(env: &Env) -> Agent {
     let identity = Identity::generate();
     let id = identity.agent_id();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let ok = env.fleet.accept_connect(&ConnectAttempt {
-        client_id: format!("{id}-1"),
-        username: id.to_string(),
-        password: edgefleet_codec::connect::password(&identity, now),
-    });
-    assert!(ok, "a valid connect proof is accepted");
+    assert!(
+        connect(env, &identity, Some(&env.token)),
+        "a valid token claim is accepted"
+    );
+    // Distinct hostnames and IPs: two agents alike in either would be duplicates.
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        request_enrollment(
+            env,
+            &identity,
+            &env.token,
+            &format!("host-{id}"),
+            &format!("10.1.2.{n}")
+        ),
+        EnrollDecision::Approved
+    );
+    assert!(
+        connect(env, &identity, None),
+        "an enrolled agent connects without a claim"
+    );
     let mac = MacKey::derive_agent(&identity, &env.console.public_key()).unwrap();
     Agent { identity, mac }
 }
@@ -109,12 +204,37 @@ async fn get(env: &Env, uri: &str) -> (StatusCode, serde_json::Value) {
 }
 
 async fn get_with(env: &Env, uri: &str, auth: Option<&str>) -> (StatusCode, serde_json::Value) {
+    call(env, "GET", uri, auth, "").await
+}
+
+/// An admin request.
+async fn admin(env: &Env, method: &str, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    call(
+        env,
+        method,
+        uri,
+        Some(&format!("Bearer {}", env.admin)),
+        body,
+    )
+    .await
+}
+
+async fn call(
+    env: &Env,
+    method: &str,
+    uri: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
     let app = edgefleet_console::http::app(env.fleet.clone());
-    let mut req = Request::get(uri);
+    let mut req = Request::builder().method(method).uri(uri);
     if let Some(auth) = auth {
         req = req.header("authorization", auth);
     }
-    let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
@@ -147,7 +267,7 @@ async fn sealed_telemetry_makes_an_agent_online_with_vitals() {
     ]);
     let metrics = metrics_text(&env);
     assert!(
-        metrics.contains("edgefleet_ingest_latency_seconds_count 2"),
+        metrics.contains("edgefleet_ingest_latency_seconds_count 3"),
         "{metrics}"
     );
     let (status, doc) = get(&env, &format!("/api/agents/{id}")).await;
@@ -336,9 +456,12 @@ fn docs_api_md_lists_every_route() {
 async fn every_listed_route_is_served() {
     let env = env();
     let a = enroll(&env);
-    for (_, path, _) in edgefleet_console::http::ROUTES {
+    for (method, path, _) in edgefleet_console::http::ROUTES {
+        if *method != "GET" {
+            continue; // the decision routes are exercised by their own tests
+        }
         let uri = path.replace(":id", a.identity.agent_id().as_str());
-        let (status, body) = get(&env, &uri).await;
+        let (status, body) = admin(&env, "GET", &uri, "").await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
     }
 }
@@ -369,5 +492,353 @@ async fn api_routes_need_a_key_and_repeated_failures_are_locked_out() {
         status,
         StatusCode::TOO_MANY_REQUESTS,
         "even a good key waits out the lockout: {doc}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_keys_need_a_live_token_and_refusals_are_counted_by_reason() {
+    let env = env();
+    let me = Identity::generate();
+    assert!(!connect(&env, &me, None), "no claim, unknown key");
+    let wrong_secret = EnrollToken {
+        secret: [0; 16],
+        ..env.token.clone()
+    };
+    assert!(!connect(&env, &me, Some(&wrong_secret)));
+    let unknown = EnrollToken::generate(env.console.public_key().fingerprint());
+    assert!(!connect(&env, &me, Some(&unknown)));
+    let (used_up, _) = env
+        .fleet
+        .tokens
+        .create(
+            &TokenCreate {
+                uses: Some(1),
+                ..TokenCreate::default()
+            },
+            "t",
+            [0; 32],
+            now_ms(),
+        )
+        .unwrap();
+    let first = Identity::generate();
+    assert!(connect(&env, &first, Some(&used_up)));
+    assert_eq!(
+        request_enrollment(&env, &first, &used_up, "first", "10.9.0.1"),
+        EnrollDecision::Pending
+    );
+    assert!(!connect(&env, &me, Some(&used_up)), "its one use is gone");
+    let text = metrics_text(&env);
+    for reason in [
+        "not_enrolled",
+        "token_bad_proof",
+        "token_unknown",
+        "token_used_up",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "edgefleet_connect_refused_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pending_agents_are_ignored_until_approved_and_a_viewer_cannot_approve() {
+    let env = env();
+    let (token, _) = env
+        .fleet
+        .tokens
+        .create(&TokenCreate::default(), "t", [0; 32], now_ms())
+        .unwrap();
+    let identity = Identity::generate();
+    let id = identity.agent_id();
+    assert!(connect(&env, &identity, Some(&token)));
+    assert_eq!(
+        request_enrollment(&env, &identity, &token, "pump-7", "10.7.0.7"),
+        EnrollDecision::Pending
+    );
+    let agent = Agent {
+        mac: MacKey::derive_agent(&identity, &env.console.public_key()).unwrap(),
+        identity,
+    };
+    env.fleet
+        .ingest(vec![sealed(&agent, birth(1, 1, "pump-7"), Channel::Birth)]);
+    let (_, doc) = get(&env, &format!("/api/agents/{id}")).await;
+    assert_eq!(doc["status"], "pending", "{doc}");
+    assert!(metrics_text(&env).contains("reason=\"not_approved\"} 1"));
+    assert_eq!(
+        last_decision(&env, &id),
+        Some(EnrollDecision::Pending),
+        "ignored telemetry is answered with the state"
+    );
+
+    let (status, doc) = call(
+        &env,
+        "POST",
+        &format!("/api/agents/{id}/approve"),
+        Some(&format!("Bearer {}", env.key)),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("admin role"),
+        "{doc}"
+    );
+
+    let (status, doc) = admin(&env, "POST", &format!("/api/agents/{id}/approve"), "").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(last_decision(&env, &id), Some(EnrollDecision::Approved));
+    env.fleet
+        .ingest(vec![sealed(&agent, birth(2, 1, "pump-7"), Channel::Birth)]);
+    let (_, doc) = get(&env, &format!("/api/agents/{id}")).await;
+    assert_eq!(doc["status"], "online", "{doc}");
+    let causes: Vec<&str> = doc["status_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, ["birth", "approved", "enrolled"], "newest first");
+    let (status, _) = admin(&env, "POST", &format!("/api/agents/{id}/approve"), "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "approving twice");
+
+    let (_, audit) = get(&env, &format!("/api/audit?agent={id}")).await;
+    let actions: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(actions, [("boss", "approve"), ("console", "enroll")]);
+    let (_, v) = get(&env, "/api/audit/verify").await;
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[tokio::test]
+async fn revoked_agents_are_refused_at_connect_and_their_telemetry_is_ignored() {
+    let env = env();
+    let agent = enroll(&env);
+    let id = agent.identity.agent_id();
+    env.fleet
+        .ingest(vec![sealed(&agent, birth(1, 1, "a"), Channel::Birth)]);
+    let (status, doc) = admin(&env, "POST", &format!("/api/agents/{id}/revoke"), "").await;
+    assert_eq!(
+        (status, doc["status"].as_str()),
+        (StatusCode::OK, Some("revoked"))
+    );
+    assert!(matches!(
+        last_decision(&env, &id),
+        Some(EnrollDecision::Rejected { reason }) if reason.contains("revoked")
+    ));
+    assert!(!connect(&env, &agent.identity, None));
+    assert!(
+        !connect(&env, &agent.identity, Some(&env.token)),
+        "a token does not undo a revoke"
+    );
+    env.fleet
+        .ingest(vec![sealed(&agent, birth(2, 1, "a"), Channel::Birth)]);
+    let (_, doc) = get(&env, &format!("/api/agents/{id}")).await;
+    assert_eq!(doc["status"], "revoked");
+    assert!(metrics_text(&env).contains("edgefleet_connect_refused_total{reason=\"revoked\"} 2"));
+}
+
+#[tokio::test]
+async fn duplicates_are_rejected_while_online_and_adopted_while_offline() {
+    let env = env();
+    let first = enroll(&env);
+    let first_id = first.identity.agent_id();
+    // The birth set hostname "x" and IP 10.0.0.9.
+    env.fleet
+        .ingest(vec![sealed(&first, birth(1, 1, "x"), Channel::Birth)]);
+    let dup = Identity::generate();
+    assert!(connect(&env, &dup, Some(&env.token)));
+    let decision = request_enrollment(&env, &dup, &env.token, "x", "10.200.0.1");
+    assert!(
+        matches!(&decision, EnrollDecision::Rejected { reason } if reason.contains("already exists") && reason.contains(first_id.as_str())),
+        "{decision:?}"
+    );
+    // The first host goes offline by its will; now the same machine is adopted.
+    let (_, detail) = get(&env, &format!("/api/agents/{first_id}")).await;
+    let ip_of_birth = detail["ips"][0].as_str().unwrap().to_string();
+    env.fleet.ingest(vec![sealed(
+        &first,
+        AgentMessage::Status(Status {
+            bd_seq: 1,
+            seq: 0,
+            online: false,
+            clean: false,
+        }),
+        Channel::Status,
+    )]);
+    let decision = request_enrollment(&env, &dup, &env.token, "other-name", &ip_of_birth);
+    assert_eq!(decision, EnrollDecision::Approved, "approval state is kept");
+    let (_, doc) = get(&env, &format!("/api/agents/{first_id}")).await;
+    assert_eq!(doc["id"], first_id.as_str(), "the host id stays");
+    assert_eq!(doc["status_history"][0]["cause"], "adopted", "{doc}");
+    assert_eq!(
+        doc["key_fingerprint"],
+        dup.public_key()
+            .fingerprint()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    // The new key's telemetry lands on the adopted record; the old key is refused.
+    let new_agent = Agent {
+        mac: MacKey::derive_agent(&dup, &env.console.public_key()).unwrap(),
+        identity: dup,
+    };
+    env.fleet
+        .ingest(vec![sealed(&new_agent, birth(1, 1, "x"), Channel::Birth)]);
+    let (_, doc) = get(&env, &format!("/api/agents/{first_id}")).await;
+    assert_eq!(doc["status"], "online", "{doc}");
+    assert!(
+        !connect(&env, &first.identity, None),
+        "the replaced key is unknown now"
+    );
+    let (_, page) = get(&env, "/api/agents").await;
+    assert_eq!(page["total"], 1, "adoption makes no second host: {page}");
+}
+
+#[tokio::test]
+async fn soft_deleted_hosts_are_hidden_and_come_back_pending() {
+    let env = env();
+    let agent = enroll(&env);
+    let id = agent.identity.agent_id();
+    let (status, _) = admin(&env, "DELETE", &format!("/api/agents/{id}"), "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&env, &format!("/api/agents/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get(&env, "/api/agents").await.1["total"], 0);
+    assert!(
+        connect(&env, &agent.identity, None),
+        "its key still proves itself"
+    );
+    let (_, doc) = get(&env, &format!("/api/agents/{id}")).await;
+    assert_eq!(doc["status"], "pending", "treated as new: {doc}");
+    let (_, audit) = get(&env, &format!("/api/audit?agent={id}")).await;
+    assert_eq!(audit["items"][0]["action"], "returned");
+    assert_eq!(audit["items"][1]["action"], "delete");
+}
+
+#[tokio::test]
+async fn tokens_and_keys_are_managed_through_the_api_by_admins_only() {
+    let env = env();
+    let (status, doc) = admin(
+        &env,
+        "POST",
+        "/api/tokens",
+        r#"{"auto_approve":true,"expires":"2h","uses":3}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    let token: EnrollToken = doc["token"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        token.console_fingerprint,
+        env.console.public_key().fingerprint()
+    );
+    assert_eq!(
+        (doc["max_uses"].as_u64(), doc["state"].as_str()),
+        (Some(3), Some("active"))
+    );
+    let (status, list) = admin(&env, "GET", "/api/tokens", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !list
+            .to_string()
+            .contains(&data_encoding::BASE32_NOPAD.encode(&token.secret)),
+        "secrets are never listed"
+    );
+    let (status, doc) = admin(&env, "DELETE", &format!("/api/tokens/{}", token.id), "").await;
+    assert_eq!(
+        (status, doc["state"].as_str()),
+        (StatusCode::OK, Some("revoked"))
+    );
+    for (body, needle) in [
+        (r#"{"expires":"soon"}"#, "expires"),
+        (r#"{"uses":0}"#, "uses"),
+        ("{", "invalid JSON"),
+    ] {
+        let (status, doc) = admin(&env, "POST", "/api/tokens", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(doc["error"].as_str().unwrap().contains(needle), "{doc}");
+    }
+    assert_eq!(
+        get(&env, "/api/tokens").await.0,
+        StatusCode::FORBIDDEN,
+        "viewers cannot list tokens"
+    );
+
+    let (status, doc) = admin(
+        &env,
+        "POST",
+        "/api/keys",
+        r#"{"name":"ops","role":"operator"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    let secret = doc["secret"].as_str().unwrap().to_string();
+    let (status, _) = call(
+        &env,
+        "GET",
+        "/api/agents",
+        Some(&format!("Bearer {secret}")),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        admin(
+            &env,
+            "POST",
+            "/api/keys",
+            r#"{"name":"ops","role":"viewer"}"#
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        admin(&env, "POST", "/api/keys", r#"{"name":"x","role":"root"}"#)
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        admin(&env, "DELETE", "/api/keys/boss", "").await.0,
+        StatusCode::CONFLICT,
+        "the last admin key stays"
+    );
+    assert_eq!(
+        admin(&env, "DELETE", "/api/keys/ops", "").await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _) = call(
+        &env,
+        "GET",
+        "/api/agents",
+        Some(&format!("Bearer {secret}")),
+        "",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a deleted key stops working"
+    );
+    let (_, audit) = get(&env, "/api/audit").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["key_delete", "key_create", "token_revoke", "token_create"]
     );
 }

@@ -112,6 +112,7 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         topics,
         storage,
         pin: ConsolePin::in_dir(dir),
+        enrollment: crate::enrollment::EnrollmentFile::in_dir(dir),
         probe,
     };
     let status_file = write_status_file.then(|| StatusFile::path(dir));

@@ -9,11 +9,13 @@
 //! - `queue`: the store-and-forward queue in sled, and PUBACK tracking.
 //! - `state`: persistent counters (`bd_seq`, event ids) and recent command ids in sled.
 //! - `identity`: the agent key file and the pinned console key file.
+//! - `enrollment`: the enrollment state file (approved, pending, rejected).
 //! - `probe`: where vitals come from: `sysinfo` on a device, random walks in the simulator.
 //! - `status`: the agent's snapshot of itself and the state file `status` reads.
 //! - `simulate`: many virtual agents in one process.
 
 pub mod backoff;
+pub mod enrollment;
 pub mod handle;
 pub mod heartbeat;
 pub mod identity;

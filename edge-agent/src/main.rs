@@ -60,6 +60,9 @@ enum Cmd {
         /// Where the simulated identities live (default: a directory under the temp dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Enrollment token every simulated agent enrolls with (`edgefleet tokens create`).
+        #[arg(long, env = "EDGEFLEET_AGENT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Show the local agent's identity, console, connection, last heartbeat, queue depth
     /// and pinned console key (from the state file the running agent writes).
@@ -139,6 +142,7 @@ fn main() -> Result<()> {
             console,
             interval,
             data_dir,
+            token,
         } => {
             init_tracing(args.log_format);
             let url = parse_mqtt_url(&console).map_err(|e| anyhow::anyhow!("--console: {e}"))?;
@@ -147,6 +151,10 @@ fn main() -> Result<()> {
             if interval < Duration::from_secs(1) {
                 bail!("--interval must be at least 1s");
             }
+            let token = token
+                .map(|t| t.parse::<edgefleet_codec::EnrollToken>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--token: {e}"))?;
             let data_dir =
                 data_dir.unwrap_or_else(|| std::env::temp_dir().join("edgefleet-simulate"));
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,6 +176,7 @@ fn main() -> Result<()> {
                     url,
                     heartbeat_interval: interval,
                     data_dir,
+                    token,
                 };
                 edgefleet_agent::simulate::run(opts, shutdown).await
             })

@@ -12,12 +12,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use edgefleet_codec::{
-    open_console, open_console_state_pinning, open_console_state_self_signed, seal_agent, AgentId,
-    AgentMessage, Birth, Channel, CommandOutcome, CommandResult, ConsoleMessage, Deadband,
+    open_console, open_console_state_pinning, open_console_state_self_signed, seal_agent,
+    sign_enroll_request, AgentId, AgentMessage, Birth, Channel, Command, CommandAction,
+    CommandOutcome, CommandResult, ConsoleMessage, Deadband, EnrollDecision, EnrollRequest,
     EnrollToken, Event, EventLevel, Identity, MacKey, PublicKey, Status, Topics,
 };
 use edgefleet_config::MqttUrl;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::enrollment::{EnrollState, Enrollment, EnrollmentFile};
 use crate::heartbeat::Heartbeats;
 use crate::identity::{hex, ConsolePin};
 use crate::probe::Probe;
@@ -47,6 +49,10 @@ pub const MAX_EVENT_KIND: usize = 64;
 /// How long the goodbye waits for its PUBACK, and then for DISCONNECT to be written.
 const GOODBYE_ACK: Duration = Duration::from_secs(1);
 const GOODBYE_DISCONNECT: Duration = Duration::from_millis(500);
+/// How often a pending agent asks the console again.
+pub const ENROLL_RETRY: Duration = Duration::from_secs(30);
+/// How long an agent the console rejected waits before it tries again (jittered up to 2x).
+pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
 /// Everything one session needs, already loaded: the lower-level way to start an agent
 /// ([`crate::spawn_session`]), used by the simulator to share one database among many
@@ -64,6 +70,8 @@ pub struct SessionConfig {
     pub topics: Topics,
     pub storage: Storage,
     pub pin: ConsolePin,
+    /// The enrollment state file (`enrollment.json`).
+    pub enrollment: EnrollmentFile,
     pub probe: Box<dyn Probe>,
 }
 
@@ -100,6 +108,8 @@ enum End {
     Shutdown,
     /// The console key was just pinned: reconnect at once, now with a sealed last-will.
     Pinned,
+    /// The console rejected this agent (signed): wait [`REJECTED_RETRY`], then try again.
+    Rejected(String),
     Lost(String),
 }
 
@@ -124,11 +134,15 @@ struct Link {
     /// The console epoch seen on this connection.
     epoch: Option<u64>,
     connected: bool,
+    /// The console approved this agent: telemetry may flow.
+    approved: bool,
+    /// When a pending agent sends its next enrollment request.
+    enroll_due: Option<Instant>,
 }
 
 impl Link {
     fn can_send(&self) -> bool {
-        self.connected && self.mac.is_some()
+        self.connected && self.mac.is_some() && self.approved
     }
 }
 
@@ -141,6 +155,7 @@ pub(crate) struct Session {
     backoff: Backoff,
     rng: rand::rngs::StdRng,
     pinned: Option<PublicKey>,
+    enrollment: Option<Enrollment>,
 }
 
 impl Session {
@@ -153,12 +168,14 @@ impl Session {
         let id = cfg.identity.agent_id();
         let heartbeats =
             Heartbeats::new(cfg.heartbeat_interval, Deadband::default(), Instant::now());
+        let enrollment = cfg.enrollment.load();
         status.send_modify(|s| {
             s.agent_id = id.to_string();
             s.console_key = pinned.map(|k| hex(&k.fingerprint()));
             s.bd_seq = cfg.storage.bd_seq();
             s.queue_depth = cfg.storage.queue.len();
             s.queue_bytes = cfg.storage.queue.bytes();
+            s.enrollment = enrollment.as_ref().map(|e| e.state);
         });
         Session {
             cfg,
@@ -169,6 +186,7 @@ impl Session {
             backoff: Backoff::default(),
             rng: rand::rngs::StdRng::from_entropy(),
             pinned,
+            enrollment,
         }
     }
 
@@ -206,6 +224,8 @@ impl Session {
                                 delivery: Delivery::new(),
                                 epoch: None,
                                 connected: false,
+                                approved: self.approved(),
+                                enroll_due: None,
                             };
                             self.connection(link, eventloop, &shutdown).await
                         }
@@ -219,6 +239,21 @@ impl Session {
             match end {
                 End::Shutdown => return Ok(()),
                 End::Pinned => continue,
+                End::Rejected(reason) => {
+                    let delay = REJECTED_RETRY
+                        + Duration::from_millis(self.rng.gen_range(
+                            0..=u64::try_from(REJECTED_RETRY.as_millis()).unwrap_or(u64::MAX),
+                        ));
+                    tracing::error!(
+                        %reason,
+                        retry_in_s = delay.as_secs(),
+                        "the console rejected this agent; disconnected. An operator must resolve it in the console (approve, un-revoke, or delete the conflicting host)"
+                    );
+                    attempt = attempt.wrapping_add(1);
+                    if self.wait_offline(delay, &shutdown).await {
+                        return Ok(());
+                    }
+                }
                 End::Lost(error) => {
                     let delay = self.backoff.next_delay(&mut self.rng);
                     tracing::warn!(
@@ -248,8 +283,15 @@ impl Session {
         opts.set_keep_alive(self.cfg.keepalive.max(Duration::from_secs(1)));
         opts.set_clean_session(true);
         opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        // Until the console has approved this agent, the username carries the token claim:
+        // the console lets an unknown key in only with a claim for a live token.
+        let claim = if self.approved() {
+            None
+        } else {
+            self.cfg.token.as_ref()
+        };
         opts.set_credentials(
-            self.id.as_str(),
+            edgefleet_codec::connect::username(&self.cfg.identity, claim),
             edgefleet_codec::connect::password(&self.cfg.identity, now_ms() / 1000),
         );
         if url.tls {
@@ -319,12 +361,20 @@ impl Session {
                         return End::Shutdown;
                     }
                 },
-                _ = at(live) => self.live_heartbeat(&mut link, false),
+                _ = at(live), if link.approved => self.live_heartbeat(&mut link, false),
+                _ = at(link.enroll_due) => self.request_enrollment(&mut link),
                 _ = tokio::time::sleep_until(history), if !link.can_send() => self.history_sample(),
                 event = eventloop.poll() => match event {
                     Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code != ConnectReturnCode::Success {
-                            return End::Lost(format!("the console refused the connection: {:?}", ack.code));
+                            let hint = if link.approved {
+                                "the console does not accept this agent (revoked, or the console clock is more than 5 min off)"
+                            } else if self.cfg.token.is_some() {
+                                "the enrollment token is unknown to this console, expired, used up, revoked, or its secret is wrong; ask the operator for a new one (`edgefleet tokens create`)"
+                            } else {
+                                "this agent is not enrolled: set `token` in the agent config (an operator creates one with `edgefleet tokens create`)"
+                            };
+                            return End::Lost(format!("the console refused the connection ({:?}): {hint}", ack.code));
                         }
                         if let Err(e) = self.connected(&mut link) {
                             return End::Lost(e);
@@ -336,8 +386,15 @@ impl Session {
                                 disconnect(&link.client, &mut eventloop).await;
                                 return end;
                             }
+                        } else if p.topic == self.cfg.topics.enroll_reply(&self.id) {
+                            if let Some(end) = self.enroll_response(&mut link, &p.payload) {
+                                disconnect(&link.client, &mut eventloop).await;
+                                return end;
+                            }
+                        } else if p.topic == self.cfg.topics.agent(&self.id, Channel::Command) {
+                            self.command(&mut link, &p.payload);
                         } else {
-                            tracing::debug!(topic = %p.topic, "ignoring a message: commands arrive with remote operations");
+                            tracing::debug!(topic = %p.topic, "ignoring a message on an unexpected topic");
                         }
                     }
                     Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => link.delivery.outgoing(pkid),
@@ -361,9 +418,13 @@ impl Session {
                 .map_err(|e| format!("subscribing: {e}"))?;
         }
         if link.mac.is_some() {
-            self.announce(link);
-            self.heartbeats.connected(Instant::now());
-            self.pump_queue(link);
+            if link.approved {
+                self.announce(link);
+                self.heartbeats.connected(Instant::now());
+                self.pump_queue(link);
+            } else {
+                self.request_enrollment(link);
+            }
         }
         self.status.send_modify(|s| s.connected = true);
         Ok(())
@@ -636,6 +697,193 @@ impl Session {
         }
     }
 
+    fn approved(&self) -> bool {
+        self.enrollment
+            .as_ref()
+            .is_some_and(|e| e.state == EnrollState::Approved)
+    }
+
+    fn set_enrollment(&mut self, state: EnrollState, reason: Option<String>) {
+        if self.enrollment.as_ref().map(|e| (e.state, &e.reason)) == Some((state, &reason)) {
+            return;
+        }
+        let e = Enrollment {
+            state,
+            reason,
+            at: now_ms(),
+        };
+        if let Err(err) = self.cfg.enrollment.store(&e) {
+            tracing::error!(error = %format!("{err:#}"), "cannot store the enrollment state");
+        }
+        self.enrollment = Some(e);
+        self.status.send_modify(|s| s.enrollment = Some(state));
+    }
+
+    /// Publishes a signed enrollment request (hostname, IPs, OS, key, token proof) and
+    /// schedules the next one: a pending agent asks every [`ENROLL_RETRY`].
+    fn request_enrollment(&mut self, link: &mut Link) {
+        link.enroll_due = Some(Instant::now() + ENROLL_RETRY);
+        if !link.connected {
+            return;
+        }
+        let facts = self.cfg.probe.facts();
+        let public_key = self.cfg.identity.public_key();
+        let (token_id, proof) = match &self.cfg.token {
+            Some(t) => (t.id.clone(), t.proof(&public_key)),
+            None => (String::new(), [0; 32]),
+        };
+        let req = EnrollRequest {
+            agent_id: self.id.to_string(),
+            public_key: *public_key.as_bytes(),
+            hostname: facts.hostname,
+            os: facts.os,
+            ips: facts.ips,
+            token_id,
+            proof,
+            at: now_ms() / 1000,
+        };
+        let payload = sign_enroll_request(&req, &self.cfg.identity);
+        match link.client.try_publish(
+            self.cfg.topics.enroll(&self.id),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        ) {
+            Ok(()) => {
+                link.delivery.requested(Tag::Plain);
+                tracing::info!(hostname = %req.hostname, token = %req.token_id, "sent an enrollment request");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot send the enrollment request now"),
+        }
+    }
+
+    /// Handles a signed enrollment response. Returns how the connection ends, if it must.
+    fn enroll_response(&mut self, link: &mut Link, payload: &[u8]) -> Option<End> {
+        let pinned = self.pinned?;
+        let response = match open_console(payload, Some(&self.id), &pinned) {
+            Ok(ConsoleMessage::EnrollResponse(r)) if r.agent_id == self.id.as_str() => r,
+            Ok(other) => {
+                tracing::warn!(
+                    kind = other.kind().name(),
+                    "unexpected message on the enrollment reply topic"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "refusing an enrollment response not signed by the pinned console key");
+                return None;
+            }
+        };
+        match response.decision {
+            EnrollDecision::Approved => {
+                link.enroll_due = None;
+                self.set_enrollment(EnrollState::Approved, None);
+                if !link.approved {
+                    tracing::info!("the console approved this agent; sending telemetry");
+                    link.approved = true;
+                    self.announce(link);
+                    self.heartbeats.connected(Instant::now());
+                    self.pump_queue(link);
+                }
+                None
+            }
+            EnrollDecision::Pending => {
+                if link.approved {
+                    tracing::warn!("the console says this agent is pending approval (it was deleted or is new to this console); telemetry stops until an operator approves it");
+                    link.approved = false;
+                    self.heartbeats.disconnected();
+                } else if self.enrollment.as_ref().map(|e| e.state) != Some(EnrollState::Pending) {
+                    tracing::info!(retry_s = ENROLL_RETRY.as_secs(), "enrolled; waiting for an operator to approve this agent (`edgefleet agents approve {}`)", self.id);
+                }
+                self.set_enrollment(EnrollState::Pending, None);
+                if link.enroll_due.is_none() {
+                    link.enroll_due = Some(Instant::now() + ENROLL_RETRY);
+                }
+                None
+            }
+            EnrollDecision::Rejected { reason } => {
+                link.approved = false;
+                self.set_enrollment(EnrollState::Rejected, Some(reason.clone()));
+                Some(End::Rejected(reason))
+            }
+        }
+    }
+
+    /// A signed command: verified with the pinned key, addressed to us, not expired, and
+    /// not seen before (ids are remembered in sled), then run and answered with a result.
+    fn command(&mut self, link: &mut Link, payload: &[u8]) {
+        let Some(pinned) = self.pinned else { return };
+        let now = now_ms();
+        let cmd: Command = match open_console(payload, Some(&self.id), &pinned) {
+            Ok(ConsoleMessage::Command(cmd)) => cmd,
+            Ok(other) => {
+                self.command_rejected(
+                    "wrong_kind",
+                    &format!("a {} on the command topic", other.kind().name()),
+                );
+                return;
+            }
+            Err(e) => {
+                self.command_rejected(e.reason(), &e.to_string());
+                return;
+            }
+        };
+        if let Err(e) = cmd.check(&self.id, now / 1000) {
+            self.command_rejected(e.reason(), &e.to_string());
+            return;
+        }
+        match self.cfg.storage.remember_command(&cmd.id) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.command_rejected(
+                    "replay",
+                    "a command id seen before (replayed or redelivered)",
+                );
+                return;
+            }
+            Err(e) => {
+                // Without the record a replay could not be told apart: refuse rather than
+                // risk running it twice.
+                self.command_rejected("storage", &format!("cannot record the command id: {e}"));
+                return;
+            }
+        }
+        tracing::info!(command = %hex(&cmd.id), action = ?cmd.action, "running a command");
+        let (outcome, message) = match &cmd.action {
+            CommandAction::RequestHeartbeat => {
+                if link.can_send() {
+                    self.live_heartbeat(link, true);
+                }
+                (CommandOutcome::Succeeded, "heartbeat sent".to_string())
+            }
+            other => (
+                CommandOutcome::Failed,
+                format!(
+                    "{} is not supported by this agent version yet",
+                    action_name(other)
+                ),
+            ),
+        };
+        let result = AgentMessage::CommandResult(CommandResult {
+            bd_seq: 0,
+            seq: 0,
+            command_id: cmd.id,
+            outcome,
+            message,
+            at_ms: now_ms(),
+        });
+        if self.push(result).is_ok() {
+            self.pump_queue(link);
+        }
+    }
+
+    fn command_rejected(&mut self, reason: &'static str, detail: &str) {
+        tracing::warn!(reason, %detail, "rejected a command");
+        self.status.send_modify(|s| {
+            *s.commands_rejected.entry(reason.to_string()).or_default() += 1;
+        });
+    }
+
     /// Handles a console state. Returns how the connection ends, if it must.
     fn console_state(&mut self, link: &mut Link, payload: &[u8]) -> Option<End> {
         if let Some(pinned) = self.pinned {
@@ -756,6 +1004,16 @@ impl Session {
         disconnect(&link.client, eventloop).await;
         self.update_queue_status();
         tracing::info!(bd_seq = link.bd_seq, "disconnected cleanly");
+    }
+}
+
+fn action_name(action: &CommandAction) -> &'static str {
+    match action {
+        CommandAction::RestartApp { .. } => "restart-app",
+        CommandAction::PushConfig { .. } => "push-config",
+        CommandAction::UpdateApp { .. } => "update-app",
+        CommandAction::RequestHeartbeat => "request-heartbeat",
+        CommandAction::RescanInventory => "rescan-inventory",
     }
 }
 

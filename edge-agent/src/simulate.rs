@@ -28,6 +28,8 @@ pub struct SimulateOptions {
     /// `sim-<i>/` holds agent `i`'s key and pinned console key, so a restart keeps the
     /// same fleet; `sim.sled` is the one database they share.
     pub data_dir: std::path::PathBuf,
+    /// The enrollment token every virtual agent presents.
+    pub token: Option<edgefleet_codec::EnrollToken>,
 }
 
 /// Runs the virtual agents until `shutdown`, then stops them all gracefully (each sends
@@ -61,12 +63,13 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             identity,
             urls: vec![opts.url.clone()],
             ca_file: None,
-            token: None,
+            token: opts.token.clone(),
             heartbeat_interval: opts.heartbeat_interval,
             keepalive: Duration::from_secs(30),
             topics: Topics::default(),
             storage,
             pin: ConsolePin::in_dir(&agent_dir),
+            enrollment: crate::enrollment::EnrollmentFile::in_dir(&agent_dir),
             probe: Box::new(SimProbe::new(i)),
         };
         agents.push(crate::spawn_session(cfg, None)?);

@@ -37,6 +37,12 @@ pub struct AgentStatusSnapshot {
     /// Pushes that left the queue over its cap with events and results only (kept).
     #[serde(default)]
     pub over_cap: u64,
+    /// What the console last decided about this agent; `None` before enrollment.
+    #[serde(default)]
+    pub enrollment: Option<crate::enrollment::EnrollState>,
+    /// Commands refused, by reason (bad signature, wrong target, expired, replay).
+    #[serde(default)]
+    pub commands_rejected: std::collections::BTreeMap<String, u64>,
 }
 
 impl AgentStatusSnapshot {

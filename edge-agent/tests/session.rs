@@ -37,12 +37,9 @@ impl Console {
     fn start() -> Console {
         // The same check the console's policy makes: the password proves the agent key.
         let policy = Arc::new(|attempt: &edgefleet_broker::ConnectAttempt| {
-            edgefleet_codec::connect::verify_password(
-                &attempt.username,
-                &attempt.password,
-                now_unix(),
-            )
-            .is_ok()
+            edgefleet_codec::connect::parse_username(&attempt.username).is_ok_and(|(id, _)| {
+                edgefleet_codec::connect::verify_password(id, &attempt.password, now_unix()).is_ok()
+            })
         });
         let config = BrokerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -79,6 +76,36 @@ impl Console {
             .unwrap();
     }
 
+    /// Plays the console's enrollment decision: every verified enrollment request is
+    /// approved, signed, on the agent's reply topic. Returns whether `msg` was one.
+    async fn approve_enrollment(&self, msg: &Inbound) -> bool {
+        let Some(id) = msg
+            .topic
+            .strip_prefix("ef/e/")
+            .filter(|rest| !rest.contains('/'))
+            .and_then(|id| id.parse::<edgefleet_codec::AgentId>().ok())
+        else {
+            return false;
+        };
+        let req = edgefleet_codec::open_enroll_request(&msg.payload, &id)
+            .expect("the agent's enrollment request verifies");
+        assert_eq!(req.agent_id, id.as_str());
+        let response = ConsoleMessage::EnrollResponse(edgefleet_codec::EnrollResponse {
+            agent_id: id.to_string(),
+            decision: edgefleet_codec::EnrollDecision::Approved,
+            at: now_unix(),
+        });
+        self.link
+            .publish(
+                &Topics::default().enroll_reply(&id),
+                sign_console(&response, Some(&id), &self.identity),
+                false,
+            )
+            .await
+            .unwrap();
+        true
+    }
+
     /// The console's MAC key for the agent whose key is in `data_dir`. The real console
     /// learns the agent key from its CONNECT password; the test reads the key file.
     fn mac_for(&self, data_dir: &Path) -> MacKey {
@@ -104,7 +131,8 @@ impl Console {
                 .await
                 .unwrap_or_else(|_| panic!("no {what} from {id} in time"))
                 .expect("broker link open");
-            if !msg.topic.starts_with(&format!("ef/a/{id}/")) {
+            if self.approve_enrollment(&msg).await || !msg.topic.starts_with(&format!("ef/a/{id}/"))
+            {
                 continue;
             }
             let opened = open_agent(&msg.payload, &id, &mac)
@@ -412,6 +440,9 @@ async fn collect_from_all(
             .await
             .unwrap_or_else(|_| panic!("not every agent sent {what}: {found:?}"))
             .expect("broker link open");
+        if console.approve_enrollment(&msg).await {
+            continue;
+        }
         for (i, (id, mac)) in agents.iter().enumerate() {
             if msg.topic.starts_with(&format!("ef/a/{id}/")) {
                 let id: edgefleet_codec::AgentId = id.parse().unwrap();
@@ -436,6 +467,9 @@ async fn simulate_runs_n_agents_that_keep_their_identities_across_restarts() {
         url: edgefleet_config::parse_mqtt_url(&console.url()).unwrap(),
         heartbeat_interval: Duration::from_secs(1),
         data_dir: tmp.path().to_path_buf(),
+        token: Some(EnrollToken::generate(
+            console.identity.public_key().fingerprint(),
+        )),
     };
     let dirs: Vec<_> = (0..3)
         .map(|i| tmp.path().join(format!("sim-{i}")))
