@@ -116,9 +116,9 @@ pub fn parse_expiry(text: Option<&str>) -> Result<Option<Duration>, String> {
     }
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("expires: {e} (use e.g. `7d`, `12h` or `never`)"))?;
-    if d < Duration::from_secs(60) || d > MAX_EXPIRY {
+    if d < Duration::from_secs(1) || d > MAX_EXPIRY {
         return Err(format!(
-            "expires: must be between 1m and 366d, or `never` (got {text:?})"
+            "expires: must be between 1s and 366d, or `never` (got {text:?})"
         ));
     }
     Ok(Some(d))
@@ -413,7 +413,7 @@ mod tests {
             Ok(Some(Duration::from_secs(12 * 3600)))
         );
         assert!(parse_expiry(Some("soon")).unwrap_err().contains("expires"));
-        assert!(parse_expiry(Some("5s")).unwrap_err().contains("between"));
+        assert!(parse_expiry(Some("500ms")).unwrap_err().contains("between"));
         assert!(parse_expiry(Some("400d")).unwrap_err().contains("between"));
     }
 

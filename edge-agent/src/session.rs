@@ -367,14 +367,7 @@ impl Session {
                 event = eventloop.poll() => match event {
                     Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code != ConnectReturnCode::Success {
-                            let hint = if link.approved {
-                                "the console does not accept this agent (revoked, or the console clock is more than 5 min off)"
-                            } else if self.cfg.token.is_some() {
-                                "the enrollment token is unknown to this console, expired, used up, revoked, or its secret is wrong; ask the operator for a new one (`edgefleet tokens create`)"
-                            } else {
-                                "this agent is not enrolled: set `token` in the agent config (an operator creates one with `edgefleet tokens create`)"
-                            };
-                            return End::Lost(format!("the console refused the connection ({:?}): {hint}", ack.code));
+                            return End::Lost(format!("the console refused the connection ({:?}): {}", ack.code, self.refusal_hint(&link)));
                         }
                         if let Err(e) = self.connected(&mut link) {
                             return End::Lost(e);
@@ -400,9 +393,29 @@ impl Session {
                     Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => link.delivery.outgoing(pkid),
                     Ok(rumqttc::Event::Incoming(Packet::PubAck(ack))) => self.acked(&mut link, ack.pkid),
                     Ok(_) => {}
-                    Err(e) => return End::Lost(e.to_string()),
+                    Err(e) => {
+                        let text = e.to_string();
+                        // The embedded broker (rumqttd) refuses a connect by closing the
+                        // connection without a CONNACK; Mosquitto answers CONNACK 5.
+                        let closed = text.contains("closed by peer") || text.contains("reset by peer");
+                        if !link.connected && closed {
+                            return End::Lost(format!("the console refused the connection (closed before CONNACK: {text}): {}", self.refusal_hint(&link)));
+                        }
+                        return End::Lost(text);
+                    }
                 },
             }
+        }
+    }
+
+    /// What to tell the operator when the console refuses this agent at connect.
+    fn refusal_hint(&self, link: &Link) -> &'static str {
+        if link.approved {
+            "the console does not accept this agent (revoked, or the clocks are more than 5 min apart)"
+        } else if self.cfg.token.is_some() {
+            "the enrollment token is unknown to this console, expired, used up, revoked, or its secret is wrong, or this agent was revoked; ask the operator for a new token (`edgefleet tokens create`)"
+        } else {
+            "this agent is not enrolled: set `token` in the agent config (an operator creates one with `edgefleet tokens create`)"
         }
     }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::harness::{bin, wait_for, AgentProc, Console, ConsoleOpts};
 
-fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(bin(cmd))
         .args(args)
         .output()
@@ -23,7 +23,13 @@ async fn the_cli_lists_shows_and_summarises_and_agent_status_reads_local_state()
     let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
         .await
         .unwrap();
-    let agent = AgentProc::run(&tmp.path().join("agent"), &console.mqtt_url(), "").unwrap();
+    let agent = AgentProc::run(
+        &tmp.path().join("agent"),
+        &console.mqtt_url(),
+        &console.token,
+        "",
+    )
+    .unwrap();
     let id = wait_for(Duration::from_secs(10), "agent online", || async {
         let agents = console.agents().await;
         agents

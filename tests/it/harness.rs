@@ -75,6 +75,9 @@ pub struct ConsoleOpts {
     pub grace: &'static str,
     /// Extra TOML appended to the config file (whole tables, e.g. `[mqtt]`).
     pub extra_toml: String,
+    /// The API is served over HTTPS (`extra_toml` sets the certificate): the harness then
+    /// waits for the port and `admin.key` instead of `/healthz`, and makes no token.
+    pub https: bool,
 }
 
 impl Default for ConsoleOpts {
@@ -84,6 +87,7 @@ impl Default for ConsoleOpts {
             restart_grace: "60s",
             grace: "2s",
             extra_toml: String::new(),
+            https: false,
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct Console {
     starts: u32,
     /// The admin API key the console wrote on its first start.
     pub api_key: String,
+    /// An auto-approve, unlimited enrollment token made on the first start.
+    pub token: String,
 }
 
 impl Console {
@@ -111,8 +117,20 @@ impl Console {
             opts,
             starts: 0,
             api_key: String::new(),
+            token: String::new(),
         };
         console.spawn().await?;
+        if console.opts.https {
+            return Ok(console);
+        }
+        let created = console
+            .send(
+                "POST",
+                "/api/tokens",
+                r#"{"auto_approve": true, "expires": "never"}"#,
+            )
+            .await;
+        console.token = created["token"].as_str().context("a token")?.to_string();
         Ok(console)
     }
 
@@ -156,7 +174,13 @@ impl Console {
         let http = self.http;
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if let Ok((200, _)) = http_get(http, "/healthz", None).await {
+            let up = if self.opts.https {
+                tokio::net::TcpStream::connect(http).await.is_ok()
+                    && self.dir.join("data/admin.key").exists()
+            } else {
+                matches!(http_get(http, "/healthz", None).await, Ok((200, _)))
+            };
+            if up {
                 let key = std::fs::read_to_string(self.dir.join("data/admin.key"))
                     .context("the console writes data/admin.key on first start")?;
                 self.api_key = key.trim().to_string();
@@ -211,6 +235,22 @@ impl Console {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON {e}: {body}"))
     }
 
+    /// A request with a JSON body; panics with the body on a non-2xx answer.
+    pub async fn send(&self, method: &str, path: &str, body: &str) -> Value {
+        let (status, text) = http_request(self.http, method, path, Some(&self.api_key), body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} answered {status}: {text}"
+        );
+        if text.is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: bad JSON {e}: {text}"))
+    }
+
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         http_get(self.http, path, Some(&self.api_key))
             .await
@@ -242,6 +282,17 @@ pub async fn http_get(
     path: &str,
     api_key: Option<&str>,
 ) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, api_key, "").await
+}
+
+/// A minimal HTTP/1.1 request with an optional JSON body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    api_key: Option<&str>,
+    body: &str,
+) -> Result<(u16, String)> {
     let mut stream =
         tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
             .await
@@ -249,7 +300,10 @@ pub async fn http_get(
     let auth = api_key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
@@ -295,15 +349,15 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// `edgefleet-agent run` with its own data dir and a config file with the given extra
-    /// TOML lines.
-    pub fn run(dir: &Path, console_url: &str, extra_toml: &str) -> Result<AgentProc> {
+    /// `edgefleet-agent run` with its own data dir, enrolling with `token`, and a config
+    /// file with the given extra TOML lines.
+    pub fn run(dir: &Path, console_url: &str, token: &str, extra_toml: &str) -> Result<AgentProc> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
             format!(
-                "console_urls = [{console_url:?}]\ndata_dir = {data:?}\n{extra_toml}\n",
+                "console_urls = [{console_url:?}]\ndata_dir = {data:?}\ntoken = {token:?}\n{extra_toml}\n",
                 data = dir.join("data")
             ),
         )?;
@@ -329,6 +383,7 @@ impl AgentProc {
     pub fn simulate(
         dir: &Path,
         console_url: &str,
+        token: &str,
         count: usize,
         interval: &str,
     ) -> Result<AgentProc> {
@@ -345,6 +400,7 @@ impl AgentProc {
             .args(["--interval", interval])
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .env("EDGEFLEET_AGENT_TOKEN", token)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

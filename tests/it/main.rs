@@ -8,4 +8,5 @@ mod cli;
 mod harness;
 mod mqtt;
 mod presence;
+mod security;
 mod tls;

@@ -1,5 +1,6 @@
-//! A raw MQTT client with a valid identity of its own: it passes the broker's auth and
-//! then tries to forge or replay traffic for other agents (there are no topic ACLs).
+//! A raw MQTT client with a valid identity of its own and a valid enrollment token claim:
+//! it passes the broker's auth and then tries to forge or replay traffic for other agents
+//! (there are no topic ACLs).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,12 +22,13 @@ pub fn now_unix() -> u64 {
 }
 
 impl Attacker {
-    pub async fn connect(broker: SocketAddr) -> Attacker {
+    pub async fn connect(broker: SocketAddr, token: &str) -> Attacker {
         let identity = Identity::generate();
         let id = identity.agent_id();
+        let token: edgefleet_codec::EnrollToken = token.parse().unwrap();
         let mut opts = MqttOptions::new(format!("{id}-1"), broker.ip().to_string(), broker.port());
         opts.set_credentials(
-            id.as_str(),
+            edgefleet_codec::connect::username(&identity, Some(&token)),
             edgefleet_codec::connect::password(&identity, now_unix()),
         );
         opts.set_keep_alive(Duration::from_secs(30));

@@ -46,7 +46,13 @@ async fn agent_comes_online_then_goes_offline_by_will_when_killed() {
         .await
         .unwrap();
     let started = Instant::now();
-    let agent = AgentProc::run(&tmp.path().join("agent"), &console.mqtt_url(), "").unwrap();
+    let agent = AgentProc::run(
+        &tmp.path().join("agent"),
+        &console.mqtt_url(),
+        &console.token,
+        "",
+    )
+    .unwrap();
 
     let online = only_agent_with_status(&console, "online", Duration::from_secs(2)).await;
     eprintln!("online after {:?}", started.elapsed());
@@ -80,7 +86,13 @@ async fn graceful_stop_is_offline_with_cause_clean() {
     let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
         .await
         .unwrap();
-    let mut agent = AgentProc::run(&tmp.path().join("agent"), &console.mqtt_url(), "").unwrap();
+    let mut agent = AgentProc::run(
+        &tmp.path().join("agent"),
+        &console.mqtt_url(),
+        &console.token,
+        "",
+    )
+    .unwrap();
     let online = only_agent_with_status(&console, "online", Duration::from_secs(10)).await;
     let id = online["id"].as_str().unwrap().to_string();
 
@@ -124,6 +136,7 @@ async fn silent_link_goes_offline_within_one_and_a_half_keepalives() {
     let _agent = AgentProc::run(
         &tmp.path().join("agent"),
         &format!("mqtt://{}", proxy.addr()),
+        &console.token,
         "keepalive = \"5s\"\nheartbeat_interval = \"30s\"",
     )
     .unwrap();
@@ -171,7 +184,14 @@ async fn console_restart_with_fifty_agents_records_no_offline_transition() {
     let mut console = Console::start(&tmp.path().join("console"), opts)
         .await
         .unwrap();
-    let sim = AgentProc::simulate(&tmp.path().join("sim"), &console.mqtt_url(), 50, "2s").unwrap();
+    let sim = AgentProc::simulate(
+        &tmp.path().join("sim"),
+        &console.mqtt_url(),
+        &console.token,
+        50,
+        "2s",
+    )
+    .unwrap();
 
     wait_for(Duration::from_secs(60), "50 agents online", || async {
         let agents = console.agents().await;
@@ -220,11 +240,17 @@ async fn garbage_on_agent_topics_is_rejected_counted_and_the_console_keeps_servi
     let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
         .await
         .unwrap();
-    let _agent = AgentProc::run(&tmp.path().join("agent"), &console.mqtt_url(), "").unwrap();
+    let _agent = AgentProc::run(
+        &tmp.path().join("agent"),
+        &console.mqtt_url(),
+        &console.token,
+        "",
+    )
+    .unwrap();
     let online = only_agent_with_status(&console, "online", Duration::from_secs(10)).await;
     let victim = online["id"].as_str().unwrap().to_string();
 
-    let attacker = crate::mqtt::Attacker::connect(console.mqtt).await;
+    let attacker = crate::mqtt::Attacker::connect(console.mqtt, &console.token).await;
     let topics = edgefleet_codec::topic::Topics::default();
     let victim_id: edgefleet_codec::AgentId = victim.parse().unwrap();
     let hb_topic = topics.agent(&victim_id, edgefleet_codec::topic::Channel::Heartbeat);
@@ -295,14 +321,18 @@ async fn wait_online(console: &Console, id: &str) {
     .await;
 }
 
-async fn in_process_agent(
+pub async fn in_process_agent(
     dir: &std::path::Path,
     url: &str,
+    token: &str,
     index: usize,
 ) -> edgefleet_agent::AgentHandle {
-    let mut config = edgefleet_config::AgentConfig::default();
-    config.console_urls = vec![url.to_string()];
-    config.data_dir = dir.to_path_buf();
+    let config = edgefleet_config::AgentConfig {
+        console_urls: vec![url.to_string()],
+        data_dir: dir.to_path_buf(),
+        token: Some(token.to_string()),
+        ..Default::default()
+    };
     let mut opts =
         edgefleet_agent::AgentOptions::new(config, edgefleet_agent::probe::SimProbe::new(index));
     opts.queue_cap_bytes = Some(16 << 20);
@@ -319,7 +349,13 @@ async fn a_stale_will_after_a_reconnect_does_not_mark_the_agent_offline() {
         .unwrap();
     let proxy = FaultProxy::start(console.mqtt).await.unwrap();
     let agent_dir = tmp.path().join("agent");
-    let agent = in_process_agent(&agent_dir, &format!("mqtt://{}", proxy.addr()), 7).await;
+    let agent = in_process_agent(
+        &agent_dir,
+        &format!("mqtt://{}", proxy.addr()),
+        &console.token,
+        7,
+    )
+    .await;
     let id = agent.agent_id().to_string();
     wait_online(&console, &id).await;
     let first_bd_seq = agent.status().bd_seq;
@@ -356,7 +392,7 @@ async fn a_stale_will_after_a_reconnect_does_not_mark_the_agent_offline() {
         &victim,
         &mac,
     );
-    let attacker = crate::mqtt::Attacker::connect(console.mqtt).await;
+    let attacker = crate::mqtt::Attacker::connect(console.mqtt, &console.token).await;
     let topic = edgefleet_codec::Topics::default().agent(&victim, edgefleet_codec::Channel::Status);
     attacker.publish(&topic, stale.clone()).await;
     wait_for(
@@ -379,7 +415,13 @@ async fn queued_events_and_results_arrive_in_order_exactly_once_after_a_console_
     let mut console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
         .await
         .unwrap();
-    let agent = in_process_agent(&tmp.path().join("agent"), &console.mqtt_url(), 3).await;
+    let agent = in_process_agent(
+        &tmp.path().join("agent"),
+        &console.mqtt_url(),
+        &console.token,
+        3,
+    )
+    .await;
     let id = agent.agent_id().to_string();
     wait_online(&console, &id).await;
     agent
@@ -458,7 +500,13 @@ async fn mosquitto_sub_sees_the_retained_statuses() {
     let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
         .await
         .unwrap();
-    let agent = in_process_agent(&tmp.path().join("agent"), &console.mqtt_url(), 5).await;
+    let agent = in_process_agent(
+        &tmp.path().join("agent"),
+        &console.mqtt_url(),
+        &console.token,
+        5,
+    )
+    .await;
     let id = agent.agent_id().to_string();
     wait_online(&console, &id).await;
     // An independent client (Debian's mosquitto-clients) with an identity of its own.
@@ -466,7 +514,12 @@ async fn mosquitto_sub_sees_the_retained_statuses() {
     let my_id = me.agent_id();
     let out = tokio::process::Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &console.mqtt.port().to_string()])
-        .args(["-i", &format!("{my_id}-1"), "-u", my_id.as_str()])
+        .args([
+            "-i",
+            &format!("{my_id}-1"),
+            "-u",
+            &edgefleet_codec::connect::username(&me, Some(&console.token.parse().unwrap())),
+        ])
         .args([
             "-P",
             &edgefleet_codec::connect::password(&me, crate::mqtt::now_unix()),
@@ -498,8 +551,14 @@ async fn paging_sorting_and_filtering_a_thousand_hosts_match_a_brute_force_compu
         .await
         .unwrap();
     // A long interval: after the first keyframe the values stay put while we compare.
-    let _sim =
-        AgentProc::simulate(&tmp.path().join("sim"), &console.mqtt_url(), 1000, "1h").unwrap();
+    let _sim = AgentProc::simulate(
+        &tmp.path().join("sim"),
+        &console.mqtt_url(),
+        &console.token,
+        1000,
+        "1h",
+    )
+    .unwrap();
     let all = wait_for(
         Duration::from_secs(120),
         "1000 online agents with vitals",

@@ -69,6 +69,7 @@ async fn an_agent_connects_over_mqtts_and_a_wrong_ca_fails_clearly() {
     let _good = AgentProc::run(
         &tmp.path().join("good"),
         &url,
+        &console.token,
         &format!("ca_file = {:?}", pki.join("ca.pem")),
     )
     .unwrap();
@@ -85,6 +86,7 @@ async fn an_agent_connects_over_mqtts_and_a_wrong_ca_fails_clearly() {
     let bad = AgentProc::run(
         &tmp.path().join("bad"),
         &url,
+        &console.token,
         &format!("ca_file = {:?}", tmp.path().join("other/ca.pem")),
     )
     .unwrap();
