@@ -162,6 +162,19 @@ pub fn open_agent(
     Ok(AgentMessage::decode_body(kind, body)?)
 }
 
+/// Decodes agent telemetry **without checking its tag**: only for the benchmark that
+/// measures what verification costs (`console/benches/verify.rs`). Never on an ingest path.
+#[doc(hidden)]
+pub fn decode_agent_unverified_for_bench(payload: &[u8]) -> Result<AgentMessage, VerifyError> {
+    let kind = peek_kind(payload)?;
+    let mac0 = CoseMac0::from_slice(&payload[1..]).map_err(malformed)?;
+    let body = mac0
+        .payload
+        .as_deref()
+        .ok_or_else(|| malformed("Mac0 without payload"))?;
+    Ok(AgentMessage::decode_body(kind, body)?)
+}
+
 fn sign1(kind: Kind, body: Vec<u8>, scope: Option<&AgentId>, signer: &Identity) -> Vec<u8> {
     let protected = HeaderBuilder::new()
         .algorithm(iana::Algorithm::EdDSA)

@@ -17,7 +17,8 @@ pub struct AgentConfig {
     pub console_urls: Vec<String>,
     /// CA certificate (PEM) for `mqtts://`. The certificate is verified against the URL host.
     pub ca_file: Option<PathBuf>,
-    /// Enrollment token (secret). It pins the console key on first contact.
+    /// Enrollment token (secret): lets a new agent enroll, and names the only console key
+    /// it will pin.
     pub token: Option<String>,
     pub data_dir: PathBuf,
     pub heartbeat_interval: HumanDuration,
@@ -91,7 +92,7 @@ impl Default for AgentConfig {
 pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "console_urls", env: "EDGEFLEET_AGENT_CONSOLE_URLS", kind: ValueKind::List, default: "(none)", meaning: "Console MQTT URLs, `mqtt://host:port` or `mqtts://host:port`, tried in order (env: comma-separated)." },
     KeyDoc { key: "ca_file", env: "EDGEFLEET_AGENT_CA_FILE", kind: ValueKind::Text, default: "(none)", meaning: "PEM CA certificate that signs the console's MQTT TLS certificate; required for `mqtts://` (the server name checked is the URL host)." },
-    KeyDoc { key: "token", env: "EDGEFLEET_AGENT_TOKEN", kind: ValueKind::Text, default: "(none)", meaning: "Enrollment token (secret); pins the console key on first contact." },
+    KeyDoc { key: "token", env: "EDGEFLEET_AGENT_TOKEN", kind: ValueKind::Text, default: "(none)", meaning: "Enrollment token (secret, from `edgefleet tokens create`): lets a new agent enroll, and names the only console key it will pin." },
     KeyDoc { key: "data_dir", env: "EDGEFLEET_AGENT_DATA_DIR", kind: ValueKind::Text, default: "/var/lib/edgefleet-agent", meaning: "Key, pinned console key, state database and queue." },
     KeyDoc { key: "heartbeat_interval", env: "EDGEFLEET_AGENT_HEARTBEAT_INTERVAL", kind: ValueKind::Text, default: "30s", meaning: "Time between heartbeats, 1s to 1h." },
     KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "30s", meaning: "MQTT keepalive, 5s to 20m. Keep it below cellular NAT idle timeouts (about 2.5 min); the broker declares the agent dead after 1.5x." },

@@ -842,3 +842,29 @@ async fn tokens_and_keys_are_managed_through_the_api_by_admins_only() {
         ["key_delete", "key_create", "token_revoke", "token_create"]
     );
 }
+
+#[tokio::test]
+async fn repeated_connect_failures_for_one_id_are_rate_limited() {
+    let env = env();
+    let me = Identity::generate();
+    let id = me.agent_id();
+    let stale = edgefleet_codec::connect::password(&me, now_ms() / 1000 - 3_600);
+    for _ in 0..edgefleet_console::fleet::MAX_CONNECT_FAILURES {
+        assert!(!env.fleet.accept_connect(&ConnectAttempt {
+            client_id: format!("{id}-1"),
+            username: edgefleet_codec::connect::username(&me, Some(&env.token)),
+            password: stale.clone(),
+        }));
+    }
+    assert!(
+        !connect(&env, &me, Some(&env.token)),
+        "even a valid attempt waits out the limit"
+    );
+    let text = metrics_text(&env);
+    assert!(text.contains("reason=\"clock_skew\"} 5"), "{text}");
+    assert!(text.contains("reason=\"rate_limited\"} 1"), "{text}");
+    assert!(
+        connect(&env, &Identity::generate(), Some(&env.token)),
+        "other ids are not affected"
+    );
+}
