@@ -868,3 +868,88 @@ async fn repeated_connect_failures_for_one_id_are_rate_limited() {
         "other ids are not affected"
     );
 }
+
+#[tokio::test]
+async fn approval_rechecks_duplicates_conflicting_while_online_and_adopting_once_offline() {
+    let env = env();
+    let (manual, _) = env
+        .fleet
+        .tokens
+        .create(&TokenCreate::default(), "t", [0; 32], now_ms())
+        .unwrap();
+    let pending = Identity::generate();
+    let pending_id = pending.agent_id();
+    assert!(connect(&env, &pending, Some(&manual)));
+    assert_eq!(
+        request_enrollment(&env, &pending, &manual, "kiosk-3", "10.3.3.3"),
+        EnrollDecision::Pending
+    );
+    // Meanwhile the same machine's old record shows up online under another key.
+    let old = enroll(&env);
+    let old_id = old.identity.agent_id();
+    let mut b = birth(1, 1, "kiosk-3");
+    if let AgentMessage::Birth(birth) = &mut b {
+        birth.ips = vec!["10.3.3.3".into()];
+    }
+    env.fleet.ingest(vec![sealed(&old, b, Channel::Birth)]);
+    let (status, doc) = admin(
+        &env,
+        "POST",
+        &format!("/api/agents/{pending_id}/approve"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains(old_id.as_str()),
+        "{doc}"
+    );
+    let (_, row) = get(&env, &format!("/api/agents/{pending_id}")).await;
+    assert!(
+        row["conflict"].as_str().unwrap().contains("already exists"),
+        "the conflict is shown: {row}"
+    );
+
+    env.fleet.ingest(vec![sealed(
+        &old,
+        AgentMessage::Status(Status {
+            bd_seq: 1,
+            seq: 0,
+            online: false,
+            clean: true,
+        }),
+        Channel::Status,
+    )]);
+    let (status, doc) = admin(
+        &env,
+        "POST",
+        &format!("/api/agents/{pending_id}/approve"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(
+        doc["id"],
+        old_id.as_str(),
+        "the pending key took over the old record"
+    );
+    assert_eq!(
+        last_decision(&env, &pending_id),
+        Some(EnrollDecision::Approved)
+    );
+    let (code, _) = get(&env, &format!("/api/agents/{pending_id}")).await;
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "the pending record was folded in"
+    );
+    let agent = Agent {
+        mac: MacKey::derive_agent(&pending, &env.console.public_key()).unwrap(),
+        identity: pending,
+    };
+    env.fleet
+        .ingest(vec![sealed(&agent, birth(1, 1, "kiosk-3"), Channel::Birth)]);
+    let (_, doc) = get(&env, &format!("/api/agents/{old_id}")).await;
+    assert_eq!(doc["status"], "online", "{doc}");
+    assert_eq!(get(&env, "/api/agents").await.1["total"], 1);
+}

@@ -107,6 +107,29 @@ async fn an_auto_approve_token_enrolls_an_agent_end_to_end() {
         .contains("auto-approved"));
     let tokens = console.send("GET", "/api/tokens", "").await;
     assert_eq!(tokens[0]["uses"], 1, "{tokens}");
+
+    // Deleting only the enrollment state re-enrolls the same key: same id, same record,
+    // no second use of the token.
+    let mut agent = agent;
+    agent.signal("TERM");
+    agent.child.wait().await.unwrap();
+    std::fs::remove_file(agent.dir.join("data/enrollment.json")).unwrap();
+    wait_status(&console, &id, "offline").await;
+    let again = AgentProc::run(
+        &tmp.path().join("agent"),
+        &console.mqtt_url(),
+        &console.token,
+        "",
+    )
+    .unwrap();
+    wait_status(&console, &id, "online").await;
+    assert!(again.dir.join("data/enrollment.json").exists());
+    assert_eq!(console.agents().await.len(), 1);
+    let tokens = console.send("GET", "/api/tokens", "").await;
+    assert_eq!(
+        tokens[0]["uses"], 1,
+        "re-enrolling a known key takes no token use: {tokens}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,6 +487,32 @@ async fn a_replayed_command_runs_once_and_is_counted_by_the_agent() {
     });
     let signed = edgefleet_codec::sign_console(&command, Some(&id), &console_id);
     let attacker = crate::mqtt::Attacker::connect(console.mqtt, &console.token).await;
+    // A hostile subscriber records the heartbeat the command triggers (no topic ACLs).
+    let spy = Identity::generate();
+    let token: EnrollToken = console.token.parse().unwrap();
+    let capture = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &console.mqtt.port().to_string()])
+        .args(["-i", &format!("{}-5", spy.agent_id())])
+        .args([
+            "-u",
+            &edgefleet_codec::connect::username(&spy, Some(&token)),
+        ])
+        .args([
+            "-P",
+            &edgefleet_codec::connect::password(&spy, crate::mqtt::now_unix()),
+        ])
+        .args([
+            "-t",
+            &format!("ef/a/{id}/hb"),
+            "-C",
+            "1",
+            "-W",
+            "15",
+            "-F",
+            "%x",
+        ])
+        .output();
+    let capture = tokio::spawn(capture);
     let topic = format!("ef/a/{id}/cmd");
     attacker.publish(&topic, signed.clone()).await;
     wait_for(LIMIT, "the command result", || async {
@@ -475,6 +524,38 @@ async fn a_replayed_command_runs_once_and_is_counted_by_the_agent() {
     a.wait_for(LIMIT, |s| s.commands_rejected.get("replay") == Some(&1))
         .await
         .unwrap();
+    // The spy may have subscribed after that heartbeat: ask for more until it has one.
+    wait_for(LIMIT, "the spy to capture a heartbeat", || async {
+        a.request_heartbeat_now().await.unwrap();
+        capture.is_finished().then_some(())
+    })
+    .await;
+    // The captured heartbeat, published again, is a replay for the console.
+    let out = capture
+        .await
+        .unwrap()
+        .expect("mosquitto_sub is installed by `cargo xtask ci`");
+    let hex = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && !hex.is_empty(),
+        "captured: {hex:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let heartbeat: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let replays = || {
+        metric(
+            &console,
+            "edgefleet_ingest_rejected_total{reason=\"replay\"}",
+        )
+    };
+    let before = replays().await;
+    attacker.publish(&format!("ef/a/{id}/hb"), heartbeat).await;
+    wait_for(LIMIT, "the replayed heartbeat rejected", || async {
+        (replays().await > before).then_some(())
+    })
+    .await;
     // An expired one and one for another agent are refused too.
     let expired = edgefleet_codec::ConsoleMessage::Command(edgefleet_codec::Command {
         id: [8; 16],
