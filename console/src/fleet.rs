@@ -685,9 +685,9 @@ impl Fleet {
                 host: existing,
                 reason,
             }) => {
-                let pending = hosts.remove(host_id).expect("checked above");
-                let key = parse_key(&pending.public_key)
+                let key = parse_key(&hosts[host_id].public_key)
                     .ok_or_else(|| DecisionError::NotFound(host_id.into()))?;
+                let pending = hosts.remove(host_id).expect("checked above");
                 let record = hosts
                     .get_mut(&existing)
                     .expect("find_duplicate returns known hosts");
