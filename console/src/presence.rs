@@ -3,7 +3,8 @@
 //!
 //! | event | condition | new status | cause |
 //! |---|---|---|---|
-//! | connect proof accepted | first time seen | unknown | connect |
+//! | enrollment accepted | new key, live token | unknown (auto-approve) or pending | enrolled |
+//! | operator approves / revokes | pending / any | unknown / revoked | approved / revoked |
 //! | birth / online status | `bd_seq` ≥ current | online | birth |
 //! | offline status, not clean | `bd_seq` = current | offline | will |
 //! | offline status, clean | `bd_seq` = current | offline | clean |
