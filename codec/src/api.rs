@@ -178,6 +178,9 @@ pub struct FleetSummary {
     pub percent_online: f32,
     pub stale: usize,
     pub pending: usize,
+    /// Distinct hosts with at least one firing alert.
+    #[serde(default)]
+    pub firing_alerts: usize,
     pub hotspots: Hotspots,
     pub os: Vec<OsCount>,
 }
@@ -274,6 +277,123 @@ pub struct AuditVerify {
     pub entries: u64,
     /// The first entry whose hash does not chain, if any.
     pub broken_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+/// One alert: a rule firing for one host, and its resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertView {
+    pub id: u64,
+    /// `agent-offline`, `agent-flapping`, `stale`, `hotspot-cpu`, `hotspot-mem`, `hotspot-disk`.
+    pub rule: String,
+    /// The host id (link: `/api/agents/{agent}`).
+    pub agent: String,
+    pub hostname: Option<String>,
+    pub state: AlertState,
+    pub started_at: u64,
+    pub ended_at: Option<u64>,
+    /// Why it fired, in words (e.g. "offline (will) for 10 s").
+    pub cause: String,
+    /// A silence matched when it fired: no notification was sent.
+    pub silenced: bool,
+}
+
+/// `GET /api/alerts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertPage {
+    /// Newest first.
+    pub items: Vec<AlertView>,
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+}
+
+/// `POST /api/silences`: no notifications for matching alerts until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilenceCreate {
+    /// A host id, or every host when absent.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// A rule name, or every rule when absent.
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// A duration from now such as `2h`, or unix milliseconds.
+    pub until: SilenceUntil,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SilenceUntil {
+    At(u64),
+    For(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilenceView {
+    pub id: u64,
+    pub agent: Option<String>,
+    pub rule: Option<String>,
+    pub until: u64,
+    pub reason: Option<String>,
+    pub created_by: String,
+    pub created_at: u64,
+}
+
+/// One event of the live stream (`GET /api/events`, Server-Sent Events). The SSE `id` is
+/// `id` and the SSE `event` is the body's `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveEvent {
+    pub id: u64,
+    pub at: u64,
+    #[serde(flatten)]
+    pub body: LiveBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveBody {
+    /// A presence or approval change.
+    Status {
+        agent: String,
+        status: AgentStatus,
+        cause: Cause,
+    },
+    /// Current vitals, at most one per host every few seconds.
+    Vitals {
+        agent: String,
+        cpu: u8,
+        mem: u8,
+        disk: u8,
+    },
+    Alert {
+        alert: AlertView,
+    },
+    Audit {
+        entry: AuditEntry,
+    },
+    /// The stream could not resume from `Last-Event-ID` (too old, or the console
+    /// restarted): reload state from the REST API.
+    Reset,
+}
+
+impl LiveBody {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LiveBody::Status { .. } => "status",
+            LiveBody::Vitals { .. } => "vitals",
+            LiveBody::Alert { .. } => "alert",
+            LiveBody::Audit { .. } => "audit",
+            LiveBody::Reset => "reset",
+        }
+    }
 }
 
 /// The body of every error response.

@@ -18,6 +18,26 @@ pub struct ConsoleConfig {
     pub mqtt: MqttConfig,
     pub presence: PresenceConfig,
     pub retention: RetentionConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: the built-in alert rules and the notifiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// An agent offline for less than this (a reconnect within grace) raises no alert.
+    pub offline_grace: HumanDuration,
+    /// Whether a graceful stop (cause `clean`) raises an offline alert.
+    pub notify_on_clean_stop: bool,
+    /// More than this many offline transitions within `flap_window` is flapping.
+    pub flap_count: u32,
+    pub flap_window: HumanDuration,
+    /// cpu, mem or disk at or above this percentage ...
+    pub hotspot_threshold: u8,
+    /// ... for this long raises a hotspot alert.
+    pub hotspot_window: HumanDuration,
+    /// A webhook delivery still failing after this long is given up (and counted).
+    pub webhook_max_age: HumanDuration,
     pub webhooks: Vec<WebhookConfig>,
 }
 
@@ -84,6 +104,21 @@ impl Default for ConsoleConfig {
             mqtt: MqttConfig::default(),
             presence: PresenceConfig::default(),
             retention: RetentionConfig::default(),
+            alerts: AlertsConfig::default(),
+        }
+    }
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            offline_grace: HumanDuration::secs(10),
+            notify_on_clean_stop: false,
+            flap_count: 3,
+            flap_window: HumanDuration::secs(600),
+            hotspot_threshold: 80,
+            hotspot_window: HumanDuration::secs(300),
+            webhook_max_age: HumanDuration::secs(24 * 3600),
             webhooks: Vec::new(),
         }
     }
@@ -176,7 +211,14 @@ pub const KEYS: &[KeyDoc] = &[
     key!("retention.raw", "EDGEFLEET_CONSOLE_RETENTION_RAW", Text, "24h", "How long raw metric samples are kept."),
     key!("retention.rollup_1m", "EDGEFLEET_CONSOLE_RETENTION_ROLLUP_1M", Text, "7d", "How long 1-minute rollups are kept (at least `retention.raw`)."),
     key!("retention.rollup_15m", "EDGEFLEET_CONSOLE_RETENTION_ROLLUP_15M", Text, "30d", "How long 15-minute rollups are kept (at least `retention.rollup_1m`)."),
-    key!("webhooks", "EDGEFLEET_CONSOLE_WEBHOOKS", Text, "(none)", "`[[webhooks]]` entries with `url` and `secret` (file only; the variable is reserved)."),
+    key!("alerts.offline_grace", "EDGEFLEET_CONSOLE_ALERTS_OFFLINE_GRACE", Text, "10s", "An agent back within this time after going offline raises no alert (0s to 1h)."),
+    key!("alerts.notify_on_clean_stop", "EDGEFLEET_CONSOLE_ALERTS_NOTIFY_ON_CLEAN_STOP", Bool, "false", "Whether a graceful agent stop raises an offline alert."),
+    key!("alerts.flap_count", "EDGEFLEET_CONSOLE_ALERTS_FLAP_COUNT", Int, "3", "More offline transitions than this within `alerts.flap_window` is flapping (1 to 100)."),
+    key!("alerts.flap_window", "EDGEFLEET_CONSOLE_ALERTS_FLAP_WINDOW", Text, "10m", "Window for flapping; a flapping alert resolves after this long without an offline transition."),
+    key!("alerts.hotspot_threshold", "EDGEFLEET_CONSOLE_ALERTS_HOTSPOT_THRESHOLD", Int, "80", "cpu, mem or disk percentage that counts as hot (1 to 100)."),
+    key!("alerts.hotspot_window", "EDGEFLEET_CONSOLE_ALERTS_HOTSPOT_WINDOW", Text, "5m", "How long a metric must stay hot before a hotspot alert fires."),
+    key!("alerts.webhook_max_age", "EDGEFLEET_CONSOLE_ALERTS_WEBHOOK_MAX_AGE", Text, "24h", "A webhook notification still undelivered after this long is given up and counted."),
+    key!("alerts.webhooks", "EDGEFLEET_CONSOLE_ALERTS_WEBHOOKS", Text, "(none)", "`[[alerts.webhooks]]` entries with `url` and `secret` (HMAC-SHA256 key for `X-EdgeFleet-Signature`); file only, the variable is reserved."),
 ];
 
 impl ConsoleConfig {
@@ -186,7 +228,7 @@ impl ConsoleConfig {
     ) -> Result<ConsoleConfig, ConfigError> {
         let env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k != "EDGEFLEET_CONSOLE_WEBHOOKS")
+            .filter(|(k, _)| k != "EDGEFLEET_CONSOLE_ALERTS_WEBHOOKS")
             .collect();
         let (config, prov): (ConsoleConfig, Provenance) =
             source::load(path, env, "EDGEFLEET_CONSOLE_", KEYS)?;
@@ -324,15 +366,56 @@ impl ConsoleConfig {
             r.rollup_1m,
             HumanDuration::secs(5 * 365 * 86400),
         )?;
-        for (i, hook) in self.webhooks.iter().enumerate() {
+        let a = &self.alerts;
+        check_range(
+            prov,
+            "alerts.offline_grace",
+            a.offline_grace,
+            HumanDuration::secs(0),
+            HumanDuration::secs(3600),
+        )?;
+        if !(1..=100).contains(&a.flap_count) {
+            return Err(prov.invalid(
+                "alerts.flap_count",
+                format!("must be between 1 and 100 (got {})", a.flap_count),
+            ));
+        }
+        check_range(
+            prov,
+            "alerts.flap_window",
+            a.flap_window,
+            HumanDuration::secs(10),
+            HumanDuration::secs(86400),
+        )?;
+        if !(1..=100).contains(&a.hotspot_threshold) {
+            return Err(prov.invalid(
+                "alerts.hotspot_threshold",
+                format!("must be between 1 and 100 (got {})", a.hotspot_threshold),
+            ));
+        }
+        check_range(
+            prov,
+            "alerts.hotspot_window",
+            a.hotspot_window,
+            HumanDuration::secs(0),
+            HumanDuration::secs(86400),
+        )?;
+        check_range(
+            prov,
+            "alerts.webhook_max_age",
+            a.webhook_max_age,
+            HumanDuration::secs(60),
+            HumanDuration::secs(30 * 86400),
+        )?;
+        for (i, hook) in self.alerts.webhooks.iter().enumerate() {
             let ok = url::Url::parse(&hook.url)
                 .map(|u| matches!(u.scheme(), "http" | "https"))
                 .unwrap_or(false);
             if !ok {
                 return Err(ConfigError::Invalid {
-                    key: format!("webhooks[{i}].url"),
+                    key: format!("alerts.webhooks[{i}].url"),
                     message: format!("must be an http:// or https:// URL (got {:?})", hook.url),
-                    origin: prov.origin("webhooks"),
+                    origin: prov.origin("alerts.webhooks"),
                 });
             }
         }
@@ -350,7 +433,7 @@ impl ConsoleConfig {
         if shown.mqtt.password.is_some() {
             shown.mqtt.password = Some(REDACTED.to_string());
         }
-        for hook in &mut shown.webhooks {
+        for hook in &mut shown.alerts.webhooks {
             if hook.secret.is_some() {
                 hook.secret = Some(REDACTED.to_string());
             }
@@ -444,7 +527,7 @@ mod tests {
 
     #[test]
     fn show_redacts_passwords_and_webhook_secrets() {
-        let (_d, path) = file("[mqtt]\nexternal = \"mqtts://b\"\npassword = \"hunter2\"\n\n[[webhooks]]\nurl = \"https://hooks.example/x\"\nsecret = \"s3cret\"\n");
+        let (_d, path) = file("[mqtt]\nexternal = \"mqtts://b\"\npassword = \"hunter2\"\n\n[[alerts.webhooks]]\nurl = \"https://hooks.example/x\"\nsecret = \"s3cret\"\n");
         let shown = ConsoleConfig::load(Some(&path), env(&[])).unwrap().show();
         assert!(
             !shown.contains("hunter2") && !shown.contains("s3cret"),

@@ -41,12 +41,11 @@ pub fn token(fleet: &Fleet, data_dir: &Path) -> Result<String> {
             now_ms(),
         )
         .map_err(|e| anyhow::anyhow!("creating the demo token: {e}"))?;
-    fleet.audit.record(
+    fleet.record_audit(
         "demo",
         "token_create",
         Some(&record.id),
         "auto_approve=true expires_at=None uses=None (demo fleet)",
-        now_ms(),
     )?;
     let text = token.to_string();
     edgefleet_config::keyfile::write_secret(&path, text.as_bytes())?;

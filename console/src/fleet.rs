@@ -17,9 +17,12 @@ use edgefleet_codec::{
 };
 use tokio::sync::mpsc;
 
+use crate::alerts::{Alerts, HostFacts, Rules};
 use crate::audit::{Audit, CONSOLE};
 use crate::enrollment::{find_duplicate, ConsumeError, Duplicate, Tokens};
+use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::notify::{Notifier, Webhook};
 use crate::presence::{Approval, HostRecord, Timings};
 use crate::store::{EventRecord, ResultRecord, Round, Sample, Store, StoreError};
 
@@ -37,6 +40,33 @@ const OUTBOX: usize = 4096;
 pub struct Outgoing {
     pub topic: String,
     pub payload: Vec<u8>,
+}
+
+/// Alert rules and notifiers ([`Fleet::open_with`]).
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    pub rules: Rules,
+    pub webhooks: Vec<Webhook>,
+    pub webhook_max_age: Duration,
+}
+
+impl AlertSettings {
+    /// The documented defaults, no webhooks.
+    pub fn defaults(timings: &Timings) -> AlertSettings {
+        AlertSettings {
+            rules: Rules {
+                offline_grace_ms: 10_000,
+                notify_on_clean_stop: false,
+                flap_count: 3,
+                flap_window_ms: 600_000,
+                hotspot_threshold: 80,
+                hotspot_window_ms: 300_000,
+                stale_after_ms: timings.stale_after_ms,
+            },
+            webhooks: Vec::new(),
+            webhook_max_age: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Which host record an agent id's key belongs to, and the MAC key for its telemetry.
@@ -76,6 +106,12 @@ pub struct Fleet {
     pub api_keys: crate::auth::ApiKeys,
     pub tokens: Tokens,
     pub audit: Audit,
+    pub alerts: Alerts,
+    pub notifier: std::sync::Arc<Notifier>,
+    pub live: Live,
+    /// Decisions written while the host lock was held, for alerts and the live stream to
+    /// see once it is released ([`Fleet::flush_decided`]).
+    decided: Mutex<Vec<(String, Option<String>, StatusChange)>>,
     /// Host records by host id. A host id is the agent id of the host's first key.
     hosts: RwLock<HashMap<String, HostRecord>>,
     /// Agent id (from the topic or client id) → host record and MAC key.
@@ -88,11 +124,23 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// [`Fleet::open_with`] the default alert settings and no webhooks.
     pub fn open(
         store: Store,
         identity: Identity,
         topics: Topics,
         timings: Timings,
+    ) -> Result<Fleet, StoreError> {
+        let settings = AlertSettings::defaults(&timings);
+        Fleet::open_with(store, identity, topics, timings, settings)
+    }
+
+    pub fn open_with(
+        store: Store,
+        identity: Identity,
+        topics: Topics,
+        timings: Timings,
+        settings: AlertSettings,
     ) -> Result<Fleet, StoreError> {
         let mut hosts = HashMap::new();
         let mut keys = HashMap::new();
@@ -120,10 +168,26 @@ impl Fleet {
         let tokens = Tokens::new(store.tree("tokens")?);
         let audit = Audit::open(store.tree("audit")?)?;
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let facts: Vec<HostFacts> = hosts.values().filter_map(facts_of).collect();
+        let alerts = Alerts::open(
+            store.tree("alerts")?,
+            store.tree("silences")?,
+            settings.rules,
+            &facts,
+        )?;
+        let notifier = std::sync::Arc::new(Notifier::new(
+            store.tree("outbox")?,
+            settings.webhooks,
+            settings.webhook_max_age,
+        ));
         Ok(Fleet {
             api_keys,
             tokens,
             audit,
+            alerts,
+            notifier,
+            live: Live::new(now_ms()),
+            decided: Mutex::new(Vec::new()),
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
             connect_failures: Mutex::new(HashMap::new()),
@@ -204,6 +268,7 @@ impl Fleet {
             }
             if deleted {
                 self.return_after_delete(&host_id, now);
+                self.flush_decided();
             }
             return Ok(());
         }
@@ -263,6 +328,11 @@ impl Fleet {
     }
 
     fn write(&self, hosts: &HashMap<String, HostRecord>, host_id: &str, change: StatusChange) {
+        self.decided.lock().expect("decided lock").push((
+            host_id.to_string(),
+            hosts.get(host_id).and_then(|h| h.hostname.clone()),
+            change.clone(),
+        ));
         let round = Round {
             hosts: hosts.get(host_id).into_iter().collect(),
             transitions: vec![(host_id.to_string(), change)],
@@ -276,11 +346,131 @@ impl Fleet {
         }
     }
 
-    fn audit_or_log(&self, actor: &str, action: &str, target: &str, detail: &str) {
-        if let Err(e) = self
-            .audit
-            .record(actor, action, Some(target), detail, now_ms())
+    /// Appends to the audit log and tells the live stream.
+    pub fn record_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        detail: &str,
+    ) -> Result<api::AuditEntry, StoreError> {
+        let now = now_ms();
+        let entry = self.audit.record(actor, action, target, detail, now)?;
+        self.live.publish(
+            api::LiveBody::Audit {
+                entry: entry.clone(),
+            },
+            now,
+        );
+        Ok(entry)
+    }
+
+    /// Hands decisions queued by [`Fleet::write`] to alerts and the live stream. Called
+    /// with no host lock held.
+    pub fn flush_decided(&self) {
+        let decided = std::mem::take(&mut *self.decided.lock().expect("decided lock"));
+        if !decided.is_empty() {
+            self.react(&decided, &[]);
+        }
+    }
+
+    /// Presence changes and vitals, after they are stored: alert rules and live events.
+    fn react(
+        &self,
+        transitions: &[(String, Option<String>, StatusChange)],
+        vitals: &[(String, Option<String>, [u8; 3])],
+    ) {
+        let now = now_ms();
+        let mut changes = Vec::new();
         {
+            let mut engine = self.alerts.engine.lock().expect("engine lock");
+            for (id, hostname, change) in transitions {
+                changes.extend(engine.on_transition(
+                    id,
+                    hostname,
+                    change.status,
+                    change.cause,
+                    now,
+                ));
+            }
+            for (id, hostname, [cpu, mem, disk]) in vitals {
+                changes.extend(engine.on_vitals(
+                    id,
+                    hostname,
+                    [("cpu", *cpu), ("mem", *mem), ("disk", *disk)],
+                    now,
+                ));
+            }
+        }
+        for (id, _, change) in transitions {
+            self.live.publish(
+                api::LiveBody::Status {
+                    agent: id.clone(),
+                    status: change.status,
+                    cause: change.cause,
+                },
+                now,
+            );
+        }
+        for (id, _, [cpu, mem, disk]) in vitals {
+            self.live.publish(
+                api::LiveBody::Vitals {
+                    agent: id.clone(),
+                    cpu: *cpu,
+                    mem: *mem,
+                    disk: *disk,
+                },
+                now,
+            );
+        }
+        self.emit_alerts(changes, now);
+    }
+
+    /// Stores alert changes, notifies, and tells the live stream.
+    fn emit_alerts(&self, changes: Vec<api::AlertView>, now: u64) {
+        if changes.is_empty() {
+            return;
+        }
+        let stored = match self.alerts.store(changes, now) {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot store alerts");
+                return;
+            }
+        };
+        for alert in stored {
+            let summary = self.host(&alert.agent).map(|h| self.summary_of(&h, now));
+            if let Err(e) = self.notifier.alert(&alert, summary, now) {
+                tracing::error!(error = %e, alert.id = alert.id, "cannot queue a notification");
+            }
+            self.live.publish(api::LiveBody::Alert { alert }, now);
+        }
+    }
+
+    /// The time-driven alert rules; run every half second.
+    pub fn alert_tick(&self) {
+        let facts: Vec<HostFacts> = self
+            .hosts
+            .read()
+            .expect("hosts lock")
+            .values()
+            .filter_map(facts_of)
+            .collect();
+        let now = now_ms();
+        let changes = self
+            .alerts
+            .engine
+            .lock()
+            .expect("engine lock")
+            .tick(&facts, now);
+        self.emit_alerts(changes, now);
+    }
+
+    fn audit_or_log(&self, actor: &str, action: &str, target: &str, detail: &str) {
+        if let Err(e) = self.record_audit(actor, action, Some(target), detail) {
             self.metrics
                 .store_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -299,6 +489,7 @@ impl Fleet {
         let mut results = Vec::new();
         let mut enrollments = Vec::new();
         let mut notices = Vec::new();
+        let mut live_vitals = Vec::new();
         {
             let keys = self.keys.read().expect("keys lock");
             let mut hosts = self.hosts.write().expect("hosts lock");
@@ -348,6 +539,9 @@ impl Fleet {
                         let mut v = host.vitals.unwrap_or_default();
                         v.apply(hb);
                         samples.push((host_id.clone(), at, Sample::one(&v)));
+                        if hb.at.is_none() {
+                            live_vitals.push((host_id.clone(), [v.cpu_pct, v.mem_pct, v.disk_pct]));
+                        }
                     }),
                     AgentMessage::Event(ev) => host.on_other(message.sequence(), now).map(|()| {
                         events.push((
@@ -410,13 +604,29 @@ impl Fleet {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "cannot write ingest round to sled");
         }
+        let name = |id: &String| hosts.get(id).and_then(|h| h.hostname.clone());
+        let transitions: Vec<_> = round
+            .transitions
+            .iter()
+            .map(|(id, c)| (id.clone(), name(id), c.clone()))
+            .collect();
+        let vitals: Vec<_> = live_vitals
+            .into_iter()
+            .map(|(id, v)| {
+                let n = name(&id);
+                (id, n, v)
+            })
+            .collect();
+        drop(round);
         drop(hosts);
+        self.react(&transitions, &vitals);
         for (id, msg) in enrollments {
             self.enroll(&id, &msg, now);
         }
         for id in notices {
             self.notice(&id);
         }
+        self.flush_decided();
         for t in received {
             self.metrics.ingest_latency(t.elapsed().as_secs_f64());
         }
@@ -733,6 +943,7 @@ impl Fleet {
         drop(hosts);
         self.audit_or_log(actor, "approve", &target, &detail);
         self.respond(&agent_id, decision);
+        self.flush_decided();
         Ok(record)
     }
 
@@ -753,6 +964,7 @@ impl Fleet {
         if let Some(agent_id) = agent_id {
             self.respond(&agent_id, decision_of(&record));
         }
+        self.flush_decided();
         Ok(record)
     }
 
@@ -772,6 +984,7 @@ impl Fleet {
         self.write(&hosts, host_id, change);
         drop(hosts);
         self.audit_or_log(actor, "delete", host_id, "deleted (record kept)");
+        self.flush_decided();
         Ok(())
     }
 
@@ -804,6 +1017,16 @@ impl Fleet {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "cannot write timeouts to sled");
         }
+        let transitions: Vec<_> = transitions
+            .into_iter()
+            .map(|(id, c)| {
+                let name = hosts.get(&id).and_then(|h| h.hostname.clone());
+                (id, name, c)
+            })
+            .collect();
+        drop(round);
+        drop(hosts);
+        self.react(&transitions, &[]);
     }
 
     fn reject(&self, reason: &'static str, topic: &str, error: Option<&VerifyError>) {
@@ -871,6 +1094,19 @@ impl Fleet {
             conflict: host.conflict.clone(),
         }
     }
+}
+
+/// The alert engine's view of a host: active (approved, not deleted) hosts only.
+fn facts_of(h: &HostRecord) -> Option<HostFacts> {
+    (h.approval == Approval::Active && h.deleted_at.is_none()).then(|| HostFacts {
+        id: h.id.clone(),
+        hostname: h.hostname.clone(),
+        status: h.status,
+        cause: h.cause,
+        status_since: h.status_since,
+        last_seen: h.last_seen,
+        active: true,
+    })
 }
 
 /// What an agent is told about its record.

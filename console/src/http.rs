@@ -105,6 +105,23 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/api/audit/verify",
         "Walks the audit hash chain and names the first broken entry.",
     ),
+    (
+        "GET",
+        "/api/alerts",
+        "Alerts, newest first, paged; `state` = firing or resolved, `agent` = host id.",
+    ),
+    ("GET", "/api/silences", "Silences in force."),
+    (
+        "POST",
+        "/api/silences",
+        "Operator: silence notifications for an agent and/or rule until a time.",
+    ),
+    ("DELETE", "/api/silences/:id", "Operator: end a silence."),
+    (
+        "GET",
+        "/api/events",
+        "Server-Sent Events: status, vitals, alerts, audit; resumes with `Last-Event-ID`.",
+    ),
 ];
 
 pub const PER_PAGE: [usize; 4] = [25, 50, 100, 200];
@@ -133,6 +150,10 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/keys/:name", axum::routing::delete(delete_key))
         .route("/api/audit", get(audit))
         .route("/api/audit/verify", get(audit_verify))
+        .route("/api/alerts", get(alerts))
+        .route("/api/silences", get(silences).post(create_silence))
+        .route("/api/silences/:id", axum::routing::delete(delete_silence))
+        .route("/api/events", get(live_events))
         .route("/api/agents/:id/metrics", get(series))
         .route("/api/agents/:id/events", get(events))
         .route("/api/agents/:id/results", get(results))
@@ -349,9 +370,7 @@ async fn create_token(
             "auto_approve={} expires_at={:?} uses={:?}",
             record.auto_approve, record.expires_at, record.max_uses
         );
-        fleet
-            .audit
-            .record(&key.name, "token_create", Some(&record.id), &detail, now)?;
+        fleet.record_audit(&key.name, "token_create", Some(&record.id), &detail)?;
         Ok((
             StatusCode::CREATED,
             Json(api::TokenCreated {
@@ -375,9 +394,7 @@ async fn revoke_token(
             .tokens
             .revoke(&id, now)?
             .ok_or_else(|| ApiError::NotFound(format!("no token {id:?}")))?;
-        fleet
-            .audit
-            .record(&key.name, "token_revoke", Some(&record.id), "", now)?;
+        fleet.record_audit(&key.name, "token_revoke", Some(&record.id), "")?;
         Ok(Json(record.view(now)))
     })
     .await
@@ -440,9 +457,7 @@ async fn create_key(
         }
         let now = now_ms();
         let secret = fleet.api_keys.create(&name, role, now).map_err(internal)?;
-        fleet
-            .audit
-            .record(&key.name, "key_create", Some(&name), role.as_str(), now)?;
+        fleet.record_audit(&key.name, "key_create", Some(&name), role.as_str())?;
         Ok((
             StatusCode::CREATED,
             Json(api::ApiKeyCreated {
@@ -477,9 +492,7 @@ async fn delete_key(
             ));
         }
         fleet.api_keys.delete(&name).map_err(internal)?;
-        fleet
-            .audit
-            .record(&key.name, "key_delete", Some(&name), "", now_ms())?;
+        fleet.record_audit(&key.name, "key_delete", Some(&name), "")?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await
@@ -518,6 +531,166 @@ async fn audit_verify(State(fleet): State<Arc<Fleet>>) -> Result<Json<api::Audit
     blocking(move || Ok(Json(fleet.audit.verify()?))).await
 }
 
+async fn alerts(
+    State(fleet): State<Arc<Fleet>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<api::AlertPage>, ApiError> {
+    for key in params.keys() {
+        if !["page", "per_page", "agent", "state"].contains(&key.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter `{key}`; allowed: page, per_page, state, agent"
+            )));
+        }
+    }
+    let state = match params.get("state").map(String::as_str) {
+        None => None,
+        Some("firing") => Some(api::AlertState::Firing),
+        Some("resolved") => Some(api::AlertState::Resolved),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "`state` must be firing or resolved, got {other:?}"
+            )))
+        }
+    };
+    let q = ListQuery::parse(
+        &params
+            .iter()
+            .filter(|(k, _)| ["page", "per_page"].contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )?;
+    let agent = params.get("agent").cloned();
+    blocking(move || {
+        Ok(Json(fleet.alerts.page(
+            state,
+            agent.as_deref(),
+            q.page,
+            q.per_page,
+        )?))
+    })
+    .await
+}
+
+async fn silences(State(fleet): State<Arc<Fleet>>) -> Json<Vec<api::SilenceView>> {
+    Json(fleet.alerts.silences(now_ms()))
+}
+
+async fn create_silence(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::SilenceView>), ApiError> {
+    require(&key, Role::Operator)?;
+    let req: api::SilenceCreate = json_body(&body)?;
+    if let Some(agent) = &req.agent {
+        find(&fleet, agent)?;
+    }
+    blocking(move || {
+        let view = fleet
+            .alerts
+            .add_silence(&req, &key.name, now_ms())
+            .map_err(|e| match e {
+                crate::alerts::SilenceError::Invalid(m) => ApiError::BadRequest(m),
+                crate::alerts::SilenceError::Store(e) => e.into(),
+            })?;
+        let detail = format!(
+            "silence {}: rule {} until {}{}",
+            view.id,
+            view.rule.as_deref().unwrap_or("(all)"),
+            view.until,
+            view.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        let target = view.agent.clone().unwrap_or_else(|| "(all agents)".into());
+        fleet.record_audit(&key.name, "silence", Some(&target), &detail)?;
+        Ok((StatusCode::CREATED, Json(view)))
+    })
+    .await
+}
+
+async fn delete_silence(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&key, Role::Operator)?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("silence ids are numbers, got {id:?}")))?;
+    blocking(move || {
+        if !fleet.alerts.remove_silence(id)? {
+            return Err(ApiError::NotFound(format!("no silence {id}")));
+        }
+        fleet.record_audit(&key.name, "unsilence", None, &format!("silence {id}"))?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// `GET /api/events`: the backlog after `Last-Event-ID`, then live events, until the client
+/// goes or the console stops. A client that falls more than the channel behind gets a
+/// `reset` event (reload from the API) instead of a silent gap.
+async fn live_events(
+    State(fleet): State<Arc<Fleet>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let last = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Last-Event-ID must be an event id (a number)".into())
+                })?,
+        ),
+    };
+    let sub = fleet.live.subscribe(last);
+    let sse = |e: &api::LiveEvent| -> Result<Event, std::convert::Infallible> {
+        let data = serde_json::to_string(e).expect("live events serialize");
+        Ok(Event::default()
+            .id(e.id.to_string())
+            .event(e.body.name())
+            .data(data))
+    };
+    let backlog = futures_util::stream::iter(
+        sub.backlog
+            .into_iter()
+            .map(move |e| sse(&e))
+            .collect::<Vec<_>>(),
+    );
+    let closed = fleet.live.closed.clone();
+    let live = futures_util::stream::unfold(sub.live, move |mut rx| {
+        let closed = closed.clone();
+        async move {
+            let next = tokio::select! {
+                _ = closed.cancelled() => return None,
+                next = rx.recv() => next,
+            };
+            match next {
+                Ok(e) => Some((sse(&e), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let reset = api::LiveEvent {
+                        id: 0,
+                        at: now_ms(),
+                        body: api::LiveBody::Reset,
+                    };
+                    let data = serde_json::to_string(&reset).expect("serializes");
+                    Some((Ok(Event::default().event("reset").data(data)), rx))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+            }
+        }
+    });
+    Ok(Sse::new(backlog.chain(live))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route; see docs/api.md".into())
 }
@@ -549,11 +722,22 @@ async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {
         sled_bytes: fleet.store.size_on_disk(),
         broker_queue_dropped: crate::broker_dropped(),
     };
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        fleet.metrics.render(gauges),
-    )
-        .into_response()
+    let mut text = fleet.metrics.render(gauges);
+    let stats = &fleet.notifier.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    text.push_str(&format!(
+        "# HELP edgefleet_alerts_firing_hosts Hosts with at least one firing alert.\n# TYPE edgefleet_alerts_firing_hosts gauge\nedgefleet_alerts_firing_hosts {}\n\
+         # HELP edgefleet_webhook_delivered_total Webhook notifications delivered (2xx).\n# TYPE edgefleet_webhook_delivered_total counter\nedgefleet_webhook_delivered_total {}\n\
+         # HELP edgefleet_webhook_failures_total Failed webhook delivery attempts (each retried).\n# TYPE edgefleet_webhook_failures_total counter\nedgefleet_webhook_failures_total {}\n\
+         # HELP edgefleet_webhook_given_up_total Webhook notifications given up after alerts.webhook_max_age.\n# TYPE edgefleet_webhook_given_up_total counter\nedgefleet_webhook_given_up_total {}\n\
+         # HELP edgefleet_webhook_backlog Webhook notifications waiting in the outbox.\n# TYPE edgefleet_webhook_backlog gauge\nedgefleet_webhook_backlog {}\n",
+        fleet.alerts.firing_hosts(),
+        load(&stats.delivered),
+        load(&stats.failed_attempts),
+        load(&stats.given_up),
+        fleet.notifier.backlog(),
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The parsed query of `GET /api/agents`.
@@ -901,6 +1085,7 @@ pub fn fleet_summary(fleet: &Fleet, hosts: &[HostRecord], now: u64) -> FleetSumm
             .filter(|h| h.is_stale(&fleet.timings, now))
             .count(),
         pending: count(AgentStatus::Pending),
+        firing_alerts: fleet.alerts.firing_hosts(),
         hotspots: api::Hotspots {
             cpu: hot(|v| v.cpu_pct),
             mem: hot(|v| v.mem_pct),

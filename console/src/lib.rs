@@ -8,16 +8,22 @@
 //! - `auth`: REST API keys (hashed in sled, roles, failure limits).
 //! - `enrollment`: enrollment tokens and the duplicate-host rule.
 //! - `audit`: the hash-chained audit log.
+//! - `alerts`: the alert rules (pure engine) and alert and silence storage.
+//! - `notify`: the log notifier and webhooks with a durable outbox.
+//! - `live`: the live event stream (`GET /api/events`, SSE) with resume.
 //! - `demo`: the simulated fleet started by `--demo N`.
 //! - `tls`: `init-tls`, a self-signed CA and server certificate for MQTT over TLS.
 
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod demo;
 pub mod enrollment;
 pub mod fleet;
 pub mod http;
+pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod presence;
 pub mod store;
 pub mod tls;
@@ -98,12 +104,43 @@ pub async fn run(
         restart_grace_ms: p.restart_grace.get().as_millis() as u64,
         stale_after_ms: p.stale_after.get().as_millis() as u64,
     };
-    let fleet = Arc::new(Fleet::open(
+    let a = &config.alerts;
+    let settings = fleet::AlertSettings {
+        rules: alerts::Rules {
+            offline_grace_ms: a.offline_grace.get().as_millis() as u64,
+            notify_on_clean_stop: a.notify_on_clean_stop,
+            flap_count: a.flap_count as usize,
+            flap_window_ms: a.flap_window.get().as_millis() as u64,
+            hotspot_threshold: a.hotspot_threshold,
+            hotspot_window_ms: a.hotspot_window.get().as_millis() as u64,
+            stale_after_ms: timings.stale_after_ms,
+        },
+        webhooks: a
+            .webhooks
+            .iter()
+            .map(|w| notify::Webhook {
+                url: w.url.clone(),
+                secret: w.secret.clone(),
+            })
+            .collect(),
+        webhook_max_age: a.webhook_max_age.get(),
+    };
+    let fleet = Arc::new(Fleet::open_with(
         store,
         identity.clone(),
         topics.clone(),
         timings,
+        settings,
     )?);
+    let delivery = tokio::spawn(fleet.notifier.clone().run(shutdown.clone()));
+    {
+        // Live event streams never end by themselves; end them so the server can drain.
+        let (fleet, shutdown) = (fleet.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            fleet.live.closed.cancel();
+        });
+    }
 
     let broker_config = BrokerConfig {
         listen: config.mqtt.bind,
@@ -189,7 +226,10 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => fleet.sweep(),
+                    _ = tick.tick() => {
+                        fleet.sweep();
+                        fleet.alert_tick();
+                    }
                 }
             }
         })
@@ -262,6 +302,7 @@ pub async fn run(
     sweeper.abort();
     retention.abort();
     publisher.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), delivery).await;
     if let Err(e) = link
         .publish(&topics.console_state(), state(false), true)
         .await

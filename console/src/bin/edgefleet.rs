@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use edgefleet_codec::api::{
-    AgentDetail, AgentPage, AgentSummary, ApiErrorBody, ApiKeyCreate, ApiKeyCreated, ApiKeyView,
-    AuditPage, AuditVerify, FleetSummary, TokenCreate, TokenCreated, TokenView,
+    AgentDetail, AgentPage, AgentSummary, AlertPage, ApiErrorBody, ApiKeyCreate, ApiKeyCreated,
+    ApiKeyView, AuditPage, AuditVerify, FleetSummary, LiveBody, LiveEvent, SilenceCreate,
+    SilenceUntil, SilenceView, TokenCreate, TokenCreated, TokenView,
 };
 
 #[derive(Debug, Parser)]
@@ -47,6 +48,33 @@ enum Cmd {
     Keys {
         #[command(subcommand)]
         command: KeysCmd,
+    },
+    /// Alerts, newest first.
+    Alerts {
+        /// firing or resolved.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Silence notifications for an agent and/or a rule (operator).
+    Silence {
+        #[arg(long)]
+        agent: Option<String>,
+        /// agent-offline, agent-flapping, stale, hotspot-cpu, hotspot-mem, hotspot-disk.
+        #[arg(long)]
+        rule: Option<String>,
+        /// How long, e.g. 2h.
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Follow the live event stream (status, vitals, alerts, audit) until interrupted.
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// The audit log, newest first.
     Audit {
@@ -312,6 +340,51 @@ fn main() -> Result<()> {
             )?;
             println!("deleted API key {name:?}");
         }
+        Cmd::Alerts { state, agent } => {
+            let mut path = "/api/alerts?per_page=50".to_string();
+            if let Some(s) = state {
+                path.push_str(&format!("&state={}", encode(s)));
+            }
+            if let Some(a) = agent {
+                path.push_str(&format!("&agent={}", encode(a)));
+            }
+            let p: AlertPage = get(&args, &path)?;
+            for a in &p.items {
+                println!(
+                    "{:>5}  {:<8}  {:<14}  {:<16}  {:<20}  {}{}",
+                    a.id,
+                    format!("{:?}", a.state).to_lowercase(),
+                    a.rule,
+                    a.agent,
+                    format_ms(a.started_at),
+                    a.cause,
+                    if a.silenced { " (silenced)" } else { "" }
+                );
+            }
+            println!("{} of {} alerts", p.items.len(), p.total);
+        }
+        Cmd::Silence {
+            agent,
+            rule,
+            duration,
+            reason,
+        } => {
+            let body = serde_json::to_string(&SilenceCreate {
+                agent: agent.clone(),
+                rule: rule.clone(),
+                until: SilenceUntil::For(duration.clone()),
+                reason: reason.clone(),
+            })?;
+            let s: SilenceView = send(&args, "POST", "/api/silences", Some(&body))?;
+            println!(
+                "silence {} until {} (agent {}, rule {})",
+                s.id,
+                format_ms(s.until),
+                s.agent.as_deref().unwrap_or("all"),
+                s.rule.as_deref().unwrap_or("all")
+            );
+        }
+        Cmd::Events { json } => follow_events(&args, *json)?,
         Cmd::Audit {
             agent,
             page,
@@ -384,48 +457,17 @@ fn send<T: serde::de::DeserializeOwned>(
 /// One HTTP/1.1 request over plain TCP or TLS (rustls), `Connection: close`. A non-2xx
 /// answer becomes an error carrying the console's message.
 fn request(args: &Args, method: &str, path: &str, body: Option<&str>) -> Result<String> {
-    let Some(key) = args.api_key.as_deref() else {
-        bail!("no API key: pass --api-key or set EDGEFLEET_API_KEY (the console wrote its first admin key to <data_dir>/admin.key)");
-    };
-    let (tls, authority) = match args.console.split_once("://") {
-        Some(("https", rest)) => (true, rest.trim_end_matches('/')),
-        Some(("http", rest)) => (false, rest.trim_end_matches('/')),
-        Some((scheme, _)) => bail!("--console: unsupported scheme {scheme:?} (use http or https)"),
-        None => (false, args.console.as_str()),
-    };
-    let addr = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:{}", if tls { 443 } else { 80 })
-    };
-    let tcp = TcpStream::connect(&addr)
-        .with_context(|| format!("connecting to the console at {addr}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let (mut stream, authority, key) = open(args, Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    stream
+        .write_all(head.as_bytes())
+        .context("sending the request (TLS handshake included)")?;
     let mut raw = Vec::new();
-    if tls {
-        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
-        let conn = rustls::ClientConnection::new(Arc::new(client_tls(args)?), name)?;
-        let mut stream = rustls::StreamOwned::new(conn, tcp);
-        stream
-            .write_all(head.as_bytes())
-            .context("TLS handshake or request")?;
-        read_all(&mut stream, &mut raw)?;
-    } else {
-        let mut stream = tcp;
-        stream.write_all(head.as_bytes())?;
-        read_all(&mut stream, &mut raw)?;
-    }
+    read_all(&mut stream, &mut raw)?;
     let raw = String::from_utf8(raw).context("the console's answer is not UTF-8")?;
     let (head, body) = raw
         .split_once("\r\n\r\n")
@@ -450,6 +492,169 @@ fn request(args: &Args, method: &str, path: &str, body: Option<&str>) -> Result<
         bail!("console answered {status}: {msg}");
     }
     Ok(body)
+}
+
+/// A connection to the console, plain or TLS.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+/// Connects to `--console` (TLS for `https://`); returns the stream, the authority for the
+/// Host header, and the API key.
+fn open(args: &Args, read_timeout: Option<Duration>) -> Result<(Box<dyn Conn>, String, String)> {
+    let Some(key) = args.api_key.clone() else {
+        bail!("no API key: pass --api-key or set EDGEFLEET_API_KEY (the console wrote its first admin key to <data_dir>/admin.key)");
+    };
+    let (tls, authority) = match args.console.split_once("://") {
+        Some(("https", rest)) => (true, rest.trim_end_matches('/')),
+        Some(("http", rest)) => (false, rest.trim_end_matches('/')),
+        Some((scheme, _)) => bail!("--console: unsupported scheme {scheme:?} (use http or https)"),
+        None => (false, args.console.as_str()),
+    };
+    let addr = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:{}", if tls { 443 } else { 80 })
+    };
+    let tcp = TcpStream::connect(&addr)
+        .with_context(|| format!("connecting to the console at {addr}"))?;
+    tcp.set_read_timeout(read_timeout)?;
+    if !tls {
+        return Ok((Box::new(tcp), authority.to_string(), key));
+    }
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+    let conn = rustls::ClientConnection::new(Arc::new(client_tls(args)?), name)?;
+    Ok((
+        Box::new(rustls::StreamOwned::new(conn, tcp)),
+        authority.to_string(),
+        key,
+    ))
+}
+
+/// Follows `GET /api/events` until the console ends the stream. Prints one line per event:
+/// the JSON with `--json`, else a short human line.
+fn follow_events(args: &Args, json: bool) -> Result<()> {
+    use std::io::BufRead;
+    let (mut stream, authority, key) = open(args, None)?;
+    write!(
+        stream,
+        "GET /api/events HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    )
+    .context("sending the request")?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP status")?;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        chunked |= line
+            .to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked");
+    }
+    if status != 200 {
+        let mut body = String::new();
+        let _ = reader.read_to_string(&mut body);
+        let body = if chunked {
+            dechunk(&body).unwrap_or(body)
+        } else {
+            body
+        };
+        let msg = serde_json::from_str::<ApiErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or(body);
+        bail!("console answered {status}: {msg}");
+    }
+    // Undo the chunked framing as it arrives, then split SSE events on blank lines.
+    let mut pending = String::new();
+    let mut data = String::new();
+    loop {
+        let text = if chunked {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let size = usize::from_str_radix(line.trim(), 16).context("bad chunk size")?;
+            if size == 0 {
+                return Ok(());
+            }
+            let mut buf = vec![0u8; size + 2];
+            reader.read_exact(&mut buf)?;
+            buf.truncate(size);
+            String::from_utf8(buf).context("event stream is not UTF-8")?
+        } else {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            line.clone()
+        };
+        pending.push_str(&text);
+        while let Some(end) = pending.find('\n') {
+            let l: String = pending.drain(..=end).collect();
+            let l = l.trim_end_matches(['\r', '\n']);
+            if let Some(d) = l.strip_prefix("data:") {
+                data.push_str(d.trim_start());
+            } else if l.is_empty() && !data.is_empty() {
+                print_event(&data, json);
+                data.clear();
+            }
+        }
+    }
+}
+
+fn print_event(data: &str, json: bool) {
+    if json {
+        println!("{data}");
+        return;
+    }
+    let Ok(e) = serde_json::from_str::<LiveEvent>(data) else {
+        println!("{data}");
+        return;
+    };
+    let what = match &e.body {
+        LiveBody::Status {
+            agent,
+            status,
+            cause,
+        } => {
+            format!("status  {agent} {} ({cause:?})", status.as_str())
+        }
+        LiveBody::Vitals {
+            agent,
+            cpu,
+            mem,
+            disk,
+        } => {
+            format!("vitals  {agent} cpu {cpu}% mem {mem}% disk {disk}%")
+        }
+        LiveBody::Alert { alert } => format!(
+            "alert   {} {:?} {} {}: {}",
+            alert.id, alert.state, alert.rule, alert.agent, alert.cause
+        ),
+        LiveBody::Audit { entry } => format!(
+            "audit   {} {} {} {}",
+            entry.actor,
+            entry.action,
+            entry.target.as_deref().unwrap_or("-"),
+            entry.detail
+        ),
+        LiveBody::Reset => "reset   (missed events; reload from the API)".to_string(),
+    };
+    println!("{}  {what}", format_ms(e.at));
 }
 
 /// Reads to the end; a TLS peer that closes without close_notify still gave a full answer
