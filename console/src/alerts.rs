@@ -198,15 +198,14 @@ impl Engine {
                     // One flapping alert replaces the per-transition offline alerts.
                     self.pending_offline.remove(host);
                     out.extend(self.resolve(host, OFFLINE, now));
-                } else if cause != Cause::Clean || self.rules.notify_on_clean_stop {
-                    if !self
+                } else if (cause != Cause::Clean || self.rules.notify_on_clean_stop)
+                    && !self
                         .open
                         .contains_key(&(host.to_string(), FLAPPING.to_string()))
-                    {
-                        self.pending_offline
-                            .entry(host.to_string())
-                            .or_insert((now, cause));
-                    }
+                {
+                    self.pending_offline
+                        .entry(host.to_string())
+                        .or_insert((now, cause));
                 }
                 out.extend(self.resolve(host, STALE, now));
             }

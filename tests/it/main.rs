@@ -4,6 +4,7 @@
 //! loopback ports, real agents (processes or in-process with real MQTT), and waits on
 //! conditions with deadlines, never fixed sleeps.
 
+mod alerts;
 mod cli;
 mod harness;
 mod mqtt;
