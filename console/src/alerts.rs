@@ -203,9 +203,15 @@ impl Engine {
                         .open
                         .contains_key(&(host.to_string(), FLAPPING.to_string()))
                 {
-                    self.pending_offline
-                        .entry(host.to_string())
-                        .or_insert((now, cause));
+                    if self.rules.offline_grace_ms == 0 {
+                        // No grace: fire now rather than at the next tick.
+                        let text = format!("{} for 0 s", cause_word(cause));
+                        out.extend(self.fire(host, hostname, OFFLINE, text, now));
+                    } else {
+                        self.pending_offline
+                            .entry(host.to_string())
+                            .or_insert((now, cause));
+                    }
                 }
                 out.extend(self.resolve(host, STALE, now));
             }
@@ -601,6 +607,24 @@ mod tests {
             e.tick(&on, 60_000).is_empty(),
             "a reconnect within grace is silent"
         );
+    }
+
+    #[test]
+    fn with_no_grace_the_offline_alert_fires_at_the_transition() {
+        let mut e = Engine::new(
+            Rules {
+                offline_grace_ms: 0,
+                ..R
+            },
+            vec![],
+            1,
+            &[],
+        );
+        let fired = e.on_transition("a", &None, AgentStatus::Offline, Cause::Timeout, 5);
+        assert_eq!(names(&fired), [(OFFLINE.to_string(), AlertState::Firing)]);
+        assert!(e
+            .tick(&[facts("a", AgentStatus::Offline, 0)], 10)
+            .is_empty());
     }
 
     #[test]

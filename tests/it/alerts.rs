@@ -2,134 +2,17 @@
 //! agents, and a real HTTP webhook receiver on loopback that the test can take down.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgefleet_agent::probe::SimProbe;
 use edgefleet_agent::{AgentHandle, AgentOptions};
+use edgefleet_tests::webhook::{Delivery, Receiver};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::harness::{free_port, wait_for, AgentProc, Console, ConsoleOpts};
 
 const SECRET: &str = "receiver-secret";
-
-/// One POST the receiver got.
-#[derive(Debug, Clone)]
-struct Delivery {
-    signature: Option<String>,
-    delivery: Option<String>,
-    body: Value,
-    raw: Vec<u8>,
-}
-
-/// A webhook receiver that answers 200 to every POST and records it; `stop` closes the
-/// listener (connections refused), `start` listens again on the same port.
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Delivery>>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Receiver {
-    async fn new() -> Receiver {
-        let mut r = Receiver {
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            got: Arc::new(Mutex::new(Vec::new())),
-            task: None,
-        };
-        r.start().await;
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    async fn start(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        let got = self.got.clone();
-        self.task = Some(tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let got = got.clone();
-                tokio::spawn(async move {
-                    let mut reader = BufReader::new(stream);
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line.trim().is_empty() {
-                            break;
-                        }
-                        headers.push(line.trim().to_string());
-                    }
-                    let header = |name: &str| {
-                        headers.iter().find_map(|h| {
-                            let (k, v) = h.split_once(':')?;
-                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-                        })
-                    };
-                    let len: usize = header("content-length")
-                        .and_then(|l| l.parse().ok())
-                        .unwrap_or(0);
-                    let mut raw = vec![0u8; len];
-                    if reader.read_exact(&mut raw).await.is_err() {
-                        return;
-                    }
-                    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-                    got.lock().unwrap().push(Delivery {
-                        signature: header("x-edgefleet-signature"),
-                        delivery: header("x-edgefleet-delivery"),
-                        body,
-                        raw,
-                    });
-                    let mut stream = reader.into_inner();
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        )
-                        .await;
-                });
-            }
-        }));
-    }
-
-    fn stop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
-
-    fn deliveries(&self) -> Vec<Delivery> {
-        self.got.lock().unwrap().clone()
-    }
-
-    /// (event, rule, agent) of every delivery so far.
-    fn events(&self) -> Vec<(String, String, String)> {
-        self.deliveries()
-            .iter()
-            .map(|d| {
-                (
-                    d.body["event"].as_str().unwrap_or_default().to_string(),
-                    d.body["alert"]["rule"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    d.body["alert"]["agent"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
-            .collect()
-    }
-}
 
 fn alerts_toml(grace: &str, receiver: &Receiver) -> String {
     format!(
@@ -200,7 +83,7 @@ fn verify_signature(d: &Delivery) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abrupt_death_gives_one_signed_webhook_and_the_return_one_resolved() {
     let tmp = tempfile::tempdir().unwrap();
-    let receiver = Receiver::new().await;
+    let receiver = Receiver::new(SocketAddr::from(([127, 0, 0, 1], free_port()))).await;
     let console = console_with(tmp.path(), alerts_toml("3s", &receiver)).await;
     let dir = tmp.path().join("agent");
     let agent = AgentProc::run(&dir, &console.mqtt_url(), &console.token, "").unwrap();
@@ -268,7 +151,7 @@ async fn an_abrupt_death_gives_one_signed_webhook_and_the_return_one_resolved() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_within_grace_and_ten_flaps_give_no_offline_webhook_and_one_flapping_alert() {
     let tmp = tempfile::tempdir().unwrap();
-    let receiver = Receiver::new().await;
+    let receiver = Receiver::new(SocketAddr::from(([127, 0, 0, 1], free_port()))).await;
     let console = console_with(tmp.path(), alerts_toml("10s", &receiver)).await;
     let dir = tmp.path().join("agent");
     let mut a = agent(&dir, &console, 61).await;
@@ -307,7 +190,7 @@ async fn a_reconnect_within_grace_and_ten_flaps_give_no_offline_webhook_and_one_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_restart_with_fifty_agents_raises_no_alert() {
     let tmp = tempfile::tempdir().unwrap();
-    let receiver = Receiver::new().await;
+    let receiver = Receiver::new(SocketAddr::from(([127, 0, 0, 1], free_port()))).await;
     let mut console = console_with(tmp.path(), alerts_toml("2s", &receiver)).await;
     let _sim = AgentProc::simulate(
         &tmp.path().join("sim"),
@@ -335,7 +218,7 @@ async fn a_console_restart_with_fifty_agents_raises_no_alert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_survive_a_down_receiver_and_a_console_restart_in_order_without_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut receiver = Receiver::new().await;
+    let mut receiver = Receiver::new(SocketAddr::from(([127, 0, 0, 1], free_port()))).await;
     receiver.stop();
     let down_since = Instant::now();
     let mut console = console_with(tmp.path(), alerts_toml("1s", &receiver)).await;
@@ -411,7 +294,7 @@ async fn notifications_survive_a_down_receiver_and_a_console_restart_in_order_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silence_suppresses_notifications_and_is_audited() {
     let tmp = tempfile::tempdir().unwrap();
-    let receiver = Receiver::new().await;
+    let receiver = Receiver::new(SocketAddr::from(([127, 0, 0, 1], free_port()))).await;
     let console = console_with(tmp.path(), alerts_toml("1s", &receiver)).await;
     let a = agent(&tmp.path().join("a"), &console, 81).await;
     let id = a.agent_id().to_string();
@@ -560,4 +443,53 @@ async fn the_event_stream_reports_a_will_within_a_second_and_resumes_after_last_
         "an id from before the window asks the client to reload"
     );
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_follows_the_event_stream_as_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let mut child = tokio::process::Command::new(crate::harness::bin("edgefleet"))
+        .args([
+            "--console",
+            &console.http.to_string(),
+            "--api-key",
+            &console.api_key,
+        ])
+        .args(["events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The stream is open once the console has a subscriber; keep creating keys until the
+    // CLI prints the audit event for one of them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    let line = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no audit event from the CLI in 15 s"
+        );
+        n += 1;
+        console
+            .send(
+                "POST",
+                "/api/keys",
+                &format!(r#"{{"name":"cli-{n}","role":"viewer"}}"#),
+            )
+            .await;
+        if let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
+        {
+            break line;
+        }
+    };
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["type"], "audit", "{event}");
+    assert_eq!(event["entry"]["action"], "key_create");
+    assert!(event["id"].as_u64().unwrap() > 0);
+    child.kill().await.unwrap();
 }

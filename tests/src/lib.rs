@@ -2,5 +2,7 @@
 //!
 //! - `proxy`: a userspace TCP fault proxy (latency, throttle, blackhole, reset), because
 //!   `tc netem` is not available on our machines.
+//! - `webhook`: a webhook receiver that records deliveries and can be taken down.
 
 pub mod proxy;
+pub mod webhook;
