@@ -347,6 +347,49 @@ pub struct SilenceView {
     pub created_at: u64,
 }
 
+/// `POST /api/agents/{id}/restart-app` (and the other command routes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// The managed app, for app commands.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// How long the command may wait for an offline agent, e.g. `1h` (the default).
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// One progress step an agent reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandStep {
+    pub at: u64,
+    pub step: String,
+    pub pct: Option<u8>,
+}
+
+/// A command and what became of it. `state`: queued, delivered, running, succeeded,
+/// failed, rolled_back, rejected, expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandView {
+    /// Hex of the 16-byte command id.
+    pub id: String,
+    /// The host id.
+    pub agent: String,
+    /// `restart-app`, `push-config`, `update-app`, `request-heartbeat`, `rescan-inventory`.
+    pub action: String,
+    pub app: Option<String>,
+    pub state: String,
+    /// The API key name that issued it.
+    pub actor: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    /// When it was last handed to the broker for the agent.
+    pub delivered_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    pub progress: Vec<CommandStep>,
+    /// The agent's result message.
+    pub message: Option<String>,
+}
+
 /// One event of the live stream (`GET /api/events`, Server-Sent Events). The SSE `id` is
 /// `id` and the SSE `event` is the body's `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -379,6 +422,10 @@ pub enum LiveBody {
     Audit {
         entry: AuditEntry,
     },
+    /// A command changed state or reported progress.
+    Command {
+        command: CommandView,
+    },
     /// The stream could not resume from `Last-Event-ID` (too old, or the console
     /// restarted): reload state from the REST API.
     Reset,
@@ -391,6 +438,7 @@ impl LiveBody {
             LiveBody::Vitals { .. } => "vitals",
             LiveBody::Alert { .. } => "alert",
             LiveBody::Audit { .. } => "audit",
+            LiveBody::Command { .. } => "command",
             LiveBody::Reset => "reset",
         }
     }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::alerts::{Alerts, HostFacts, Rules};
 use crate::audit::{Audit, CONSOLE};
+use crate::commands::{CommandRecord, CommandState, Commands};
 use crate::enrollment::{find_duplicate, ConsumeError, Duplicate, Tokens};
 use crate::live::Live;
 use crate::metrics::Metrics;
@@ -107,6 +108,7 @@ pub struct Fleet {
     pub tokens: Tokens,
     pub audit: Audit,
     pub alerts: Alerts,
+    pub commands: Commands,
     pub notifier: std::sync::Arc<Notifier>,
     pub live: Live,
     /// Decisions written while the host lock was held, for alerts and the live stream to
@@ -175,6 +177,7 @@ impl Fleet {
             settings.rules,
             &facts,
         )?;
+        let commands = Commands::open(store.tree("commands")?, store.tree("agent_commands")?)?;
         let notifier = std::sync::Arc::new(Notifier::new(
             store.tree("outbox")?,
             settings.webhooks,
@@ -185,6 +188,7 @@ impl Fleet {
             tokens,
             audit,
             alerts,
+            commands,
             notifier,
             live: Live::new(now_ms()),
             decided: Mutex::new(Vec::new()),
@@ -467,6 +471,217 @@ impl Fleet {
             .expect("engine lock")
             .tick(&facts, now);
         self.emit_alerts(changes, now);
+        self.expire_commands(now);
+    }
+
+    /// Signs, stores and (if the agent is online) publishes a command. `Conflict` if the
+    /// host is not active.
+    pub fn issue_command(
+        &self,
+        host_id: &str,
+        action: edgefleet_codec::CommandAction,
+        ttl: Duration,
+        actor: &str,
+    ) -> Result<CommandRecord, DecisionError> {
+        let now = now_ms();
+        let (agent_id, online) = {
+            let hosts = self.hosts.read().expect("hosts lock");
+            let host = live(&hosts, host_id)?;
+            if host.approval != Approval::Active {
+                return Err(DecisionError::Conflict(format!(
+                    "agent {host_id} is {}: commands go to active agents only",
+                    host.status.as_str()
+                )));
+            }
+            let agent_id: AgentId = host
+                .current_agent_id()
+                .parse()
+                .map_err(|_| DecisionError::NotFound(host_id.into()))?;
+            (agent_id, host.status == AgentStatus::Online)
+        };
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        let expires_at = now + ttl.as_millis() as u64;
+        let command = edgefleet_codec::Command {
+            id,
+            target: agent_id.to_string(),
+            issued_at: now / 1000,
+            expires_at: expires_at / 1000,
+            action: action.clone(),
+        };
+        let signed = sign_console(
+            &ConsoleMessage::Command(command),
+            Some(&agent_id),
+            &self.identity,
+        );
+        let mut record = CommandRecord {
+            id,
+            agent: host_id.to_string(),
+            action,
+            actor: actor.to_string(),
+            issued_at: now,
+            expires_at,
+            state: CommandState::Queued,
+            delivered_at: None,
+            finished_at: None,
+            progress: Vec::new(),
+            message: None,
+            signed,
+        };
+        self.commands.put(&record)?;
+        let view = record.view();
+        self.audit_or_log(
+            actor,
+            "command",
+            host_id,
+            &format!(
+                "{} {}{} (expires in {} s)",
+                view.action,
+                view.id,
+                view.app.map(|a| format!(" app {a}")).unwrap_or_default(),
+                ttl.as_secs()
+            ),
+        );
+        if online {
+            self.deliver(&mut record, &agent_id);
+        } else {
+            self.command_changed(&record);
+        }
+        Ok(record)
+    }
+
+    /// Publishes the signed command and records the delivery.
+    fn deliver(&self, record: &mut CommandRecord, agent_id: &AgentId) {
+        let out = Outgoing {
+            topic: self
+                .topics
+                .agent(agent_id, edgefleet_codec::Channel::Command),
+            payload: record.signed.clone(),
+        };
+        if self.outbox.try_send(out).is_err() {
+            self.metrics.rejected("outbox_full");
+            return;
+        }
+        record.delivered_at = Some(now_ms());
+        if record.state == CommandState::Queued {
+            record.state = CommandState::Delivered;
+        }
+        if let Err(e) = self.commands.put(record) {
+            tracing::error!(error = %e, "cannot store a command delivery");
+        }
+        self.command_changed(record);
+    }
+
+    /// Publishes every unfinished, unexpired command of a host again (after its birth).
+    fn redeliver(&self, host_id: &str) {
+        let ids = self.commands.open_for(host_id);
+        if ids.is_empty() {
+            return;
+        }
+        let agent_id = self
+            .host(host_id)
+            .and_then(|h| h.current_agent_id().parse::<AgentId>().ok());
+        let Some(agent_id) = agent_id else { return };
+        let now = now_ms();
+        for id in ids {
+            match self.commands.get(&id) {
+                Ok(Some(mut r)) if !r.state.is_final() && r.expires_at > now => {
+                    self.deliver(&mut r, &agent_id)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot read a command"),
+            }
+        }
+    }
+
+    fn command_progress(&self, host_id: &str, p: &edgefleet_codec::CommandProgress) {
+        let Ok(Some(mut r)) = self.commands.get(&p.command_id) else {
+            self.metrics.rejected("unknown_command");
+            return;
+        };
+        if r.agent != host_id || r.state.is_final() {
+            self.metrics.rejected("unknown_command");
+            return;
+        }
+        r.state = CommandState::Running;
+        r.progress.push(api::CommandStep {
+            at: p.at_ms,
+            step: p.step.clone(),
+            pct: p.pct,
+        });
+        if let Err(e) = self.commands.put(&r) {
+            tracing::error!(error = %e, "cannot store command progress");
+        }
+        self.command_changed(&r);
+    }
+
+    fn command_finished(&self, host_id: &str, result: &edgefleet_codec::CommandResult) {
+        let Ok(Some(mut r)) = self.commands.get(&result.command_id) else {
+            self.metrics.rejected("unknown_command");
+            return;
+        };
+        if r.agent != host_id {
+            self.metrics.rejected("unknown_command");
+            return;
+        }
+        if r.state.is_final() {
+            // A redelivered result (the agent resends until PUBACK): already recorded.
+            return;
+        }
+        r.state = result.outcome.into();
+        r.finished_at = Some(result.at_ms);
+        r.message = Some(result.message.clone());
+        if let Err(e) = self.commands.put(&r) {
+            tracing::error!(error = %e, "cannot store a command result");
+        }
+        let view = r.view();
+        self.audit_or_log(
+            "agent",
+            "command_result",
+            host_id,
+            &format!(
+                "{} {}: {} ({})",
+                view.action, view.id, view.state, result.message
+            ),
+        );
+        self.command_changed(&r);
+    }
+
+    /// Queued or delivered commands past their expiry are expired; the agent refuses them
+    /// too, by their signed expiry.
+    fn expire_commands(&self, now: u64) {
+        for id in self.commands.all_open() {
+            let Ok(Some(mut r)) = self.commands.get(&id) else {
+                continue;
+            };
+            if r.expires_at > now
+                || !matches!(r.state, CommandState::Queued | CommandState::Delivered)
+            {
+                continue;
+            }
+            r.state = CommandState::Expired;
+            r.finished_at = Some(now);
+            if let Err(e) = self.commands.put(&r) {
+                tracing::error!(error = %e, "cannot store a command expiry");
+                continue;
+            }
+            let view = r.view();
+            self.audit_or_log(
+                CONSOLE,
+                "command_expired",
+                &r.agent,
+                &format!(
+                    "{} {}: not delivered before its expiry",
+                    view.action, view.id
+                ),
+            );
+            self.command_changed(&r);
+        }
+    }
+
+    fn command_changed(&self, r: &CommandRecord) {
+        self.live
+            .publish(api::LiveBody::Command { command: r.view() }, now_ms());
     }
 
     fn audit_or_log(&self, actor: &str, action: &str, target: &str, detail: &str) {
@@ -490,6 +705,8 @@ impl Fleet {
         let mut enrollments = Vec::new();
         let mut notices = Vec::new();
         let mut live_vitals = Vec::new();
+        let mut progress = Vec::new();
+        let mut finished = Vec::new();
         {
             let keys = self.keys.read().expect("keys lock");
             let mut hosts = self.hosts.write().expect("hosts lock");
@@ -556,8 +773,15 @@ impl Fleet {
                         ));
                         None
                     }),
+                    AgentMessage::CommandProgress(p) => {
+                        host.on_other(message.sequence(), now).map(|()| {
+                            progress.push((host_id.clone(), p.clone()));
+                            None
+                        })
+                    }
                     AgentMessage::CommandResult(r) => {
                         host.on_other(message.sequence(), now).map(|()| {
+                            finished.push((host_id.clone(), r.clone()));
                             results.push((
                                 host_id.clone(),
                                 ResultRecord {
@@ -620,6 +844,18 @@ impl Fleet {
         drop(round);
         drop(hosts);
         self.react(&transitions, &vitals);
+        for (host, p) in progress {
+            self.command_progress(&host, &p);
+        }
+        for (host, r) in finished {
+            self.command_finished(&host, &r);
+        }
+        // A birth is a new connection with fresh subscriptions: hand it what is pending.
+        for (host, _, change) in &transitions {
+            if change.cause == Cause::Birth {
+                self.redeliver(host);
+            }
+        }
         for (id, msg) in enrollments {
             self.enroll(&id, &msg, now);
         }

@@ -118,6 +118,26 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ),
     ("DELETE", "/api/silences/:id", "Operator: end a silence."),
     (
+        "POST",
+        "/api/agents/:id/restart-app",
+        "Operator: restart a managed app (`{\"app\": ...}`); 202 with the command.",
+    ),
+    (
+        "POST",
+        "/api/agents/:id/request-heartbeat",
+        "Operator: ask the agent for a heartbeat now; 202 with the command.",
+    ),
+    (
+        "GET",
+        "/api/agents/:id/commands",
+        "Commands sent to an agent, newest first (at most 100).",
+    ),
+    (
+        "GET",
+        "/api/commands/:id",
+        "One command: state, progress, result.",
+    ),
+    (
         "GET",
         "/api/events",
         "Server-Sent Events: status, vitals, alerts, audit; resumes with `Last-Event-ID`.",
@@ -150,6 +170,10 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/keys/:name", axum::routing::delete(delete_key))
         .route("/api/audit", get(audit))
         .route("/api/audit/verify", get(audit_verify))
+        .route("/api/agents/:id/restart-app", post(restart_app))
+        .route("/api/agents/:id/request-heartbeat", post(request_heartbeat))
+        .route("/api/agents/:id/commands", get(agent_commands))
+        .route("/api/commands/:id", get(command))
         .route("/api/alerts", get(alerts))
         .route("/api/silences", get(silences).post(create_silence))
         .route("/api/silences/:id", axum::routing::delete(delete_silence))
@@ -529,6 +553,126 @@ async fn audit(
 
 async fn audit_verify(State(fleet): State<Arc<Fleet>>) -> Result<Json<api::AuditVerify>, ApiError> {
     blocking(move || Ok(Json(fleet.audit.verify()?))).await
+}
+
+/// Default and bounds of a command's time to live.
+const COMMAND_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn command_request(body: &[u8]) -> Result<(api::CommandRequest, std::time::Duration), ApiError> {
+    let req: api::CommandRequest = if body.is_empty() {
+        api::CommandRequest::default()
+    } else {
+        json_body(body)?
+    };
+    let ttl = match req.expires.as_deref() {
+        None => COMMAND_TTL,
+        Some(text) => {
+            let d = humantime::parse_duration(text.trim()).map_err(|e| {
+                ApiError::BadRequest(format!("expires: {e} (a duration such as `1h`)"))
+            })?;
+            if d < std::time::Duration::from_secs(1)
+                || d > std::time::Duration::from_secs(7 * 86400)
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "expires: must be between 1s and 7d (got {text:?})"
+                )));
+            }
+            d
+        }
+    };
+    Ok((req, ttl))
+}
+
+async fn send_command(
+    fleet: Arc<Fleet>,
+    key: KeyRecord,
+    id: String,
+    action: edgefleet_codec::CommandAction,
+    ttl: std::time::Duration,
+) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
+    require(&key, Role::Operator)?;
+    find(&fleet, &id)?;
+    blocking(move || {
+        let record = fleet.issue_command(&id, action, ttl, &key.name)?;
+        Ok((StatusCode::ACCEPTED, Json(record.view())))
+    })
+    .await
+}
+
+async fn restart_app(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
+    let (req, ttl) = command_request(&body)?;
+    let app = req
+        .app
+        .filter(|a| !a.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("`app` is required: the managed app id".into()))?;
+    if let Some(host) = fleet.host(&id) {
+        if !host.apps.is_empty() && !host.apps.iter().any(|a| a.id == app) {
+            return Err(ApiError::NotFound(format!(
+                "agent {id} has no managed app {app:?} (it reports: {})",
+                host.apps
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let action = edgefleet_codec::CommandAction::RestartApp { app };
+    send_command(fleet, key, id, action, ttl).await
+}
+
+async fn request_heartbeat(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
+    let (_, ttl) = command_request(&body)?;
+    send_command(
+        fleet,
+        key,
+        id,
+        edgefleet_codec::CommandAction::RequestHeartbeat,
+        ttl,
+    )
+    .await
+}
+
+async fn agent_commands(
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<api::CommandView>>, ApiError> {
+    find(&fleet, &id)?;
+    blocking(move || {
+        Ok(Json(
+            fleet
+                .commands
+                .for_agent(&id, 100)?
+                .iter()
+                .map(|r| r.view())
+                .collect(),
+        ))
+    })
+    .await
+}
+
+async fn command(
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Result<Json<api::CommandView>, ApiError> {
+    let raw = crate::commands::parse_hex_id(&id).ok_or_else(|| {
+        ApiError::NotFound(format!("no command {id:?}: command ids are 32 hex digits"))
+    })?;
+    let record = fleet
+        .commands
+        .get(&raw)?
+        .ok_or_else(|| ApiError::NotFound(format!("no command {id}")))?;
+    Ok(Json(record.view()))
 }
 
 async fn alerts(

@@ -8,6 +8,7 @@
 //! - `auth`: REST API keys (hashed in sled, roles, failure limits).
 //! - `enrollment`: enrollment tokens and the duplicate-host rule.
 //! - `audit`: the hash-chained audit log.
+//! - `commands`: remote commands: records, states, redelivery, expiry.
 //! - `alerts`: the alert rules (pure engine) and alert and silence storage.
 //! - `notify`: the log notifier and webhooks with a durable outbox.
 //! - `live`: the live event stream (`GET /api/events`, SSE) with resume.
@@ -17,6 +18,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod commands;
 pub mod demo;
 pub mod enrollment;
 pub mod fleet;

@@ -456,11 +456,24 @@ fn docs_api_md_lists_every_route() {
 async fn every_listed_route_is_served() {
     let env = env();
     let a = enroll(&env);
+    let command = env
+        .fleet
+        .issue_command(
+            a.identity.agent_id().as_str(),
+            edgefleet_codec::CommandAction::RequestHeartbeat,
+            std::time::Duration::from_secs(60),
+            "test",
+        )
+        .unwrap();
     for (method, path, _) in edgefleet_console::http::ROUTES {
         if *method != "GET" || *path == "/api/events" {
             continue; // decisions and the endless event stream have their own tests
         }
-        let uri = path.replace(":id", a.identity.agent_id().as_str());
+        let uri = if path.starts_with("/api/commands/") {
+            path.replace(":id", &command.view().id)
+        } else {
+            path.replace(":id", a.identity.agent_id().as_str())
+        };
         let (status, body) = admin(&env, "GET", &uri, "").await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
     }

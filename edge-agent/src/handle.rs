@@ -43,6 +43,8 @@ pub struct AgentOptions {
     pub queue_cap_bytes: Option<u64>,
     /// Keep `data_dir/status.json` current for `edgefleet-agent status` (default true).
     pub write_status_file: bool,
+    /// How app commands act on the OS (default: `systemctl`).
+    pub services: Option<std::sync::Arc<dyn crate::service::ServiceManager>>,
 }
 
 impl AgentOptions {
@@ -52,6 +54,7 @@ impl AgentOptions {
             probe: Box::new(probe),
             queue_cap_bytes: None,
             write_status_file: true,
+            services: None,
         }
     }
 }
@@ -78,7 +81,19 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         probe,
         queue_cap_bytes,
         write_status_file,
+        services,
     } = opts;
+    let mut probe = probe;
+    let apps = if config.apps.is_empty() {
+        // A simulated probe brings its own apps; a real agent has only configured ones.
+        crate::simulate::apps_of(&mut *probe)
+    } else {
+        config
+            .apps
+            .iter()
+            .map(|a| (a.id.clone(), a.unit.clone()))
+            .collect()
+    };
     let urls = config.mqtt_urls();
     if urls.is_empty() || urls.len() != config.console_urls.len() {
         bail!(
@@ -114,6 +129,9 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         pin: ConsolePin::in_dir(dir),
         enrollment: crate::enrollment::EnrollmentFile::in_dir(dir),
         probe,
+        apps,
+        services: services
+            .unwrap_or_else(|| std::sync::Arc::new(crate::service::Systemd::default())),
     };
     let status_file = write_status_file.then(|| StatusFile::path(dir));
     spawn_session(session, status_file)
@@ -131,7 +149,7 @@ pub fn spawn_session(cfg: SessionConfig, status_file: Option<PathBuf>) -> Result
     let (requests, rx) = mpsc::channel(256);
     let (status_tx, status) = watch::channel(AgentStatusSnapshot::default());
     let shutdown = CancellationToken::new();
-    let session = Session::new(cfg, rx, status_tx, pinned);
+    let session = Session::new(cfg, rx, requests.clone(), status_tx, pinned);
     let done = CancellationToken::new();
     let session = tokio::spawn({
         let shutdown = shutdown.clone();

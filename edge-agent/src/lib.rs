@@ -10,6 +10,7 @@
 //! - `state`: persistent counters (`bd_seq`, event ids) and recent command ids in sled.
 //! - `identity`: the agent key file and the pinned console key file.
 //! - `enrollment`: the enrollment state file (approved, pending, rejected).
+//! - `service`: acting on managed apps: `systemctl`, or files for the simulator.
 //! - `probe`: where vitals come from: `sysinfo` on a device, random walks in the simulator.
 //! - `status`: the agent's snapshot of itself and the state file `status` reads.
 //! - `simulate`: many virtual agents in one process.
@@ -21,6 +22,7 @@ pub mod heartbeat;
 pub mod identity;
 pub mod probe;
 pub mod queue;
+pub mod service;
 pub mod session;
 pub mod simulate;
 pub mod state;

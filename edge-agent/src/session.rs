@@ -33,6 +33,7 @@ use crate::heartbeat::Heartbeats;
 use crate::identity::{hex, ConsolePin};
 use crate::probe::Probe;
 use crate::queue::{Delivery, Tag};
+use crate::service::ServiceManager;
 use crate::state::Storage;
 use crate::status::{now_ms, AgentStatusSnapshot};
 
@@ -51,6 +52,8 @@ const GOODBYE_ACK: Duration = Duration::from_secs(1);
 const GOODBYE_DISCONNECT: Duration = Duration::from_millis(500);
 /// How often a pending agent asks the console again.
 pub const ENROLL_RETRY: Duration = Duration::from_secs(30);
+/// How long a restarted app gets before `is-active` decides success.
+pub const RESTART_SETTLE: Duration = Duration::from_millis(500);
 /// How long an agent the console rejected waits before it tries again (jittered up to 2x).
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
@@ -73,6 +76,10 @@ pub struct SessionConfig {
     /// The enrollment state file (`enrollment.json`).
     pub enrollment: EnrollmentFile,
     pub probe: Box<dyn Probe>,
+    /// Managed apps: id → systemd unit, from the agent config.
+    pub apps: Vec<(String, String)>,
+    /// How app commands act on the OS.
+    pub services: std::sync::Arc<dyn ServiceManager>,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -101,6 +108,11 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<(), String>>,
     },
     HeartbeatNow,
+    /// A command step, from a task running the command.
+    Progress {
+        command_id: [u8; 16],
+        step: String,
+    },
 }
 
 /// How one connection ended.
@@ -150,6 +162,8 @@ pub(crate) struct Session {
     cfg: SessionConfig,
     id: AgentId,
     requests: mpsc::Receiver<Request>,
+    /// For tasks that run commands and report back through the same queue.
+    requests_tx: mpsc::Sender<Request>,
     status: watch::Sender<AgentStatusSnapshot>,
     heartbeats: Heartbeats,
     backoff: Backoff,
@@ -162,6 +176,7 @@ impl Session {
     pub(crate) fn new(
         cfg: SessionConfig,
         requests: mpsc::Receiver<Request>,
+        requests_tx: mpsc::Sender<Request>,
         status: watch::Sender<AgentStatusSnapshot>,
         pinned: Option<PublicKey>,
     ) -> Session {
@@ -181,6 +196,7 @@ impl Session {
             cfg,
             id,
             requests,
+            requests_tx,
             status,
             heartbeats,
             backoff: Backoff::default(),
@@ -696,6 +712,18 @@ impl Session {
                 }));
                 let _ = reply.send(result);
             }
+            Request::Progress { command_id, step } => {
+                let _ = self.push(AgentMessage::CommandProgress(
+                    edgefleet_codec::CommandProgress {
+                        bd_seq: 0,
+                        seq: 0,
+                        command_id,
+                        step,
+                        pct: None,
+                        at_ms: now_ms(),
+                    },
+                ));
+            }
             Request::HeartbeatNow => {
                 if let Some(link) = link {
                     if link.can_send() {
@@ -869,6 +897,34 @@ impl Session {
                 }
                 (CommandOutcome::Succeeded, "heartbeat sent".to_string())
             }
+            CommandAction::RestartApp { app } => {
+                match self.cfg.apps.iter().find(|(id, _)| id == app) {
+                    Some((_, unit)) => {
+                        // Restarts take seconds: run them off the session task, which must
+                        // keep polling MQTT; the outcome comes back as a request.
+                        tokio::spawn(restart_app(
+                            self.cfg.services.clone(),
+                            self.requests_tx.clone(),
+                            cmd.id,
+                            app.clone(),
+                            unit.clone(),
+                        ));
+                        return;
+                    }
+                    None => (
+                        CommandOutcome::Failed,
+                        format!(
+                            "no managed app {app:?} on this agent (configured: {})",
+                            self.cfg
+                                .apps
+                                .iter()
+                                .map(|(id, _)| id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                }
+            }
             other => (
                 CommandOutcome::Failed,
                 format!(
@@ -1018,6 +1074,63 @@ impl Session {
         self.update_queue_status();
         tracing::info!(bd_seq = link.bd_seq, "disconnected cleanly");
     }
+}
+
+/// restart-app: `restart`, a moment to settle, then `is-active` decides.
+async fn restart_app(
+    services: std::sync::Arc<dyn ServiceManager>,
+    requests: mpsc::Sender<Request>,
+    command_id: [u8; 16],
+    app: String,
+    unit: String,
+) {
+    let _ = requests
+        .send(Request::Progress {
+            command_id,
+            step: format!("restarting {unit}"),
+        })
+        .await;
+    let restart = {
+        let (services, unit) = (services.clone(), unit.clone());
+        tokio::task::spawn_blocking(move || services.restart(&unit)).await
+    };
+    let (outcome, message) = match restart {
+        Ok(Ok(())) => {
+            tokio::time::sleep(RESTART_SETTLE).await;
+            let status = {
+                let (services, unit) = (services.clone(), unit.clone());
+                tokio::task::spawn_blocking(move || services.status(&unit))
+                    .await
+                    .unwrap_or(edgefleet_codec::AppStatus::Unknown)
+            };
+            if status == edgefleet_codec::AppStatus::Active {
+                (
+                    CommandOutcome::Succeeded,
+                    format!("{app} ({unit}) restarted and active"),
+                )
+            } else {
+                (
+                    CommandOutcome::Failed,
+                    format!("{app} ({unit}) is {} after the restart", status.as_str()),
+                )
+            }
+        }
+        Ok(Err(e)) => (CommandOutcome::Failed, e),
+        Err(e) => (
+            CommandOutcome::Failed,
+            format!("the restart task failed: {e}"),
+        ),
+    };
+    tracing::info!(command = %hex(&command_id), %app, ?outcome, %message, "restart-app finished");
+    let (reply, _) = oneshot::channel();
+    let _ = requests
+        .send(Request::Result {
+            command_id,
+            outcome,
+            message,
+            reply,
+        })
+        .await;
 }
 
 fn action_name(action: &CommandAction) -> &'static str {

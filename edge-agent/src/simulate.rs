@@ -32,6 +32,18 @@ pub struct SimulateOptions {
     pub token: Option<edgefleet_codec::EnrollToken>,
 }
 
+/// The apps a probe reports, as (id, unit) pairs with units named `<id>.service`.
+pub fn apps_of(probe: &mut dyn crate::probe::Probe) -> Vec<(String, String)> {
+    probe
+        .apps()
+        .into_iter()
+        .map(|a| {
+            let unit = format!("{}.service", a.id);
+            (a.id, unit)
+        })
+        .collect()
+}
+
 /// Runs the virtual agents until `shutdown`, then stops them all gracefully (each sends
 /// its clean offline status), within 2 s.
 pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<()> {
@@ -70,6 +82,8 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             storage,
             pin: ConsolePin::in_dir(&agent_dir),
             enrollment: crate::enrollment::EnrollmentFile::in_dir(&agent_dir),
+            apps: apps_of(&mut SimProbe::new(i)),
+            services: std::sync::Arc::new(crate::service::Simulated::new(agent_dir.join("apps"))),
             probe: Box::new(SimProbe::new(i)),
         };
         agents.push(crate::spawn_session(cfg, None)?);

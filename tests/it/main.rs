@@ -6,6 +6,7 @@
 
 mod alerts;
 mod cli;
+mod commands;
 mod harness;
 mod mqtt;
 mod presence;

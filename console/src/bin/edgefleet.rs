@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use edgefleet_codec::api::{
     AgentDetail, AgentPage, AgentSummary, AlertPage, ApiErrorBody, ApiKeyCreate, ApiKeyCreated,
-    ApiKeyView, AuditPage, AuditVerify, FleetSummary, LiveBody, LiveEvent, SilenceCreate,
-    SilenceUntil, SilenceView, TokenCreate, TokenCreated, TokenView,
+    ApiKeyView, AuditPage, AuditVerify, CommandRequest, CommandView, FleetSummary, LiveBody,
+    LiveEvent, SilenceCreate, SilenceUntil, SilenceView, TokenCreate, TokenCreated, TokenView,
 };
 
 #[derive(Debug, Parser)]
@@ -48,6 +48,16 @@ enum Cmd {
     Keys {
         #[command(subcommand)]
         command: KeysCmd,
+    },
+    /// Managed apps on an agent (operator).
+    Apps {
+        #[command(subcommand)]
+        command: AppsCmd,
+    },
+    /// Remote commands.
+    Commands {
+        #[command(subcommand)]
+        command: CommandsCmd,
     },
     /// Alerts, newest first.
     Alerts {
@@ -112,6 +122,33 @@ enum AgentsCmd {
     Delete {
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppsCmd {
+    /// Restart a managed app (systemctl restart, then is-active).
+    Restart {
+        agent: String,
+        app: String,
+        /// Follow the command until it finishes; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// How long the command may wait for an offline agent (default 1h).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CommandsCmd {
+    /// A command's state, progress and result.
+    Status {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// An agent's commands, newest first.
+    List { agent: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -340,6 +377,57 @@ fn main() -> Result<()> {
             )?;
             println!("deleted API key {name:?}");
         }
+        Cmd::Apps {
+            command:
+                AppsCmd::Restart {
+                    agent,
+                    app,
+                    wait,
+                    expires,
+                },
+        } => {
+            let body = serde_json::to_string(&CommandRequest {
+                app: Some(app.clone()),
+                expires: expires.clone(),
+            })?;
+            let c: CommandView = send(
+                &args,
+                "POST",
+                &format!("/api/agents/{}/restart-app", encode(agent)),
+                Some(&body),
+            )?;
+            println!("command {} {}", c.id, c.state);
+            if *wait {
+                follow_command(&args, &c.id)?;
+            }
+        }
+        Cmd::Commands {
+            command: CommandsCmd::Status { id, wait },
+        } => {
+            if *wait {
+                follow_command(&args, id)?;
+            } else {
+                let c: CommandView = get(&args, &format!("/api/commands/{}", encode(id)))?;
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            }
+        }
+        Cmd::Commands {
+            command: CommandsCmd::List { agent },
+        } => {
+            let list: Vec<CommandView> =
+                get(&args, &format!("/api/agents/{}/commands", encode(agent)))?;
+            for c in list {
+                println!(
+                    "{}  {:<18}  {:<12}  {:<10}  {}  {}",
+                    c.id,
+                    c.action,
+                    c.app.as_deref().unwrap_or("-"),
+                    c.state,
+                    format_ms(c.issued_at),
+                    c.message.as_deref().unwrap_or("")
+                );
+            }
+        }
         Cmd::Alerts { state, agent } => {
             let mut path = "/api/alerts?per_page=50".to_string();
             if let Some(s) = state {
@@ -492,6 +580,37 @@ fn request(args: &Args, method: &str, path: &str, body: Option<&str>) -> Result<
         bail!("console answered {status}: {msg}");
     }
     Ok(body)
+}
+
+/// Polls a command until it finishes, printing each new progress step; an error unless it
+/// succeeded.
+fn follow_command(args: &Args, id: &str) -> Result<()> {
+    let mut shown = 0;
+    let mut last_state = String::new();
+    loop {
+        let c: CommandView = get(args, &format!("/api/commands/{}", encode(id)))?;
+        for step in c.progress.iter().skip(shown) {
+            println!("  {}  {}", format_ms(step.at), step.step);
+        }
+        shown = c.progress.len();
+        if c.state != last_state {
+            println!("  state: {}", c.state);
+            last_state = c.state.clone();
+        }
+        match c.state.as_str() {
+            "succeeded" => {
+                println!("{}", c.message.unwrap_or_default());
+                return Ok(());
+            }
+            "failed" | "rolled_back" | "rejected" | "expired" => bail!(
+                "command {} {}: {}",
+                c.id,
+                c.state,
+                c.message.unwrap_or_default()
+            ),
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
 }
 
 /// A connection to the console, plain or TLS.
@@ -651,6 +770,18 @@ fn print_event(data: &str, json: bool) {
             entry.action,
             entry.target.as_deref().unwrap_or("-"),
             entry.detail
+        ),
+        LiveBody::Command { command } => format!(
+            "command {} {} {} {}{}",
+            command.id,
+            command.agent,
+            command.action,
+            command.state,
+            command
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
         ),
         LiveBody::Reset => "reset   (missed events; reload from the API)".to_string(),
     };

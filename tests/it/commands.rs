@@ -1,0 +1,239 @@
+//! Remote commands end to end: a real console process, real agents with simulated apps
+//! (files on disk), signed commands over the real broker, results back into the API.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_agent::probe::{Probe, SimProbe};
+use edgefleet_agent::service::Simulated;
+use edgefleet_agent::{AgentHandle, AgentOptions};
+use serde_json::Value;
+
+use crate::cli::run;
+use crate::harness::{wait_for, Console, ConsoleOpts};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const INDEX: usize = 101;
+
+/// The first simulated app of probe `INDEX`, and its unit.
+fn first_app() -> (String, String) {
+    let app = SimProbe::new(INDEX).apps()[0].id.clone();
+    let unit = format!("{app}.service");
+    (app, unit)
+}
+
+async fn agent(dir: &Path, console: &Console) -> AgentHandle {
+    let config = edgefleet_config::AgentConfig {
+        console_urls: vec![console.mqtt_url()],
+        data_dir: dir.to_path_buf(),
+        token: Some(console.token.clone()),
+        ..Default::default()
+    };
+    let mut opts = AgentOptions::new(config, SimProbe::new(INDEX));
+    opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
+    edgefleet_agent::spawn(opts).await.unwrap()
+}
+
+async fn wait_status(console: &Console, id: &str, status: &str) {
+    wait_for(LIMIT, &format!("{id} {status}"), || async {
+        let (code, body) = console.get_text(&format!("/api/agents/{id}")).await;
+        let doc: Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && doc["status"] == status).then_some(())
+    })
+    .await;
+}
+
+async fn wait_command(console: &Console, id: &str, state: &str) -> Value {
+    wait_for(LIMIT, &format!("command {id} {state}"), || async {
+        let c = console.get(&format!("/api/commands/{id}")).await;
+        (c["state"] == state).then_some(c)
+    })
+    .await
+}
+
+async fn restart(console: &Console, agent: &str, body: &str) -> Value {
+    console
+        .send("POST", &format!("/api/agents/{agent}/restart-app"), body)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_succeeds_a_failing_one_fails_and_both_are_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let dir = tmp.path().join("a");
+    let a = agent(&dir, &console).await;
+    let id = a.agent_id().to_string();
+    wait_status(&console, &id, "online").await;
+    let (app, unit) = first_app();
+    let sim = Simulated::new(dir.join("apps"));
+
+    let c = restart(&console, &id, &format!(r#"{{"app":"{app}"}}"#)).await;
+    assert_eq!(c["state"], "delivered", "{c}");
+    let done = wait_command(&console, c["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(
+        done["progress"][0]["step"],
+        format!("restarting {unit}"),
+        "{done}"
+    );
+    assert!(
+        done["message"].as_str().unwrap().contains("active"),
+        "{done}"
+    );
+    assert_eq!(sim.restarts(&unit), 1);
+
+    sim.inject_failure(&unit, Some("address already in use"))
+        .unwrap();
+    let c = restart(&console, &id, &format!(r#"{{"app":"{app}"}}"#)).await;
+    let failed = wait_command(&console, c["id"].as_str().unwrap(), "failed").await;
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("address already in use"),
+        "{failed}"
+    );
+
+    let audit = console.get(&format!("/api/audit?agent={id}")).await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &actions[..4],
+        ["command_result", "command", "command_result", "command"],
+        "{audit}"
+    );
+    let listed = console.get(&format!("/api/agents/{id}/commands")).await;
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    // Bad requests: no app, an app the agent does not have, a nonsense expiry.
+    for (body, code) in [
+        ("{}", 400),
+        (r#"{"app":"no-such-app"}"#, 404),
+        (&*format!(r#"{{"app":"{app}","expires":"soon"}}"#), 400),
+    ] {
+        let (status, text) = crate::harness::http_request(
+            console.http,
+            "POST",
+            &format!("/api/agents/{id}/restart-app"),
+            Some(&console.api_key),
+            body,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, code, "{body}: {text}");
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_an_offline_agent_runs_once_after_its_return_across_a_console_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let dir = tmp.path().join("a");
+    let a = agent(&dir, &console).await;
+    let id = a.agent_id().to_string();
+    wait_status(&console, &id, "online").await;
+    a.shutdown().await;
+    wait_status(&console, &id, "offline").await;
+    let (app, unit) = first_app();
+    let queued = restart(&console, &id, &format!(r#"{{"app":"{app}"}}"#)).await;
+    assert_eq!(queued["state"], "queued");
+    let expiring = restart(
+        &console,
+        &id,
+        &format!(r#"{{"app":"{app}","expires":"1s"}}"#),
+    )
+    .await;
+    wait_command(&console, expiring["id"].as_str().unwrap(), "expired").await;
+
+    console.kill_and_restart().await.unwrap();
+    let a = agent(&dir, &console).await;
+    let done = wait_command(&console, queued["id"].as_str().unwrap(), "succeeded").await;
+    assert!(done["delivered_at"].as_u64().is_some());
+    let sim = Simulated::new(dir.join("apps"));
+    assert_eq!(
+        sim.restarts(&unit),
+        1,
+        "the queued restart ran once, the expired one not"
+    );
+    // Another reconnect (a new birth) redelivers nothing that is finished.
+    a.shutdown().await;
+    let a = agent(&dir, &console).await;
+    wait_status(&console, &id, "online").await;
+    a.request_heartbeat_now().await.unwrap();
+    let c = console
+        .send("POST", &format!("/api/agents/{id}/request-heartbeat"), "")
+        .await;
+    wait_command(&console, c["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(sim.restarts(&unit), 1);
+    assert_eq!(
+        console
+            .get(&format!(
+                "/api/commands/{}",
+                expiring["id"].as_str().unwrap()
+            ))
+            .await["state"],
+        "expired"
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_restarts_an_app_and_waits_for_the_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let dir = tmp.path().join("a");
+    let a = agent(&dir, &console).await;
+    let id = a.agent_id().to_string();
+    wait_status(&console, &id, "online").await;
+    let (app, unit) = first_app();
+    let cli = |extra: Vec<String>| {
+        let (addr, key) = (console.http.to_string(), console.api_key.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["--console".to_string(), addr, "--api-key".to_string(), key];
+            args.extend(extra);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("edgefleet", &args)
+        })
+    };
+    let (ok, out) = cli(vec![
+        "apps".into(),
+        "restart".into(),
+        id.clone(),
+        app.clone(),
+        "--wait".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("succeeded") && out.contains("restarting"),
+        "{out}"
+    );
+    Simulated::new(dir.join("apps"))
+        .inject_failure(&unit, Some("disk full"))
+        .unwrap();
+    let (ok, out) = cli(vec![
+        "apps".into(),
+        "restart".into(),
+        id.clone(),
+        app,
+        "--wait".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(!ok, "a failed restart exits non-zero: {out}");
+    assert!(out.contains("failed") && out.contains("disk full"), "{out}");
+    a.shutdown().await;
+}
