@@ -348,7 +348,7 @@ pub struct SilenceView {
 }
 
 /// `POST /api/agents/{id}/restart-app` (and the other command routes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommandRequest {
     /// The managed app, for app commands.
     #[serde(default)]
@@ -356,6 +356,19 @@ pub struct CommandRequest {
     /// How long the command may wait for an offline agent, e.g. `1h` (the default).
     #[serde(default)]
     pub expires: Option<String>,
+    /// push-config: dotted key paths to new values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub values: std::collections::BTreeMap<String, ConfigScalar>,
+}
+
+/// A config value as JSON writes it: `true`, `5`, `1.5`, `"text"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigScalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
 }
 
 /// One progress step an agent reported.

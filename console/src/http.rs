@@ -124,6 +124,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ),
     (
         "POST",
+        "/api/agents/:id/push-config",
+        "Operator: merge `values` into an app's config file, restart, roll back if unhealthy; 202.",
+    ),
+    (
+        "POST",
         "/api/agents/:id/request-heartbeat",
         "Operator: ask the agent for a heartbeat now; 202 with the command.",
     ),
@@ -172,6 +177,7 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/audit/verify", get(audit_verify))
         .route("/api/agents/:id/restart-app", post(restart_app))
         .route("/api/agents/:id/request-heartbeat", post(request_heartbeat))
+        .route("/api/agents/:id/push-config", post(push_config))
         .route("/api/agents/:id/commands", get(agent_commands))
         .route("/api/commands/:id", get(command))
         .route("/api/alerts", get(alerts))
@@ -623,6 +629,46 @@ async fn restart_app(
         }
     }
     let action = edgefleet_codec::CommandAction::RestartApp { app };
+    send_command(fleet, key, id, action, ttl).await
+}
+
+async fn push_config(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
+    let (req, ttl) = command_request(&body)?;
+    let app = req
+        .app
+        .filter(|a| !a.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("`app` is required: the managed app id".into()))?;
+    if req.values.is_empty() {
+        return Err(ApiError::BadRequest(
+            "`values` is required: an object of dotted key paths to values".into(),
+        ));
+    }
+    for key in req.values.keys() {
+        if key.is_empty() || key.len() > 256 || key.split('.').any(str::is_empty) {
+            return Err(ApiError::BadRequest(format!(
+                "values: {key:?} is not a dotted key path"
+            )));
+        }
+    }
+    let values = req
+        .values
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                api::ConfigScalar::Bool(b) => edgefleet_codec::ConfigValue::Bool(b),
+                api::ConfigScalar::Int(n) => edgefleet_codec::ConfigValue::Int(n),
+                api::ConfigScalar::Float(f) => edgefleet_codec::ConfigValue::Float(f),
+                api::ConfigScalar::Str(s) => edgefleet_codec::ConfigValue::Str(s),
+            };
+            (k, v)
+        })
+        .collect();
+    let action = edgefleet_codec::CommandAction::PushConfig { app, values };
     send_command(fleet, key, id, action, ttl).await
 }
 

@@ -91,7 +91,7 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         config
             .apps
             .iter()
-            .map(|a| (a.id.clone(), a.unit.clone()))
+            .map(crate::service::ManagedApp::from_config)
             .collect()
     };
     let urls = config.mqtt_urls();

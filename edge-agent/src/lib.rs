@@ -10,11 +10,13 @@
 //! - `state`: persistent counters (`bd_seq`, event ids) and recent command ids in sled.
 //! - `identity`: the agent key file and the pinned console key file.
 //! - `enrollment`: the enrollment state file (approved, pending, rejected).
+//! - `appconfig`: push-config: merging keys into an app's config file, atomic writes.
 //! - `service`: acting on managed apps: `systemctl`, or files for the simulator.
 //! - `probe`: where vitals come from: `sysinfo` on a device, random walks in the simulator.
 //! - `status`: the agent's snapshot of itself and the state file `status` reads.
 //! - `simulate`: many virtual agents in one process.
 
+pub mod appconfig;
 pub mod backoff;
 pub mod enrollment;
 pub mod handle;

@@ -10,6 +10,28 @@ use std::time::{Duration, Instant};
 
 use edgefleet_codec::AppStatus;
 
+/// A managed app as the agent acts on it (from `[[apps]]`, or the simulator's apps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedApp {
+    pub id: String,
+    pub unit: String,
+    /// The config file push-config edits, and its format.
+    pub config: Option<(PathBuf, edgefleet_config::ConfigFormat)>,
+    /// Checked after a restart that follows a config push: a 2xx within 10 s is healthy.
+    pub health_url: Option<String>,
+}
+
+impl ManagedApp {
+    pub fn from_config(a: &edgefleet_config::AppConfig) -> ManagedApp {
+        ManagedApp {
+            id: a.id.clone(),
+            unit: a.unit.clone(),
+            config: a.config_path.clone().zip(a.format()),
+            health_url: a.health_url.clone(),
+        }
+    }
+}
+
 pub trait ServiceManager: Send + Sync + std::fmt::Debug {
     /// Restarts `unit`; the error says what failed, with the tool's own message.
     fn restart(&self, unit: &str) -> Result<(), String>;
@@ -87,6 +109,48 @@ impl ServiceManager for Systemd {
             Err(_) => AppStatus::Unknown,
         }
     }
+}
+
+/// GET `url` (plain `http://` only), healthy on a 2xx within 10 s.
+pub async fn check_health(url: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("health_url {url:?}: only http:// is supported"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("health check {url}: {e}"))?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .map_err(|e| format!("health check {url}: {e}"))?;
+        let mut head = [0u8; 64];
+        let n = stream
+            .read(&mut head)
+            .await
+            .map_err(|e| format!("health check {url}: {e}"))?;
+        let line = String::from_utf8_lossy(&head[..n]).to_string();
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("health check {url}: not an HTTP answer"))?;
+        if (200..300).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("health check {url} answered {code}"))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), check)
+        .await
+        .map_err(|_| format!("health check {url} timed out after 10 s"))?
 }
 
 /// `systemctl is-active` prints one word.

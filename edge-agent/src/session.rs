@@ -76,8 +76,8 @@ pub struct SessionConfig {
     /// The enrollment state file (`enrollment.json`).
     pub enrollment: EnrollmentFile,
     pub probe: Box<dyn Probe>,
-    /// Managed apps: id → systemd unit, from the agent config.
-    pub apps: Vec<(String, String)>,
+    /// Managed apps, from the agent config (or the simulator's).
+    pub apps: Vec<crate::service::ManagedApp>,
     /// How app commands act on the OS.
     pub services: std::sync::Arc<dyn ServiceManager>,
 }
@@ -897,9 +897,31 @@ impl Session {
                 }
                 (CommandOutcome::Succeeded, "heartbeat sent".to_string())
             }
+            CommandAction::PushConfig { app, values } => {
+                match self.cfg.apps.iter().find(|a| a.id == *app) {
+                    Some(managed) if managed.config.is_some() => {
+                        tokio::spawn(push_config(
+                            self.cfg.services.clone(),
+                            self.requests_tx.clone(),
+                            cmd.id,
+                            managed.clone(),
+                            values.clone(),
+                        ));
+                        return;
+                    }
+                    Some(_) => (
+                        CommandOutcome::Failed,
+                        format!("app {app:?} has no config_path in the agent config"),
+                    ),
+                    None => (
+                        CommandOutcome::Failed,
+                        format!("no managed app {app:?} on this agent"),
+                    ),
+                }
+            }
             CommandAction::RestartApp { app } => {
-                match self.cfg.apps.iter().find(|(id, _)| id == app) {
-                    Some((_, unit)) => {
+                match self.cfg.apps.iter().find(|a| a.id == *app) {
+                    Some(managed) => {
                         // Restarts take seconds: run them off the session task, which must
                         // keep polling MQTT; the outcome comes back as a request.
                         tokio::spawn(restart_app(
@@ -907,7 +929,7 @@ impl Session {
                             self.requests_tx.clone(),
                             cmd.id,
                             app.clone(),
-                            unit.clone(),
+                            managed.unit.clone(),
                         ));
                         return;
                     }
@@ -918,7 +940,7 @@ impl Session {
                             self.cfg
                                 .apps
                                 .iter()
-                                .map(|(id, _)| id.as_str())
+                                .map(|a| a.id.as_str())
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ),
@@ -1076,6 +1098,115 @@ impl Session {
     }
 }
 
+/// Restart, settle, then `is-active` and the optional health URL: `Ok` when healthy.
+async fn restart_and_check(
+    services: &std::sync::Arc<dyn ServiceManager>,
+    unit: &str,
+    health_url: Option<&str>,
+) -> Result<(), String> {
+    let restart = {
+        let (services, unit) = (services.clone(), unit.to_string());
+        tokio::task::spawn_blocking(move || services.restart(&unit)).await
+    };
+    match restart {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => return Err(format!("the restart task failed: {e}")),
+    }
+    tokio::time::sleep(RESTART_SETTLE).await;
+    let status = {
+        let (services, unit) = (services.clone(), unit.to_string());
+        tokio::task::spawn_blocking(move || services.status(&unit))
+            .await
+            .unwrap_or(edgefleet_codec::AppStatus::Unknown)
+    };
+    if status != edgefleet_codec::AppStatus::Active {
+        return Err(format!("{unit} is {} after the restart", status.as_str()));
+    }
+    if let Some(url) = health_url {
+        crate::service::check_health(url).await?;
+    }
+    Ok(())
+}
+
+/// push-config: merge, back up, write atomically, restart, check health; on a failed check
+/// restore the backup and restart again.
+async fn push_config(
+    services: std::sync::Arc<dyn ServiceManager>,
+    requests: mpsc::Sender<Request>,
+    command_id: [u8; 16],
+    app: crate::service::ManagedApp,
+    values: std::collections::BTreeMap<String, edgefleet_codec::ConfigValue>,
+) {
+    let progress = |step: String| {
+        let requests = requests.clone();
+        async move {
+            let _ = requests.send(Request::Progress { command_id, step }).await;
+        }
+    };
+    let (path, format) = app.config.clone().expect("checked by the caller");
+    let outcome = async {
+        let old = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let new = crate::appconfig::merge(&old, format, &values)
+            .map_err(|e| format!("{e}; {} is untouched", path.display()))?;
+        progress(format!(
+            "writing {} key(s) to {} ({})",
+            values.len(),
+            path.display(),
+            crate::appconfig::format_name(format)
+        ))
+        .await;
+        let backup = crate::appconfig::backup_path(&path);
+        crate::appconfig::write_atomic(&backup, &old)
+            .map_err(|e| format!("writing the backup {}: {e}", backup.display()))?;
+        crate::appconfig::write_atomic(&path, &new)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        progress(format!("restarting {}", app.unit)).await;
+        match restart_and_check(&services, &app.unit, app.health_url.as_deref()).await {
+            Ok(()) => Ok(format!(
+                "applied {} key(s) to {}; {} is healthy",
+                values.len(),
+                path.display(),
+                app.unit
+            )),
+            Err(why) => {
+                progress("restoring the previous config".into()).await;
+                let restored = crate::appconfig::write_atomic(&path, &old)
+                    .map_err(|e| format!("restoring {}: {e}", path.display()));
+                let again =
+                    restart_and_check(&services, &app.unit, app.health_url.as_deref()).await;
+                Err(match (restored, again) {
+                    (Ok(()), Ok(())) => format!(
+                        "{why}; the previous config was restored and {} is healthy again",
+                        app.unit
+                    ),
+                    (Ok(()), Err(e)) => format!(
+                        "{why}; the previous config was restored, but {} is still unhealthy: {e}",
+                        app.unit
+                    ),
+                    (Err(e), _) => format!("{why}; and {e} (the backup is {})", backup.display()),
+                })
+            }
+        }
+    }
+    .await;
+    let (outcome, message) = match outcome {
+        Ok(m) => (CommandOutcome::Succeeded, m),
+        Err(m) => (CommandOutcome::Failed, m),
+    };
+    tracing::info!(command = %hex(&command_id), app = %app.id, ?outcome, %message, "push-config finished");
+    let (reply, _) = oneshot::channel();
+    let _ = requests
+        .send(Request::Result {
+            command_id,
+            outcome,
+            message,
+            reply,
+        })
+        .await;
+}
+
 /// restart-app: `restart`, a moment to settle, then `is-active` decides.
 async fn restart_app(
     services: std::sync::Arc<dyn ServiceManager>,
@@ -1090,36 +1221,12 @@ async fn restart_app(
             step: format!("restarting {unit}"),
         })
         .await;
-    let restart = {
-        let (services, unit) = (services.clone(), unit.clone());
-        tokio::task::spawn_blocking(move || services.restart(&unit)).await
-    };
-    let (outcome, message) = match restart {
-        Ok(Ok(())) => {
-            tokio::time::sleep(RESTART_SETTLE).await;
-            let status = {
-                let (services, unit) = (services.clone(), unit.clone());
-                tokio::task::spawn_blocking(move || services.status(&unit))
-                    .await
-                    .unwrap_or(edgefleet_codec::AppStatus::Unknown)
-            };
-            if status == edgefleet_codec::AppStatus::Active {
-                (
-                    CommandOutcome::Succeeded,
-                    format!("{app} ({unit}) restarted and active"),
-                )
-            } else {
-                (
-                    CommandOutcome::Failed,
-                    format!("{app} ({unit}) is {} after the restart", status.as_str()),
-                )
-            }
-        }
-        Ok(Err(e)) => (CommandOutcome::Failed, e),
-        Err(e) => (
-            CommandOutcome::Failed,
-            format!("the restart task failed: {e}"),
+    let (outcome, message) = match restart_and_check(&services, &unit, None).await {
+        Ok(()) => (
+            CommandOutcome::Succeeded,
+            format!("{app} ({unit}) restarted and active"),
         ),
+        Err(e) => (CommandOutcome::Failed, e),
     };
     tracing::info!(command = %hex(&command_id), %app, ?outcome, %message, "restart-app finished");
     let (reply, _) = oneshot::channel();

@@ -32,14 +32,16 @@ pub struct SimulateOptions {
     pub token: Option<edgefleet_codec::EnrollToken>,
 }
 
-/// The apps a probe reports, as (id, unit) pairs with units named `<id>.service`.
-pub fn apps_of(probe: &mut dyn crate::probe::Probe) -> Vec<(String, String)> {
+/// The apps a probe reports, with units named `<id>.service` and no config file.
+pub fn apps_of(probe: &mut dyn crate::probe::Probe) -> Vec<crate::service::ManagedApp> {
     probe
         .apps()
         .into_iter()
-        .map(|a| {
-            let unit = format!("{}.service", a.id);
-            (a.id, unit)
+        .map(|a| crate::service::ManagedApp {
+            unit: format!("{}.service", a.id),
+            id: a.id,
+            config: None,
+            health_url: None,
         })
         .collect()
 }

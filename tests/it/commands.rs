@@ -237,3 +237,99 @@ async fn the_cli_restarts_an_app_and_waits_for_the_result() {
     assert!(out.contains("failed") && out.contains("disk full"), "{out}");
     a.shutdown().await;
 }
+
+/// An agent whose one app has a TOML config file in `dir` (for push-config).
+async fn agent_with_config(dir: &Path, console: &Console) -> (AgentHandle, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("pump.toml");
+    std::fs::write(
+        &path,
+        "# pump settings\nport = 8080 # where it listens\n\n[log]\n# how loud\nlevel = \"info\"\n",
+    )
+    .unwrap();
+    let config = edgefleet_config::AgentConfig {
+        console_urls: vec![console.mqtt_url()],
+        data_dir: dir.to_path_buf(),
+        token: Some(console.token.clone()),
+        apps: vec![edgefleet_config::AppConfig {
+            id: "pump".into(),
+            unit: "pump.service".into(),
+            config_path: Some(path.clone()),
+            config_format: None,
+            version_file: None,
+            version_command: None,
+            health_url: None,
+        }],
+        ..Default::default()
+    };
+    let mut opts = AgentOptions::new(config, SimProbe::new(INDEX));
+    opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
+    (edgefleet_agent::spawn(opts).await.unwrap(), path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_config_merges_keeps_comments_and_rolls_back_when_the_app_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let dir = tmp.path().join("a");
+    let (a, path) = agent_with_config(&dir, &console).await;
+    let id = a.agent_id().to_string();
+    wait_status(&console, &id, "online").await;
+    let original = std::fs::read_to_string(&path).unwrap();
+    let push = |body: &'static str| {
+        let console = &console;
+        let id = id.clone();
+        async move {
+            console
+                .send("POST", &format!("/api/agents/{id}/push-config"), body)
+                .await
+        }
+    };
+
+    let c = push(r#"{"app":"pump","values":{"log.level":"debug","port":9090}}"#).await;
+    let done = wait_command(&console, c["id"].as_str().unwrap(), "succeeded").await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text,
+        "# pump settings\nport = 9090 # where it listens\n\n[log]\n# how loud\nlevel = \"debug\"\n",
+        "{done}"
+    );
+    let sim = Simulated::new(dir.join("apps"));
+    assert_eq!(sim.restarts("pump.service"), 1);
+    let backup = dir.join("pump.toml.edgefleet-backup");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), original);
+
+    // A type mismatch is refused and the file is untouched.
+    let c = push(r#"{"app":"pump","values":{"port":"eighty"}}"#).await;
+    let failed = wait_command(&console, c["id"].as_str().unwrap(), "failed").await;
+    assert!(
+        failed["message"].as_str().unwrap().contains("untouched"),
+        "{failed}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+
+    // The app fails after the push: the previous file comes back.
+    sim.inject_failure("pump.service", Some("bad config"))
+        .unwrap();
+    let c = push(r#"{"app":"pump","values":{"log.level":"trace"}}"#).await;
+    let failed = wait_command(&console, c["id"].as_str().unwrap(), "failed").await;
+    let message = failed["message"].as_str().unwrap();
+    assert!(
+        message.contains("bad config") && message.contains("restored"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "rolled back");
+    let steps: Vec<&str> = failed["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.contains(&"restoring the previous config"),
+        "{steps:?}"
+    );
+    a.shutdown().await;
+}

@@ -10,8 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use edgefleet_codec::api::{
     AgentDetail, AgentPage, AgentSummary, AlertPage, ApiErrorBody, ApiKeyCreate, ApiKeyCreated,
-    ApiKeyView, AuditPage, AuditVerify, CommandRequest, CommandView, FleetSummary, LiveBody,
-    LiveEvent, SilenceCreate, SilenceUntil, SilenceView, TokenCreate, TokenCreated, TokenView,
+    ApiKeyView, AuditPage, AuditVerify, CommandRequest, CommandView, ConfigScalar, FleetSummary,
+    LiveBody, LiveEvent, SilenceCreate, SilenceUntil, SilenceView, TokenCreate, TokenCreated,
+    TokenView,
 };
 
 #[derive(Debug, Parser)]
@@ -137,6 +138,38 @@ enum AppsCmd {
         #[arg(long)]
         expires: Option<String>,
     },
+    /// Push config values (dotted keys) into an app's config file; the app is restarted and
+    /// the previous file restored if it does not come back healthy.
+    Config {
+        agent: String,
+        app: String,
+        /// key=value, repeatable, e.g. --set log.level=debug --set port=9090.
+        #[arg(long = "set", required = true, value_parser = parse_setting)]
+        set: Vec<(String, ConfigScalar)>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        expires: Option<String>,
+    },
+}
+
+/// `key=value` for `apps config --set`: true/false, integers and numbers keep their type,
+/// anything else is a string (quotes are stripped).
+fn parse_setting(text: &str) -> Result<(String, ConfigScalar), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected key=value"))?;
+    let v = v.trim();
+    let value = if v == "true" || v == "false" {
+        ConfigScalar::Bool(v == "true")
+    } else if let Ok(n) = v.parse::<i64>() {
+        ConfigScalar::Int(n)
+    } else if let Ok(f) = v.parse::<f64>() {
+        ConfigScalar::Float(f)
+    } else {
+        ConfigScalar::Str(v.trim_matches('"').to_string())
+    };
+    Ok((k.trim().to_string(), value))
 }
 
 #[derive(Debug, Subcommand)]
@@ -389,11 +422,38 @@ fn main() -> Result<()> {
             let body = serde_json::to_string(&CommandRequest {
                 app: Some(app.clone()),
                 expires: expires.clone(),
+                values: Default::default(),
             })?;
             let c: CommandView = send(
                 &args,
                 "POST",
                 &format!("/api/agents/{}/restart-app", encode(agent)),
+                Some(&body),
+            )?;
+            println!("command {} {}", c.id, c.state);
+            if *wait {
+                follow_command(&args, &c.id)?;
+            }
+        }
+        Cmd::Apps {
+            command:
+                AppsCmd::Config {
+                    agent,
+                    app,
+                    set,
+                    wait,
+                    expires,
+                },
+        } => {
+            let body = serde_json::to_string(&CommandRequest {
+                app: Some(app.clone()),
+                expires: expires.clone(),
+                values: set.iter().cloned().collect(),
+            })?;
+            let c: CommandView = send(
+                &args,
+                "POST",
+                &format!("/api/agents/{}/push-config", encode(agent)),
                 Some(&body),
             )?;
             println!("command {} {}", c.id, c.state);
