@@ -356,6 +356,14 @@ pub struct CommandRequest {
     /// How long the command may wait for an offline agent, e.g. `1h` (the default).
     #[serde(default)]
     pub expires: Option<String>,
+    /// update-app: where the agent downloads the `.tar.gz` (http://), its version and hex
+    /// SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// push-config: dotted key paths to new values.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub values: std::collections::BTreeMap<String, ConfigScalar>,
@@ -369,6 +377,15 @@ pub enum ConfigScalar {
     Int(i64),
     Float(f64),
     Str(String),
+}
+
+/// `POST /api/artifacts`: a stored file, addressed by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactView {
+    pub sha256: String,
+    pub size: u64,
+    /// Where agents fetch it: `/artifacts/{sha256}` on the console's HTTP address.
+    pub path: String,
 }
 
 /// One progress step an agent reported.

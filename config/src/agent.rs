@@ -42,6 +42,9 @@ pub struct AppConfig {
     pub config_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_format: Option<ConfigFormat>,
+    /// The directory update-app replaces with the contents of the new version's archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,7 +105,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "topic_prefix", env: "EDGEFLEET_AGENT_TOPIC_PREFIX", kind: ValueKind::Text, default: "ef", meaning: "MQTT topic prefix; must match the console's." },
     KeyDoc { key: "disk_mounts", env: "EDGEFLEET_AGENT_DISK_MOUNTS", kind: ValueKind::List, default: "/", meaning: "Mount points whose fullest one is reported as disk %." },
     KeyDoc { key: "labels", env: "EDGEFLEET_AGENT_LABELS", kind: ValueKind::Text, default: "(none)", meaning: "Table of key = value labels reported in the birth (file only; the variable is reserved)." },
-    KeyDoc { key: "apps", env: "EDGEFLEET_AGENT_APPS", kind: ValueKind::Text, default: "(none)", meaning: "`[[apps]]` entries: id, unit, config_path, config_format, version_file or version_command, health_url (file only; the variable is reserved)." },
+    KeyDoc { key: "apps", env: "EDGEFLEET_AGENT_APPS", kind: ValueKind::Text, default: "(none)", meaning: "`[[apps]]` entries: id, unit, binary_dir, config_path, config_format, version_file or version_command, health_url (file only; the variable is reserved)." },
 ];
 
 impl AgentConfig {

@@ -109,6 +109,8 @@ pub struct Fleet {
     pub audit: Audit,
     pub alerts: Alerts,
     pub commands: Commands,
+    /// Where uploaded update artifacts live (set by the console's run loop).
+    pub artifacts_dir: std::sync::OnceLock<std::path::PathBuf>,
     pub notifier: std::sync::Arc<Notifier>,
     pub live: Live,
     /// Decisions written while the host lock was held, for alerts and the live stream to
@@ -189,6 +191,7 @@ impl Fleet {
             audit,
             alerts,
             commands,
+            artifacts_dir: std::sync::OnceLock::new(),
             notifier,
             live: Live::new(now_ms()),
             decided: Mutex::new(Vec::new()),

@@ -129,6 +129,21 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ),
     (
         "POST",
+        "/api/agents/:id/update-app",
+        "Operator: download, verify, swap and start a new version; roll back if unhealthy; 202.",
+    ),
+    (
+        "POST",
+        "/api/artifacts",
+        "Operator: upload an update archive (body: the bytes); stored by SHA-256.",
+    ),
+    (
+        "GET",
+        "/artifacts/:sha256",
+        "An uploaded artifact, with Range support (no API key: agents fetch it).",
+    ),
+    (
+        "POST",
         "/api/agents/:id/request-heartbeat",
         "Operator: ask the agent for a heartbeat now; 202 with the command.",
     ),
@@ -178,6 +193,11 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/agents/:id/restart-app", post(restart_app))
         .route("/api/agents/:id/request-heartbeat", post(request_heartbeat))
         .route("/api/agents/:id/push-config", post(push_config))
+        .route("/api/agents/:id/update-app", post(update_app))
+        .route(
+            "/api/artifacts",
+            post(upload_artifact).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
+        )
         .route("/api/agents/:id/commands", get(agent_commands))
         .route("/api/commands/:id", get(command))
         .route("/api/alerts", get(alerts))
@@ -196,6 +216,7 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/artifacts/:sha256", get(artifact))
         .merge(api)
         .fallback(not_found)
         .with_state(fleet)
@@ -670,6 +691,144 @@ async fn push_config(
         .collect();
     let action = edgefleet_codec::CommandAction::PushConfig { app, values };
     send_command(fleet, key, id, action, ttl).await
+}
+
+async fn update_app(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
+    let (req, ttl) = command_request(&body)?;
+    let missing = |what: &str| ApiError::BadRequest(format!("`{what}` is required for update-app"));
+    let app = req
+        .app
+        .filter(|a| !a.trim().is_empty())
+        .ok_or_else(|| missing("app"))?;
+    let url = req.url.ok_or_else(|| missing("url"))?;
+    if !url.starts_with("http://") {
+        return Err(ApiError::BadRequest(format!(
+            "url: agents fetch artifacts over http:// (integrity comes from the signed sha256), got {url:?}"
+        )));
+    }
+    let version = req.version.ok_or_else(|| missing("version"))?;
+    let sha = req.sha256.ok_or_else(|| missing("sha256"))?;
+    let sha256: [u8; 32] = (sha.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(&sha[i * 2..i * 2 + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        })
+        .flatten()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("sha256: expected 64 hex digits, got {sha:?}"))
+        })?;
+    let action = edgefleet_codec::CommandAction::UpdateApp {
+        app,
+        url,
+        version,
+        sha256,
+    };
+    send_command(fleet, key, id, action, ttl).await
+}
+
+async fn upload_artifact(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::ArtifactView>), ApiError> {
+    require(&key, Role::Operator)?;
+    if body.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the body is the artifact; it is empty".into(),
+        ));
+    }
+    let dir = fleet
+        .artifacts_dir
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("artifacts directory not configured".into()))?;
+    blocking(move || {
+        let size = body.len() as u64;
+        let sha = crate::artifacts::store(&dir, &body)
+            .map_err(|e| ApiError::Internal(format!("storing an artifact: {e}")))?;
+        fleet.record_audit(
+            &key.name,
+            "artifact_upload",
+            Some(&sha),
+            &format!("{size} bytes"),
+        )?;
+        Ok((
+            StatusCode::CREATED,
+            Json(api::ArtifactView {
+                path: format!("/artifacts/{sha}"),
+                sha256: sha,
+                size,
+            }),
+        ))
+    })
+    .await
+}
+
+async fn artifact(
+    State(fleet): State<Arc<Fleet>>,
+    Path(sha): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    if !crate::artifacts::valid_name(&sha) {
+        return Err(ApiError::NotFound(
+            "artifacts are named by 64 hex digits".into(),
+        ));
+    }
+    let Some(dir) = fleet.artifacts_dir.get() else {
+        return Err(ApiError::NotFound(format!("no artifact {sha}")));
+    };
+    let mut file = tokio::fs::File::open(dir.join(&sha))
+        .await
+        .map_err(|_| ApiError::NotFound(format!("no artifact {sha}")))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, end) = match crate::artifacts::parse_range(range, len) {
+        None => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
+        Some(Err(())) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response())
+        }
+    };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, count.to_string()),
+            (header::ACCEPT_RANGES, "bytes".to_string()),
+        ],
+        body,
+    )
+        .into_response();
+    if status == StatusCode::PARTIAL_CONTENT {
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{len}")
+                .parse()
+                .expect("a valid header value"),
+        );
+    }
+    Ok(response)
 }
 
 async fn request_heartbeat(

@@ -8,6 +8,7 @@
 //! - `auth`: REST API keys (hashed in sled, roles, failure limits).
 //! - `enrollment`: enrollment tokens and the duplicate-host rule.
 //! - `audit`: the hash-chained audit log.
+//! - `artifacts`: update files stored by hash and served with `Range`.
 //! - `commands`: remote commands: records, states, redelivery, expiry.
 //! - `alerts`: the alert rules (pure engine) and alert and silence storage.
 //! - `notify`: the log notifier and webhooks with a durable outbox.
@@ -16,6 +17,7 @@
 //! - `tls`: `init-tls`, a self-signed CA and server certificate for MQTT over TLS.
 
 pub mod alerts;
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod commands;
@@ -134,6 +136,7 @@ pub async fn run(
         timings,
         settings,
     )?);
+    let _ = fleet.artifacts_dir.set(artifacts::dir(&config.data_dir));
     let delivery = tokio::spawn(fleet.notifier.clone().run(shutdown.clone()));
     {
         // Live event streams never end by themselves; end them so the server can drain.

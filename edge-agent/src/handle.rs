@@ -132,6 +132,7 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         apps,
         services: services
             .unwrap_or_else(|| std::sync::Arc::new(crate::service::Systemd::default())),
+        downloads: dir.join("downloads"),
     };
     let status_file = write_status_file.then(|| StatusFile::path(dir));
     spawn_session(session, status_file)

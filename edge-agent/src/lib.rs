@@ -14,6 +14,7 @@
 //! - `service`: acting on managed apps: `systemctl`, or files for the simulator.
 //! - `probe`: where vitals come from: `sysinfo` on a device, random walks in the simulator.
 //! - `status`: the agent's snapshot of itself and the state file `status` reads.
+//! - `update`: update-app: range-resumed downloads, checksum, directory swap and rollback.
 //! - `simulate`: many virtual agents in one process.
 
 pub mod appconfig;
@@ -29,6 +30,7 @@ pub mod session;
 pub mod simulate;
 pub mod state;
 pub mod status;
+pub mod update;
 
 pub use handle::{spawn, spawn_session, AgentHandle, AgentOptions};
 pub use session::SessionConfig;

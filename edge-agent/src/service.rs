@@ -17,8 +17,10 @@ pub struct ManagedApp {
     pub unit: String,
     /// The config file push-config edits, and its format.
     pub config: Option<(PathBuf, edgefleet_config::ConfigFormat)>,
-    /// Checked after a restart that follows a config push: a 2xx within 10 s is healthy.
+    /// Checked after a restart that follows a config push or update: a 2xx within 10 s.
     pub health_url: Option<String>,
+    /// What update-app replaces.
+    pub binary_dir: Option<PathBuf>,
 }
 
 impl ManagedApp {
@@ -28,6 +30,7 @@ impl ManagedApp {
             unit: a.unit.clone(),
             config: a.config_path.clone().zip(a.format()),
             health_url: a.health_url.clone(),
+            binary_dir: a.binary_dir.clone(),
         }
     }
 }
@@ -35,6 +38,8 @@ impl ManagedApp {
 pub trait ServiceManager: Send + Sync + std::fmt::Debug {
     /// Restarts `unit`; the error says what failed, with the tool's own message.
     fn restart(&self, unit: &str) -> Result<(), String>;
+    fn stop(&self, unit: &str) -> Result<(), String>;
+    fn start(&self, unit: &str) -> Result<(), String>;
     fn status(&self, unit: &str) -> AppStatus;
 }
 
@@ -89,18 +94,32 @@ impl Systemd {
     }
 }
 
-impl ServiceManager for Systemd {
-    fn restart(&self, unit: &str) -> Result<(), String> {
-        let out = self.run(&["restart", "--", unit])?;
+impl Systemd {
+    fn verb(&self, verb: &str, unit: &str) -> Result<(), String> {
+        let out = self.run(&[verb, "--", unit])?;
         if out.status.success() {
             Ok(())
         } else {
             Err(format!(
-                "systemctl restart {unit} exited with {}: {}",
+                "systemctl {verb} {unit} exited with {}: {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         }
+    }
+}
+
+impl ServiceManager for Systemd {
+    fn restart(&self, unit: &str) -> Result<(), String> {
+        self.verb("restart", unit)
+    }
+
+    fn stop(&self, unit: &str) -> Result<(), String> {
+        self.verb("stop", unit)
+    }
+
+    fn start(&self, unit: &str) -> Result<(), String> {
+        self.verb("start", unit)
     }
 
     fn status(&self, unit: &str) -> AppStatus {
@@ -217,6 +236,23 @@ impl ServiceManager for Simulated {
         std::fs::write(self.file(unit, "state"), "active").map_err(|e| e.to_string())?;
         let n = self.restarts(unit) + 1;
         std::fs::write(self.file(unit, "restarts"), n.to_string()).map_err(|e| e.to_string())
+    }
+
+    fn stop(&self, unit: &str) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        std::fs::write(self.file(unit, "state"), "inactive").map_err(|e| e.to_string())
+    }
+
+    fn start(&self, unit: &str) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        if let Ok(reason) = std::fs::read_to_string(self.file(unit, "fail")) {
+            let _ = std::fs::write(self.file(unit, "state"), "failed");
+            return Err(format!(
+                "Job for {unit} failed (simulated): {}",
+                reason.trim()
+            ));
+        }
+        std::fs::write(self.file(unit, "state"), "active").map_err(|e| e.to_string())
     }
 
     fn status(&self, unit: &str) -> AppStatus {

@@ -80,6 +80,8 @@ pub struct SessionConfig {
     pub apps: Vec<crate::service::ManagedApp>,
     /// How app commands act on the OS.
     pub services: std::sync::Arc<dyn ServiceManager>,
+    /// Where update-app keeps (partial) downloads.
+    pub downloads: PathBuf,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -919,6 +921,36 @@ impl Session {
                     ),
                 }
             }
+            CommandAction::UpdateApp {
+                app,
+                url,
+                version,
+                sha256,
+            } => match self.cfg.apps.iter().find(|a| a.id == *app) {
+                Some(managed) if managed.binary_dir.is_some() => {
+                    tokio::spawn(update_app(
+                        self.cfg.services.clone(),
+                        self.requests_tx.clone(),
+                        cmd.id,
+                        managed.clone(),
+                        UpdateSpec {
+                            url: url.clone(),
+                            version: version.clone(),
+                            sha256: *sha256,
+                            downloads: self.cfg.downloads.clone(),
+                        },
+                    ));
+                    return;
+                }
+                Some(_) => (
+                    CommandOutcome::Failed,
+                    format!("app {app:?} has no binary_dir in the agent config"),
+                ),
+                None => (
+                    CommandOutcome::Failed,
+                    format!("no managed app {app:?} on this agent"),
+                ),
+            },
             CommandAction::RestartApp { app } => {
                 match self.cfg.apps.iter().find(|a| a.id == *app) {
                     Some(managed) => {
@@ -1114,19 +1146,7 @@ async fn restart_and_check(
         Err(e) => return Err(format!("the restart task failed: {e}")),
     }
     tokio::time::sleep(RESTART_SETTLE).await;
-    let status = {
-        let (services, unit) = (services.clone(), unit.to_string());
-        tokio::task::spawn_blocking(move || services.status(&unit))
-            .await
-            .unwrap_or(edgefleet_codec::AppStatus::Unknown)
-    };
-    if status != edgefleet_codec::AppStatus::Active {
-        return Err(format!("{unit} is {} after the restart", status.as_str()));
-    }
-    if let Some(url) = health_url {
-        crate::service::check_health(url).await?;
-    }
-    Ok(())
+    check(services, unit, health_url).await
 }
 
 /// push-config: merge, back up, write atomically, restart, check health; on a failed check
@@ -1205,6 +1225,129 @@ async fn push_config(
             reply,
         })
         .await;
+}
+
+struct UpdateSpec {
+    url: String,
+    version: String,
+    sha256: [u8; 32],
+    downloads: PathBuf,
+}
+
+/// update-app: download (resumable) and verify, stop, swap the directory, start, check;
+/// on any failure after the stop, put the previous version back and start it.
+async fn update_app(
+    services: std::sync::Arc<dyn ServiceManager>,
+    requests: mpsc::Sender<Request>,
+    command_id: [u8; 16],
+    app: crate::service::ManagedApp,
+    spec: UpdateSpec,
+) {
+    let progress = |step: String| {
+        let requests = requests.clone();
+        async move {
+            let _ = requests.send(Request::Progress { command_id, step }).await;
+        }
+    };
+    let dir = app.binary_dir.clone().expect("checked by the caller");
+    let unit = app.unit.clone();
+    let blocking = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or_else(|e| Err(format!("task failed: {e}")))
+    };
+    let result: Result<String, (CommandOutcome, String)> = async {
+        progress(format!("downloading {}", spec.url)).await;
+        let archive = crate::update::download(&spec.url, &spec.downloads, &spec.sha256)
+            .await
+            .map_err(|e| (CommandOutcome::Failed, e))?;
+        progress(format!(
+            "verified sha256 {}",
+            crate::update::hex(&spec.sha256)
+        ))
+        .await;
+        progress(format!("stopping {unit}")).await;
+        let (s, u) = (services.clone(), unit.clone());
+        blocking(Box::new(move || s.stop(&u)))
+            .await
+            .map_err(|e| (CommandOutcome::Failed, e))?;
+        progress(format!(
+            "installing {} into {}",
+            spec.version,
+            dir.display()
+        ))
+        .await;
+        let (a, d) = (archive.clone(), dir.clone());
+        let installed = blocking(Box::new(move || crate::update::install(&a, &d))).await;
+        let started = match installed {
+            Ok(()) => {
+                progress(format!("starting {unit}")).await;
+                let (s, u) = (services.clone(), unit.clone());
+                match blocking(Box::new(move || s.start(&u))).await {
+                    Ok(()) => {
+                        tokio::time::sleep(RESTART_SETTLE).await;
+                        check(&services, &unit, app.health_url.as_deref()).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(()) => Ok(format!("{} updated to {}", app.id, spec.version)),
+            Err(why) => {
+                progress("rolling back to the previous version".into()).await;
+                let d = dir.clone();
+                let back = blocking(Box::new(move || crate::update::rollback(&d))).await;
+                let (s, u) = (services.clone(), unit.clone());
+                let restarted = blocking(Box::new(move || s.start(&u))).await;
+                let detail = match (back, restarted) {
+                    (Ok(()), Ok(())) => "rolled back to the previous version".to_string(),
+                    (Ok(()), Err(e)) => {
+                        format!("rolled back, but the previous version does not start: {e}")
+                    }
+                    (Err(e), _) => format!("the rollback failed too: {e}"),
+                };
+                Err((CommandOutcome::RolledBack, format!("{why}; {detail}")))
+            }
+        }
+    }
+    .await;
+    let (outcome, message) = match result {
+        Ok(m) => (CommandOutcome::Succeeded, m),
+        Err(e) => e,
+    };
+    tracing::info!(command = %hex(&command_id), app = %app.id, ?outcome, %message, "update-app finished");
+    let (reply, _) = oneshot::channel();
+    let _ = requests
+        .send(Request::Result {
+            command_id,
+            outcome,
+            message,
+            reply,
+        })
+        .await;
+}
+
+/// `is-active` and the optional health URL.
+async fn check(
+    services: &std::sync::Arc<dyn ServiceManager>,
+    unit: &str,
+    health_url: Option<&str>,
+) -> Result<(), String> {
+    let status = {
+        let (services, unit) = (services.clone(), unit.to_string());
+        tokio::task::spawn_blocking(move || services.status(&unit))
+            .await
+            .unwrap_or(edgefleet_codec::AppStatus::Unknown)
+    };
+    if status != edgefleet_codec::AppStatus::Active {
+        return Err(format!("{unit} is {} after the restart", status.as_str()));
+    }
+    if let Some(url) = health_url {
+        crate::service::check_health(url).await?;
+    }
+    Ok(())
 }
 
 /// restart-app: `restart`, a moment to settle, then `is-active` decides.

@@ -42,6 +42,7 @@ pub fn apps_of(probe: &mut dyn crate::probe::Probe) -> Vec<crate::service::Manag
             id: a.id,
             config: None,
             health_url: None,
+            binary_dir: None,
         })
         .collect()
 }
@@ -86,6 +87,7 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             enrollment: crate::enrollment::EnrollmentFile::in_dir(&agent_dir),
             apps: apps_of(&mut SimProbe::new(i)),
             services: std::sync::Arc::new(crate::service::Simulated::new(agent_dir.join("apps"))),
+            downloads: agent_dir.join("downloads"),
             probe: Box::new(SimProbe::new(i)),
         };
         agents.push(crate::spawn_session(cfg, None)?);

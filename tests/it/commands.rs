@@ -256,6 +256,7 @@ async fn agent_with_config(dir: &Path, console: &Console) -> (AgentHandle, std::
             unit: "pump.service".into(),
             config_path: Some(path.clone()),
             config_format: None,
+            binary_dir: None,
             version_file: None,
             version_command: None,
             health_url: None,
@@ -330,6 +331,203 @@ async fn push_config_merges_keeps_comments_and_rolls_back_when_the_app_fails() {
     assert!(
         steps.contains(&"restoring the previous config"),
         "{steps:?}"
+    );
+    a.shutdown().await;
+}
+
+/// A `.tar.gz` with one file, `VERSION`.
+fn archive(path: &Path, version: &str) {
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    let data = format!("{version}\n");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "VERSION", data.as_bytes())
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_rolls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let dir = tmp.path().join("a");
+    let bin_dir = dir.join("opt/pump");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::write(bin_dir.join("VERSION"), "1.0\n").unwrap();
+    let config = edgefleet_config::AgentConfig {
+        console_urls: vec![console.mqtt_url()],
+        data_dir: dir.clone(),
+        token: Some(console.token.clone()),
+        apps: vec![edgefleet_config::AppConfig {
+            id: "pump".into(),
+            unit: "pump.service".into(),
+            config_path: None,
+            config_format: None,
+            binary_dir: Some(bin_dir.clone()),
+            version_file: None,
+            version_command: None,
+            health_url: None,
+        }],
+        ..Default::default()
+    };
+    let mut opts = AgentOptions::new(config, SimProbe::new(INDEX));
+    let sim = Simulated::new(dir.join("apps"));
+    opts.services = Some(Arc::new(sim.clone()));
+    let a = edgefleet_agent::spawn(opts).await.unwrap();
+    let id = a.agent_id().to_string();
+    wait_status(&console, &id, "online").await;
+
+    // The CLI uploads a local archive to the console and waits for the update.
+    let v2 = tmp.path().join("pump-2.0.tar.gz");
+    archive(&v2, "2.0");
+    let (addr, key) = (console.http.to_string(), console.api_key.clone());
+    let (ok, out) = tokio::task::spawn_blocking({
+        let (id, v2) = (id.clone(), v2.clone());
+        move || {
+            run(
+                "edgefleet",
+                &[
+                    "--console",
+                    &addr,
+                    "--api-key",
+                    &key,
+                    "apps",
+                    "update",
+                    &id,
+                    "pump",
+                    "--version",
+                    "2.0",
+                    "--artifact",
+                    v2.to_str().unwrap(),
+                    "--wait",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("uploaded") && out.contains("pump updated to 2.0"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(bin_dir.join("VERSION")).unwrap(),
+        "2.0\n"
+    );
+
+    // The artifact is served with Range support.
+    let sha = out
+        .lines()
+        .find_map(|l| l.split("sha256 ").nth(1))
+        .unwrap()
+        .trim()
+        .to_string();
+    let size = std::fs::metadata(&v2).unwrap().len();
+    let raw = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(console.http).await.unwrap();
+        stream
+            .write_all(
+                format!("GET /artifacts/{sha} HTTP/1.1\r\nHost: x\r\nRange: bytes=10-\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert!(
+        head.contains(&format!("content-range: bytes 10-{}/{size}", size - 1)),
+        "{head}"
+    );
+    assert_eq!(&raw[head_end + 4..], &std::fs::read(&v2).unwrap()[10..]);
+
+    // Version 3.0 does not start: 2.0 comes back.
+    let v3 = tmp.path().join("pump-3.0.tar.gz");
+    archive(&v3, "3.0");
+    let uploaded = {
+        let bytes = std::fs::read(&v3).unwrap();
+        let mut stream = tokio::net::TcpStream::connect(console.http).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(
+                format!(
+                    "POST /api/artifacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    console.api_key,
+                    bytes.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    sim.inject_failure("pump.service", Some("segfault on start"))
+        .unwrap();
+    let c = console
+        .send(
+            "POST",
+            &format!("/api/agents/{id}/update-app"),
+            &format!(
+                r#"{{"app":"pump","version":"3.0","url":"http://{}{}","sha256":"{}"}}"#,
+                console.http,
+                uploaded["path"].as_str().unwrap(),
+                uploaded["sha256"].as_str().unwrap()
+            ),
+        )
+        .await;
+    let done = wait_command(&console, c["id"].as_str().unwrap(), "rolled_back").await;
+    assert!(
+        done["message"].as_str().unwrap().contains("segfault"),
+        "{done}"
+    );
+    sim.inject_failure("pump.service", None).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(bin_dir.join("VERSION")).unwrap(),
+        "2.0\n",
+        "the previous version is back"
+    );
+    // A wrong checksum never touches the app.
+    let c = console
+        .send(
+            "POST",
+            &format!("/api/agents/{id}/update-app"),
+            &format!(
+                r#"{{"app":"pump","version":"3.0","url":"http://{}{}","sha256":"{}"}}"#,
+                console.http,
+                uploaded["path"].as_str().unwrap(),
+                "00".repeat(32)
+            ),
+        )
+        .await;
+    let failed = wait_command(&console, c["id"].as_str().unwrap(), "failed").await;
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
+        "{failed}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(bin_dir.join("VERSION")).unwrap(),
+        "2.0\n"
     );
     a.shutdown().await;
 }

@@ -10,9 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use edgefleet_codec::api::{
     AgentDetail, AgentPage, AgentSummary, AlertPage, ApiErrorBody, ApiKeyCreate, ApiKeyCreated,
-    ApiKeyView, AuditPage, AuditVerify, CommandRequest, CommandView, ConfigScalar, FleetSummary,
-    LiveBody, LiveEvent, SilenceCreate, SilenceUntil, SilenceView, TokenCreate, TokenCreated,
-    TokenView,
+    ApiKeyView, ArtifactView, AuditPage, AuditVerify, CommandRequest, CommandView, ConfigScalar,
+    FleetSummary, LiveBody, LiveEvent, SilenceCreate, SilenceUntil, SilenceView, TokenCreate,
+    TokenCreated, TokenView,
 };
 
 #[derive(Debug, Parser)]
@@ -135,6 +135,24 @@ enum AppsCmd {
         #[arg(long)]
         wait: bool,
         /// How long the command may wait for an offline agent (default 1h).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Update an app: the agent downloads the archive (resuming cut downloads), checks its
+    /// SHA-256, swaps the app's binary_dir, starts it, and rolls back if it is unhealthy.
+    Update {
+        agent: String,
+        app: String,
+        #[arg(long)]
+        version: String,
+        /// An http:// URL, or a local .tar.gz file that is uploaded to the console first.
+        #[arg(long)]
+        artifact: String,
+        /// Hex SHA-256 of the archive (computed for a local file).
+        #[arg(long)]
+        sha256: Option<String>,
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         expires: Option<String>,
     },
@@ -422,7 +440,7 @@ fn main() -> Result<()> {
             let body = serde_json::to_string(&CommandRequest {
                 app: Some(app.clone()),
                 expires: expires.clone(),
-                values: Default::default(),
+                ..Default::default()
             })?;
             let c: CommandView = send(
                 &args,
@@ -449,11 +467,69 @@ fn main() -> Result<()> {
                 app: Some(app.clone()),
                 expires: expires.clone(),
                 values: set.iter().cloned().collect(),
+                ..Default::default()
             })?;
             let c: CommandView = send(
                 &args,
                 "POST",
                 &format!("/api/agents/{}/push-config", encode(agent)),
+                Some(&body),
+            )?;
+            println!("command {} {}", c.id, c.state);
+            if *wait {
+                follow_command(&args, &c.id)?;
+            }
+        }
+        Cmd::Apps {
+            command:
+                AppsCmd::Update {
+                    agent,
+                    app,
+                    version,
+                    artifact,
+                    sha256,
+                    wait,
+                    expires,
+                },
+        } => {
+            let (url, sha) = if artifact.starts_with("http://") {
+                let Some(sha) = sha256.clone() else {
+                    bail!("--sha256 is required with an artifact URL");
+                };
+                (artifact.clone(), sha)
+            } else {
+                let bytes = std::fs::read(artifact)
+                    .with_context(|| format!("reading the artifact {artifact}"))?;
+                let answer = request_bytes(&args, "POST", "/api/artifacts", &bytes)?;
+                let stored: ArtifactView = serde_json::from_str(&answer)?;
+                if let Some(expected) = sha256 {
+                    if !expected.eq_ignore_ascii_case(&stored.sha256) {
+                        bail!("{artifact} has sha256 {}, not {expected}", stored.sha256);
+                    }
+                }
+                let base = if args.console.contains("://") {
+                    args.console.trim_end_matches('/').to_string()
+                } else {
+                    format!("http://{}", args.console)
+                };
+                println!(
+                    "uploaded {artifact}: {} bytes, sha256 {}",
+                    stored.size, stored.sha256
+                );
+                (format!("{base}{}", stored.path), stored.sha256)
+            };
+            let body = serde_json::to_string(&CommandRequest {
+                app: Some(app.clone()),
+                expires: expires.clone(),
+                url: Some(url),
+                version: Some(version.clone()),
+                sha256: Some(sha),
+                ..Default::default()
+            })?;
+            let c: CommandView = send(
+                &args,
+                "POST",
+                &format!("/api/agents/{}/update-app", encode(agent)),
                 Some(&body),
             )?;
             println!("command {} {}", c.id, c.state);
@@ -605,14 +681,18 @@ fn send<T: serde::de::DeserializeOwned>(
 /// One HTTP/1.1 request over plain TCP or TLS (rustls), `Connection: close`. A non-2xx
 /// answer becomes an error carrying the console's message.
 fn request(args: &Args, method: &str, path: &str, body: Option<&str>) -> Result<String> {
-    let (mut stream, authority, key) = open(args, Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
+    request_bytes(args, method, path, body.unwrap_or("").as_bytes())
+}
+
+fn request_bytes(args: &Args, method: &str, path: &str, body: &[u8]) -> Result<String> {
+    let (mut stream, authority, key) = open(args, Some(Duration::from_secs(120)))?;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream
         .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
         .context("sending the request (TLS handshake included)")?;
     let mut raw = Vec::new();
     read_all(&mut stream, &mut raw)?;
