@@ -379,6 +379,33 @@ pub enum ConfigScalar {
     Str(String),
 }
 
+/// `POST /api/commands/bulk`: one command per target agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BulkCommand {
+    /// `restart-app`, `push-config`, `update-app` or `request-heartbeat`.
+    pub action: String,
+    #[serde(flatten)]
+    pub request: CommandRequest,
+    /// Target host ids; or, when absent, every active host matching the filters below.
+    #[serde(default)]
+    pub agents: Option<Vec<String>>,
+    #[serde(default)]
+    pub status: Option<AgentStatus>,
+    #[serde(default)]
+    pub os: Option<String>,
+    /// Substring of hostname or IP, as in the host list.
+    #[serde(default)]
+    pub q: Option<String>,
+}
+
+/// One target of a bulk command: its command, or why it got none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkItem {
+    pub agent: String,
+    pub command: Option<CommandView>,
+    pub error: Option<String>,
+}
+
 /// `POST /api/artifacts`: a stored file, addressed by its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactView {

@@ -134,6 +134,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ),
     (
         "POST",
+        "/api/commands/bulk",
+        "Operator: one command for a list of agents or every active agent matching status/os/q.",
+    ),
+    (
+        "POST",
         "/api/artifacts",
         "Operator: upload an update archive (body: the bytes); stored by SHA-256.",
     ),
@@ -194,6 +199,7 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/agents/:id/request-heartbeat", post(request_heartbeat))
         .route("/api/agents/:id/push-config", post(push_config))
         .route("/api/agents/:id/update-app", post(update_app))
+        .route("/api/commands/bulk", post(bulk_command))
         .route(
             "/api/artifacts",
             post(upload_artifact).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
@@ -626,6 +632,80 @@ async fn send_command(
     .await
 }
 
+/// The command for `action` from a request body, validated (400 with the reason).
+fn build_action(
+    action: &str,
+    req: api::CommandRequest,
+) -> Result<edgefleet_codec::CommandAction, ApiError> {
+    use edgefleet_codec::{CommandAction, ConfigValue};
+    let missing = |what: &str| ApiError::BadRequest(format!("`{what}` is required for {action}"));
+    let app = || {
+        req.app
+            .clone()
+            .filter(|a| !a.trim().is_empty())
+            .ok_or_else(|| missing("app"))
+    };
+    Ok(match action {
+        "restart-app" => CommandAction::RestartApp { app: app()? },
+        "request-heartbeat" => CommandAction::RequestHeartbeat,
+        "push-config" => {
+            let app = app()?;
+            if req.values.is_empty() {
+                return Err(missing("values"));
+            }
+            let mut values = std::collections::BTreeMap::new();
+            for (key, v) in req.values {
+                if key.is_empty() || key.len() > 256 || key.split('.').any(str::is_empty) {
+                    return Err(ApiError::BadRequest(format!(
+                        "values: {key:?} is not a dotted key path"
+                    )));
+                }
+                let v = match v {
+                    api::ConfigScalar::Bool(b) => ConfigValue::Bool(b),
+                    api::ConfigScalar::Int(n) => ConfigValue::Int(n),
+                    api::ConfigScalar::Float(f) => ConfigValue::Float(f),
+                    api::ConfigScalar::Str(s) => ConfigValue::Str(s),
+                };
+                values.insert(key, v);
+            }
+            CommandAction::PushConfig { app, values }
+        }
+        "update-app" => {
+            let app = app()?;
+            let url = req.url.ok_or_else(|| missing("url"))?;
+            if !url.starts_with("http://") {
+                return Err(ApiError::BadRequest(format!(
+                    "url: agents fetch artifacts over http:// (integrity comes from the signed sha256), got {url:?}"
+                )));
+            }
+            let version = req.version.ok_or_else(|| missing("version"))?;
+            let sha = req.sha256.ok_or_else(|| missing("sha256"))?;
+            let sha256: [u8; 32] = (sha.len() == 64)
+                .then(|| {
+                    (0..32)
+                        .map(|i| u8::from_str_radix(sha.get(i * 2..i * 2 + 2)?, 16).ok())
+                        .collect::<Option<Vec<u8>>>()
+                })
+                .flatten()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("sha256: expected 64 hex digits, got {sha:?}"))
+                })?;
+            CommandAction::UpdateApp {
+                app,
+                url,
+                version,
+                sha256,
+            }
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "action must be restart-app, push-config, update-app or request-heartbeat, got {other:?}"
+            )))
+        }
+    })
+}
+
 async fn restart_app(
     State(fleet): State<Arc<Fleet>>,
     Extension(key): Extension<KeyRecord>,
@@ -633,12 +713,11 @@ async fn restart_app(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
     let (req, ttl) = command_request(&body)?;
-    let app = req
-        .app
-        .filter(|a| !a.trim().is_empty())
-        .ok_or_else(|| ApiError::BadRequest("`app` is required: the managed app id".into()))?;
-    if let Some(host) = fleet.host(&id) {
-        if !host.apps.is_empty() && !host.apps.iter().any(|a| a.id == app) {
+    let action = build_action("restart-app", req)?;
+    if let (Some(host), edgefleet_codec::CommandAction::RestartApp { app }) =
+        (fleet.host(&id), &action)
+    {
+        if !host.apps.is_empty() && !host.apps.iter().any(|a| a.id == *app) {
             return Err(ApiError::NotFound(format!(
                 "agent {id} has no managed app {app:?} (it reports: {})",
                 host.apps
@@ -649,7 +728,6 @@ async fn restart_app(
             )));
         }
     }
-    let action = edgefleet_codec::CommandAction::RestartApp { app };
     send_command(fleet, key, id, action, ttl).await
 }
 
@@ -660,36 +738,7 @@ async fn push_config(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
     let (req, ttl) = command_request(&body)?;
-    let app = req
-        .app
-        .filter(|a| !a.trim().is_empty())
-        .ok_or_else(|| ApiError::BadRequest("`app` is required: the managed app id".into()))?;
-    if req.values.is_empty() {
-        return Err(ApiError::BadRequest(
-            "`values` is required: an object of dotted key paths to values".into(),
-        ));
-    }
-    for key in req.values.keys() {
-        if key.is_empty() || key.len() > 256 || key.split('.').any(str::is_empty) {
-            return Err(ApiError::BadRequest(format!(
-                "values: {key:?} is not a dotted key path"
-            )));
-        }
-    }
-    let values = req
-        .values
-        .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                api::ConfigScalar::Bool(b) => edgefleet_codec::ConfigValue::Bool(b),
-                api::ConfigScalar::Int(n) => edgefleet_codec::ConfigValue::Int(n),
-                api::ConfigScalar::Float(f) => edgefleet_codec::ConfigValue::Float(f),
-                api::ConfigScalar::Str(s) => edgefleet_codec::ConfigValue::Str(s),
-            };
-            (k, v)
-        })
-        .collect();
-    let action = edgefleet_codec::CommandAction::PushConfig { app, values };
+    let action = build_action("push-config", req)?;
     send_command(fleet, key, id, action, ttl).await
 }
 
@@ -700,37 +749,76 @@ async fn update_app(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
     let (req, ttl) = command_request(&body)?;
-    let missing = |what: &str| ApiError::BadRequest(format!("`{what}` is required for update-app"));
-    let app = req
-        .app
-        .filter(|a| !a.trim().is_empty())
-        .ok_or_else(|| missing("app"))?;
-    let url = req.url.ok_or_else(|| missing("url"))?;
-    if !url.starts_with("http://") {
-        return Err(ApiError::BadRequest(format!(
-            "url: agents fetch artifacts over http:// (integrity comes from the signed sha256), got {url:?}"
-        )));
-    }
-    let version = req.version.ok_or_else(|| missing("version"))?;
-    let sha = req.sha256.ok_or_else(|| missing("sha256"))?;
-    let sha256: [u8; 32] = (sha.len() == 64)
-        .then(|| {
-            (0..32)
-                .map(|i| u8::from_str_radix(&sha[i * 2..i * 2 + 2], 16).ok())
-                .collect::<Option<Vec<u8>>>()
-        })
-        .flatten()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!("sha256: expected 64 hex digits, got {sha:?}"))
-        })?;
-    let action = edgefleet_codec::CommandAction::UpdateApp {
-        app,
-        url,
-        version,
-        sha256,
-    };
+    let action = build_action("update-app", req)?;
     send_command(fleet, key, id, action, ttl).await
+}
+
+/// `POST /api/commands/bulk`: the same command for a list of hosts or every active host
+/// matching a filter; one command (or one error) per host.
+async fn bulk_command(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Vec<api::BulkItem>>), ApiError> {
+    require(&key, Role::Operator)?;
+    let bulk: api::BulkCommand = json_body(&body)?;
+    let (_, ttl) = command_request(&serde_json::to_vec(&bulk.request).expect("serializes"))?;
+    let action = build_action(&bulk.action, bulk.request.clone())?;
+    let targets: Vec<String> = match &bulk.agents {
+        Some(list) => {
+            if list.is_empty() || list.len() > 10_000 {
+                return Err(ApiError::BadRequest(
+                    "agents: give 1 to 10000 host ids".into(),
+                ));
+            }
+            list.clone()
+        }
+        None => {
+            let q = bulk.q.as_ref().map(|q| q.trim().to_lowercase());
+            let mut ids: Vec<String> = fleet
+                .snapshot()
+                .into_iter()
+                .filter(|h| h.approval == crate::presence::Approval::Active)
+                .filter(|h| bulk.status.is_none_or(|s| h.status == s))
+                .filter(|h| bulk.os.as_ref().is_none_or(|os| h.os.as_ref() == Some(os)))
+                .filter(|h| {
+                    q.as_ref().is_none_or(|q| {
+                        h.hostname
+                            .as_ref()
+                            .is_some_and(|n| n.to_lowercase().contains(q))
+                            || h.ips.iter().any(|ip| ip.contains(q.as_str()))
+                    })
+                })
+                .map(|h| h.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    blocking(move || {
+        let items = targets
+            .into_iter()
+            .map(
+                |agent| match fleet.issue_command(&agent, action.clone(), ttl, &key.name) {
+                    Ok(r) => api::BulkItem {
+                        agent,
+                        command: Some(r.view()),
+                        error: None,
+                    },
+                    Err(e) => api::BulkItem {
+                        error: Some(match e {
+                            crate::fleet::DecisionError::NotFound(id) => format!("no agent {id}"),
+                            other => other.to_string(),
+                        }),
+                        agent,
+                        command: None,
+                    },
+                },
+            )
+            .collect();
+        Ok((StatusCode::ACCEPTED, Json(items)))
+    })
+    .await
 }
 
 async fn upload_artifact(

@@ -531,3 +531,87 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
     );
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_config_push_reaches_twenty_agents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    let mut files = Vec::new();
+    for i in 0..20 {
+        let dir = tmp.path().join(format!("a{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pump.toml");
+        std::fs::write(&path, "[log]\nlevel = \"info\"\n").unwrap();
+        let config = edgefleet_config::AgentConfig {
+            console_urls: vec![console.mqtt_url()],
+            data_dir: dir.clone(),
+            token: Some(console.token.clone()),
+            apps: vec![edgefleet_config::AppConfig {
+                id: "pump".into(),
+                unit: "pump.service".into(),
+                config_path: Some(path.clone()),
+                config_format: None,
+                binary_dir: None,
+                version_file: None,
+                version_command: None,
+                health_url: None,
+            }],
+            ..Default::default()
+        };
+        let mut opts = AgentOptions::new(config, SimProbe::new(200 + i));
+        opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
+        agents.push(edgefleet_agent::spawn(opts).await.unwrap());
+        files.push(path);
+    }
+    wait_for(LIMIT, "20 agents online", || async {
+        let all = console.agents().await;
+        (all.len() == 20 && all.iter().all(|a| a["status"] == "online")).then_some(())
+    })
+    .await;
+    let items = console
+        .send(
+            "POST",
+            "/api/commands/bulk",
+            r#"{"action":"push-config","app":"pump","values":{"log.level":"debug"},"status":"online"}"#,
+        )
+        .await;
+    let ids: Vec<String> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            i["command"]["id"]
+                .as_str()
+                .expect("every target got a command")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 20);
+    for id in &ids {
+        wait_command(&console, id, "succeeded").await;
+    }
+    for f in &files {
+        assert_eq!(
+            std::fs::read_to_string(f).unwrap(),
+            "[log]\nlevel = \"debug\"\n"
+        );
+    }
+    // Unknown targets are reported, not fatal.
+    let items = console
+        .send(
+            "POST",
+            "/api/commands/bulk",
+            r#"{"action":"request-heartbeat","agents":["aaaaaaaaaaaaaaaa"]}"#,
+        )
+        .await;
+    assert!(
+        items[0]["error"].as_str().unwrap().contains("no agent"),
+        "{items}"
+    );
+    for a in agents {
+        a.shutdown().await;
+    }
+}
