@@ -17,6 +17,16 @@ use crate::store::StoreError;
 /// The actor recorded for decisions the console makes by itself (auto-approval, adoption).
 pub const CONSOLE: &str = "console";
 
+/// Which entries `GET /api/audit` returns.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// The agent (or key, token) acted on.
+    pub target: Option<String>,
+    pub action: Option<String>,
+    /// Unix milliseconds: only entries at or after.
+    pub since: Option<u64>,
+}
+
 #[derive(Debug)]
 pub struct Audit {
     tree: sled::Tree,
@@ -101,7 +111,7 @@ impl Audit {
     /// Newest first, optionally only entries about `target`.
     pub fn page(
         &self,
-        target: Option<&str>,
+        filter: &AuditFilter,
         page: usize,
         per_page: usize,
     ) -> Result<AuditPage, StoreError> {
@@ -111,7 +121,16 @@ impl Audit {
         for item in self.tree.iter().rev() {
             let (_, v) = item?;
             let e = decode(&v)?;
-            if target.is_some_and(|t| e.target.as_deref() != Some(t)) {
+            if filter.since.is_some_and(|s| e.at < s) {
+                // Newest first: everything after this is older still.
+                break;
+            }
+            if filter
+                .target
+                .as_deref()
+                .is_some_and(|t| e.target.as_deref() != Some(t))
+                || filter.action.as_deref().is_some_and(|a| e.action != a)
+            {
                 continue;
             }
             if total >= skip && items.len() < per_page {
@@ -187,7 +206,17 @@ mod tests {
                 broken_at: None
             }
         );
-        let page = audit.page(Some("a1"), 1, 10).unwrap();
+        let filter = AuditFilter {
+            target: Some("a1".into()),
+            ..AuditFilter::default()
+        };
+        let page = audit.page(&filter, 1, 10).unwrap();
+        let deletes = AuditFilter {
+            action: Some("delete".into()),
+            since: Some(3),
+            ..AuditFilter::default()
+        };
+        assert_eq!(audit.page(&deletes, 1, 10).unwrap().total, 1);
         assert_eq!(page.total, 2);
         assert_eq!(page.items[0].action, "delete", "newest first");
     }

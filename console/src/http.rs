@@ -560,28 +560,56 @@ async fn audit(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<api::AuditPage>, ApiError> {
     for key in params.keys() {
-        if !["page", "per_page", "agent"].contains(&key.as_str()) {
+        if !["page", "per_page", "agent", "action", "since", "last"].contains(&key.as_str()) {
             return Err(ApiError::BadRequest(format!(
-                "unknown query parameter `{key}`; allowed: page, per_page, agent"
+                "unknown query parameter `{key}`; allowed: page, per_page, agent, action, since, last"
             )));
         }
     }
     let q = ListQuery::parse(
         &params
             .iter()
-            .filter(|(k, _)| k.as_str() != "agent")
+            .filter(|(k, _)| ["page", "per_page"].contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     )?;
-    let agent = params.get("agent").cloned();
-    blocking(move || {
-        Ok(Json(fleet.audit.page(
-            agent.as_deref(),
-            q.page,
-            q.per_page,
-        )?))
-    })
-    .await
+    let since = match params.get("since") {
+        None => None,
+        Some(s) => Some(parse_since(s)?),
+    };
+    let (page, per_page) = match params.get("last") {
+        None => (q.page, q.per_page),
+        Some(n) => {
+            let n: usize = n
+                .parse()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("`last` must be 1 to 1000, got {n:?}"))
+                })?;
+            (1, n)
+        }
+    };
+    let filter = crate::audit::AuditFilter {
+        target: params.get("agent").cloned(),
+        action: params.get("action").cloned(),
+        since,
+    };
+    blocking(move || Ok(Json(fleet.audit.page(&filter, page, per_page)?))).await
+}
+
+/// `since`: unix milliseconds, or a duration back from now such as `24h`.
+fn parse_since(text: &str) -> Result<u64, ApiError> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    humantime::parse_duration(text.trim())
+        .map(|d| now_ms().saturating_sub(d.as_millis() as u64))
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "`since` must be unix milliseconds or a duration such as 24h, got {text:?}"
+            ))
+        })
 }
 
 async fn audit_verify(State(fleet): State<Arc<Fleet>>) -> Result<Json<api::AuditVerify>, ApiError> {

@@ -516,7 +516,7 @@ impl Session {
             Tag::Plain,
         );
         let facts = self.cfg.probe.facts();
-        let apps = self.cfg.probe.apps();
+        let apps = self.app_states();
         let mut birth = AgentMessage::Birth(Birth {
             bd_seq: link.bd_seq,
             seq: 0,
@@ -738,6 +738,27 @@ impl Session {
         if let Some(link) = link {
             self.pump_queue(link);
         }
+    }
+
+    /// The apps birth reports: exactly the managed apps this agent acts on, with the status
+    /// the probe knows (unknown otherwise), so the console offers commands for these only.
+    fn app_states(&mut self) -> Vec<edgefleet_codec::AppState> {
+        let probed = self.cfg.probe.apps();
+        self.cfg
+            .apps
+            .iter()
+            .map(|m| {
+                probed
+                    .iter()
+                    .find(|p| p.id == m.id)
+                    .cloned()
+                    .unwrap_or(edgefleet_codec::AppState {
+                        id: m.id.clone(),
+                        status: edgefleet_codec::AppStatus::Unknown,
+                        version: None,
+                    })
+            })
+            .collect()
     }
 
     fn approved(&self) -> bool {

@@ -278,6 +278,18 @@ async fn push_config_merges_keeps_comments_and_rolls_back_when_the_app_fails() {
     let (a, path) = agent_with_config(&dir, &console).await;
     let id = a.agent_id().to_string();
     wait_status(&console, &id, "online").await;
+    let detail = console.get(&format!("/api/agents/{id}")).await;
+    let apps: Vec<&str> = detail["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        apps,
+        ["pump"],
+        "birth reports the configured apps, not the probe's"
+    );
     let original = std::fs::read_to_string(&path).unwrap();
     let push = |body: &'static str| {
         let console = &console;

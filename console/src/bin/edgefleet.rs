@@ -92,6 +92,15 @@ enum Cmd {
         /// Only entries about this agent.
         #[arg(long)]
         agent: Option<String>,
+        /// Only the newest N entries.
+        #[arg(long)]
+        last: Option<usize>,
+        /// Only this action (approve, command, command_result, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries since a time: unix ms, or a duration back such as 24h.
+        #[arg(long)]
+        since: Option<String>,
         #[arg(long, default_value_t = 1)]
         page: usize,
         /// Walk the hash chain and report whether it verifies.
@@ -611,6 +620,9 @@ fn main() -> Result<()> {
         Cmd::Events { json } => follow_events(&args, *json)?,
         Cmd::Audit {
             agent,
+            last,
+            action,
+            since,
             page,
             verify,
         } => {
@@ -628,6 +640,15 @@ fn main() -> Result<()> {
             let mut path = format!("/api/audit?per_page=50&page={page}");
             if let Some(a) = agent {
                 path.push_str(&format!("&agent={}", encode(a)));
+            }
+            if let Some(n) = last {
+                path.push_str(&format!("&last={n}"));
+            }
+            if let Some(a) = action {
+                path.push_str(&format!("&action={}", encode(a)));
+            }
+            if let Some(s) = since {
+                path.push_str(&format!("&since={}", encode(s)));
             }
             let p: AuditPage = get(&args, &path)?;
             for e in &p.items {
