@@ -355,13 +355,7 @@ async fn approve(
     Extension(key): Extension<KeyRecord>,
     Path(id): Path<String>,
 ) -> Result<Json<api::AgentSummary>, ApiError> {
-    require(&key, Role::Admin)?;
-    find(&fleet, &id)?;
-    blocking(move || {
-        let host = fleet.approve(&id, &key.name)?;
-        Ok(Json(fleet.summary_of(&host, now_ms())))
-    })
-    .await
+    decide(fleet, key, id, Fleet::approve).await
 }
 
 async fn revoke(
@@ -369,10 +363,20 @@ async fn revoke(
     Extension(key): Extension<KeyRecord>,
     Path(id): Path<String>,
 ) -> Result<Json<api::AgentSummary>, ApiError> {
+    decide(fleet, key, id, Fleet::revoke).await
+}
+
+/// An admin decision on one host, answered with the host row.
+async fn decide(
+    fleet: Arc<Fleet>,
+    key: KeyRecord,
+    id: String,
+    decision: fn(&Fleet, &str, &str) -> Result<HostRecord, DecisionError>,
+) -> Result<Json<api::AgentSummary>, ApiError> {
     require(&key, Role::Admin)?;
     find(&fleet, &id)?;
     blocking(move || {
-        let host = fleet.revoke(&id, &key.name)?;
+        let host = decision(&fleet, &id, &key.name)?;
         Ok(Json(fleet.summary_of(&host, now_ms())))
     })
     .await

@@ -274,7 +274,7 @@ async fn post_inner(hook: &Webhook, entry: &Entry) -> Result<(), String> {
         .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
     let mut answer = Vec::new();
     if url.scheme() == "https" {
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls()?));
+        let connector = tokio_rustls::TlsConnector::from(client_tls()?);
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("server name {host:?}: {e}"))?;
         let mut tls = connector
@@ -335,7 +335,17 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn client_tls() -> Result<rustls::ClientConfig, String> {
+/// The system roots, read once: every retry of every webhook would otherwise re-read the
+/// CA bundle.
+fn client_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| load_client_tls().map(Arc::new))
+        .clone()
+}
+
+fn load_client_tls() -> Result<rustls::ClientConfig, String> {
     let path = "/etc/ssl/certs/ca-certificates.crt";
     let file = std::fs::File::open(path).map_err(|e| format!("reading {path}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();

@@ -1151,6 +1151,39 @@ impl Session {
     }
 }
 
+/// How a command task talks back to the session: progress steps, then one result, both
+/// through the session's queue (so they are stored and sent in order).
+struct Reporter {
+    requests: mpsc::Sender<Request>,
+    command_id: [u8; 16],
+}
+
+impl Reporter {
+    async fn step(&self, step: String) {
+        let _ = self
+            .requests
+            .send(Request::Progress {
+                command_id: self.command_id,
+                step,
+            })
+            .await;
+    }
+
+    async fn finish(self, action: &str, app: &str, outcome: CommandOutcome, message: String) {
+        tracing::info!(command = %hex(&self.command_id), action, app, ?outcome, %message, "command finished");
+        let (reply, _) = oneshot::channel();
+        let _ = self
+            .requests
+            .send(Request::Result {
+                command_id: self.command_id,
+                outcome,
+                message,
+                reply,
+            })
+            .await;
+    }
+}
+
 /// Restart, settle, then `is-active` and the optional health URL: `Ok` when healthy.
 async fn restart_and_check(
     services: &std::sync::Arc<dyn ServiceManager>,
@@ -1179,11 +1212,9 @@ async fn push_config(
     app: crate::service::ManagedApp,
     values: std::collections::BTreeMap<String, edgefleet_codec::ConfigValue>,
 ) {
-    let progress = |step: String| {
-        let requests = requests.clone();
-        async move {
-            let _ = requests.send(Request::Progress { command_id, step }).await;
-        }
+    let report = Reporter {
+        requests,
+        command_id,
     };
     let (path, format) = app.config.clone().expect("checked by the caller");
     let outcome = async {
@@ -1191,19 +1222,20 @@ async fn push_config(
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let new = crate::appconfig::merge(&old, format, &values)
             .map_err(|e| format!("{e}; {} is untouched", path.display()))?;
-        progress(format!(
-            "writing {} key(s) to {} ({})",
-            values.len(),
-            path.display(),
-            crate::appconfig::format_name(format)
-        ))
-        .await;
+        report
+            .step(format!(
+                "writing {} key(s) to {} ({})",
+                values.len(),
+                path.display(),
+                crate::appconfig::format_name(format)
+            ))
+            .await;
         let backup = crate::appconfig::backup_path(&path);
         crate::appconfig::write_atomic(&backup, &old)
             .map_err(|e| format!("writing the backup {}: {e}", backup.display()))?;
         crate::appconfig::write_atomic(&path, &new)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        progress(format!("restarting {}", app.unit)).await;
+        report.step(format!("restarting {}", app.unit)).await;
         match restart_and_check(&services, &app.unit, app.health_url.as_deref()).await {
             Ok(()) => Ok(format!(
                 "applied {} key(s) to {}; {} is healthy",
@@ -1212,7 +1244,7 @@ async fn push_config(
                 app.unit
             )),
             Err(why) => {
-                progress("restoring the previous config".into()).await;
+                report.step("restoring the previous config".into()).await;
                 let restored = crate::appconfig::write_atomic(&path, &old)
                     .map_err(|e| format!("restoring {}: {e}", path.display()));
                 let again =
@@ -1236,15 +1268,8 @@ async fn push_config(
         Ok(m) => (CommandOutcome::Succeeded, m),
         Err(m) => (CommandOutcome::Failed, m),
     };
-    tracing::info!(command = %hex(&command_id), app = %app.id, ?outcome, %message, "push-config finished");
-    let (reply, _) = oneshot::channel();
-    let _ = requests
-        .send(Request::Result {
-            command_id,
-            outcome,
-            message,
-            reply,
-        })
+    report
+        .finish("push-config", &app.id, outcome, message)
         .await;
 }
 
@@ -1264,11 +1289,9 @@ async fn update_app(
     app: crate::service::ManagedApp,
     spec: UpdateSpec,
 ) {
-    let progress = |step: String| {
-        let requests = requests.clone();
-        async move {
-            let _ = requests.send(Request::Progress { command_id, step }).await;
-        }
+    let report = Reporter {
+        requests,
+        command_id,
     };
     let dir = app.binary_dir.clone().expect("checked by the caller");
     let unit = app.unit.clone();
@@ -1278,31 +1301,33 @@ async fn update_app(
             .unwrap_or_else(|e| Err(format!("task failed: {e}")))
     };
     let result: Result<String, (CommandOutcome, String)> = async {
-        progress(format!("downloading {}", spec.url)).await;
+        report.step(format!("downloading {}", spec.url)).await;
         let archive = crate::update::download(&spec.url, &spec.downloads, &spec.sha256)
             .await
             .map_err(|e| (CommandOutcome::Failed, e))?;
-        progress(format!(
-            "verified sha256 {}",
-            crate::update::hex(&spec.sha256)
-        ))
-        .await;
-        progress(format!("stopping {unit}")).await;
+        report
+            .step(format!(
+                "verified sha256 {}",
+                crate::update::hex(&spec.sha256)
+            ))
+            .await;
+        report.step(format!("stopping {unit}")).await;
         let (s, u) = (services.clone(), unit.clone());
         blocking(Box::new(move || s.stop(&u)))
             .await
             .map_err(|e| (CommandOutcome::Failed, e))?;
-        progress(format!(
-            "installing {} into {}",
-            spec.version,
-            dir.display()
-        ))
-        .await;
+        report
+            .step(format!(
+                "installing {} into {}",
+                spec.version,
+                dir.display()
+            ))
+            .await;
         let (a, d) = (archive.clone(), dir.clone());
         let installed = blocking(Box::new(move || crate::update::install(&a, &d))).await;
         let started = match installed {
             Ok(()) => {
-                progress(format!("starting {unit}")).await;
+                report.step(format!("starting {unit}")).await;
                 let (s, u) = (services.clone(), unit.clone());
                 match blocking(Box::new(move || s.start(&u))).await {
                     Ok(()) => {
@@ -1317,7 +1342,9 @@ async fn update_app(
         match started {
             Ok(()) => Ok(format!("{} updated to {}", app.id, spec.version)),
             Err(why) => {
-                progress("rolling back to the previous version".into()).await;
+                report
+                    .step("rolling back to the previous version".into())
+                    .await;
                 let d = dir.clone();
                 let back = blocking(Box::new(move || crate::update::rollback(&d))).await;
                 let (s, u) = (services.clone(), unit.clone());
@@ -1338,16 +1365,7 @@ async fn update_app(
         Ok(m) => (CommandOutcome::Succeeded, m),
         Err(e) => e,
     };
-    tracing::info!(command = %hex(&command_id), app = %app.id, ?outcome, %message, "update-app finished");
-    let (reply, _) = oneshot::channel();
-    let _ = requests
-        .send(Request::Result {
-            command_id,
-            outcome,
-            message,
-            reply,
-        })
-        .await;
+    report.finish("update-app", &app.id, outcome, message).await;
 }
 
 /// `is-active` and the optional health URL.
@@ -1379,12 +1397,11 @@ async fn restart_app(
     app: String,
     unit: String,
 ) {
-    let _ = requests
-        .send(Request::Progress {
-            command_id,
-            step: format!("restarting {unit}"),
-        })
-        .await;
+    let report = Reporter {
+        requests,
+        command_id,
+    };
+    report.step(format!("restarting {unit}")).await;
     let (outcome, message) = match restart_and_check(&services, &unit, None).await {
         Ok(()) => (
             CommandOutcome::Succeeded,
@@ -1392,16 +1409,7 @@ async fn restart_app(
         ),
         Err(e) => (CommandOutcome::Failed, e),
     };
-    tracing::info!(command = %hex(&command_id), %app, ?outcome, %message, "restart-app finished");
-    let (reply, _) = oneshot::channel();
-    let _ = requests
-        .send(Request::Result {
-            command_id,
-            outcome,
-            message,
-            reply,
-        })
-        .await;
+    report.finish("restart-app", &app, outcome, message).await;
 }
 
 fn action_name(action: &CommandAction) -> &'static str {

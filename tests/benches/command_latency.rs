@@ -130,7 +130,7 @@ async fn main() {
 
     let bytes = archive(10 << 20);
     let start = Instant::now();
-    let (code, body) = upload(&console, &bytes).await;
+    let (code, body) = harness::upload(&console, &bytes).await;
     assert_eq!(code, 201, "{body}");
     let stored: Value = serde_json::from_str(&body).unwrap();
     let c = console
@@ -170,26 +170,4 @@ async fn main() {
     for a in agents {
         a.shutdown().await;
     }
-}
-
-async fn upload(console: &Console, bytes: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(console.http).await.unwrap();
-    stream
-        .write_all(
-            format!(
-                "POST /api/artifacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                console.api_key,
-                bytes.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
 }

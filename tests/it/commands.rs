@@ -24,15 +24,41 @@ fn first_app() -> (String, String) {
 }
 
 async fn agent(dir: &Path, console: &Console) -> AgentHandle {
+    spawn_agent(dir, console, INDEX, Vec::new()).await
+}
+
+/// An in-process agent with simulated probe `index`, simulated apps in `dir/apps`, and the
+/// given `[[apps]]` (none: the probe's own apps).
+async fn spawn_agent(
+    dir: &Path,
+    console: &Console,
+    index: usize,
+    apps: Vec<edgefleet_config::AppConfig>,
+) -> AgentHandle {
     let config = edgefleet_config::AgentConfig {
         console_urls: vec![console.mqtt_url()],
         data_dir: dir.to_path_buf(),
         token: Some(console.token.clone()),
+        apps,
         ..Default::default()
     };
-    let mut opts = AgentOptions::new(config, SimProbe::new(INDEX));
+    let mut opts = AgentOptions::new(config, SimProbe::new(index));
     opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
     edgefleet_agent::spawn(opts).await.unwrap()
+}
+
+/// The app `pump` (unit `pump.service`) with an optional config file and binary dir.
+fn pump(config_path: Option<&Path>, binary_dir: Option<&Path>) -> edgefleet_config::AppConfig {
+    edgefleet_config::AppConfig {
+        id: "pump".into(),
+        unit: "pump.service".into(),
+        config_path: config_path.map(Path::to_path_buf),
+        config_format: None,
+        binary_dir: binary_dir.map(Path::to_path_buf),
+        version_file: None,
+        version_command: None,
+        health_url: None,
+    }
 }
 
 async fn wait_status(console: &Console, id: &str, status: &str) {
@@ -247,25 +273,8 @@ async fn agent_with_config(dir: &Path, console: &Console) -> (AgentHandle, std::
         "# pump settings\nport = 8080 # where it listens\n\n[log]\n# how loud\nlevel = \"info\"\n",
     )
     .unwrap();
-    let config = edgefleet_config::AgentConfig {
-        console_urls: vec![console.mqtt_url()],
-        data_dir: dir.to_path_buf(),
-        token: Some(console.token.clone()),
-        apps: vec![edgefleet_config::AppConfig {
-            id: "pump".into(),
-            unit: "pump.service".into(),
-            config_path: Some(path.clone()),
-            config_format: None,
-            binary_dir: None,
-            version_file: None,
-            version_command: None,
-            health_url: None,
-        }],
-        ..Default::default()
-    };
-    let mut opts = AgentOptions::new(config, SimProbe::new(INDEX));
-    opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
-    (edgefleet_agent::spawn(opts).await.unwrap(), path)
+    let agent = spawn_agent(dir, console, INDEX, vec![pump(Some(&path), None)]).await;
+    (agent, path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,26 +383,8 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
     let bin_dir = dir.join("opt/pump");
     std::fs::create_dir_all(&bin_dir).unwrap();
     std::fs::write(bin_dir.join("VERSION"), "1.0\n").unwrap();
-    let config = edgefleet_config::AgentConfig {
-        console_urls: vec![console.mqtt_url()],
-        data_dir: dir.clone(),
-        token: Some(console.token.clone()),
-        apps: vec![edgefleet_config::AppConfig {
-            id: "pump".into(),
-            unit: "pump.service".into(),
-            config_path: None,
-            config_format: None,
-            binary_dir: Some(bin_dir.clone()),
-            version_file: None,
-            version_command: None,
-            health_url: None,
-        }],
-        ..Default::default()
-    };
-    let mut opts = AgentOptions::new(config, SimProbe::new(INDEX));
     let sim = Simulated::new(dir.join("apps"));
-    opts.services = Some(Arc::new(sim.clone()));
-    let a = edgefleet_agent::spawn(opts).await.unwrap();
+    let a = spawn_agent(&dir, &console, INDEX, vec![pump(None, Some(&bin_dir))]).await;
     let id = a.agent_id().to_string();
     wait_status(&console, &id, "online").await;
 
@@ -471,24 +462,8 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
     let v3 = tmp.path().join("pump-3.0.tar.gz");
     archive(&v3, "3.0");
     let uploaded = {
-        let bytes = std::fs::read(&v3).unwrap();
-        let mut stream = tokio::net::TcpStream::connect(console.http).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(
-                format!(
-                    "POST /api/artifacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    console.api_key,
-                    bytes.len()
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
-        stream.write_all(&bytes).await.unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+        let (code, body) = crate::harness::upload(&console, &std::fs::read(&v3).unwrap()).await;
+        assert_eq!(code, 201, "{body}");
         serde_json::from_str::<Value>(&body).unwrap()
     };
     sim.inject_failure("pump.service", Some("segfault on start"))
@@ -557,25 +532,7 @@ async fn a_bulk_config_push_reaches_twenty_agents() {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pump.toml");
         std::fs::write(&path, "[log]\nlevel = \"info\"\n").unwrap();
-        let config = edgefleet_config::AgentConfig {
-            console_urls: vec![console.mqtt_url()],
-            data_dir: dir.clone(),
-            token: Some(console.token.clone()),
-            apps: vec![edgefleet_config::AppConfig {
-                id: "pump".into(),
-                unit: "pump.service".into(),
-                config_path: Some(path.clone()),
-                config_format: None,
-                binary_dir: None,
-                version_file: None,
-                version_command: None,
-                health_url: None,
-            }],
-            ..Default::default()
-        };
-        let mut opts = AgentOptions::new(config, SimProbe::new(200 + i));
-        opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
-        agents.push(edgefleet_agent::spawn(opts).await.unwrap());
+        agents.push(spawn_agent(&dir, &console, 200 + i, vec![pump(Some(&path), None)]).await);
         files.push(path);
     }
     wait_for(LIMIT, "20 agents online", || async {

@@ -328,6 +328,28 @@ pub async fn http_request(
     Ok((status, body))
 }
 
+/// `POST /api/artifacts` with a binary body: (status, body).
+pub async fn upload(console: &Console, bytes: &[u8]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(console.http).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /api/artifacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                console.api_key,
+                bytes.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
 fn dechunk(mut body: &str) -> Result<String> {
     let mut out = String::new();
     loop {

@@ -451,16 +451,7 @@ fn main() -> Result<()> {
                 expires: expires.clone(),
                 ..Default::default()
             })?;
-            let c: CommandView = send(
-                &args,
-                "POST",
-                &format!("/api/agents/{}/restart-app", encode(agent)),
-                Some(&body),
-            )?;
-            println!("command {} {}", c.id, c.state);
-            if *wait {
-                follow_command(&args, &c.id)?;
-            }
+            send_app_command(&args, agent, "restart-app", &body, *wait)?;
         }
         Cmd::Apps {
             command:
@@ -478,16 +469,7 @@ fn main() -> Result<()> {
                 values: set.iter().cloned().collect(),
                 ..Default::default()
             })?;
-            let c: CommandView = send(
-                &args,
-                "POST",
-                &format!("/api/agents/{}/push-config", encode(agent)),
-                Some(&body),
-            )?;
-            println!("command {} {}", c.id, c.state);
-            if *wait {
-                follow_command(&args, &c.id)?;
-            }
+            send_app_command(&args, agent, "push-config", &body, *wait)?;
         }
         Cmd::Apps {
             command:
@@ -535,16 +517,7 @@ fn main() -> Result<()> {
                 sha256: Some(sha),
                 ..Default::default()
             })?;
-            let c: CommandView = send(
-                &args,
-                "POST",
-                &format!("/api/agents/{}/update-app", encode(agent)),
-                Some(&body),
-            )?;
-            println!("command {} {}", c.id, c.state);
-            if *wait {
-                follow_command(&args, &c.id)?;
-            }
+            send_app_command(&args, agent, "update-app", &body, *wait)?;
         }
         Cmd::Commands {
             command: CommandsCmd::Status { id, wait },
@@ -741,6 +714,21 @@ fn request_bytes(args: &Args, method: &str, path: &str, body: &[u8]) -> Result<S
         bail!("console answered {status}: {msg}");
     }
     Ok(body)
+}
+
+/// Sends one app command, prints its id and state, and follows it with `--wait`.
+fn send_app_command(args: &Args, agent: &str, action: &str, body: &str, wait: bool) -> Result<()> {
+    let c: CommandView = send(
+        args,
+        "POST",
+        &format!("/api/agents/{}/{action}", encode(agent)),
+        Some(body),
+    )?;
+    println!("command {} {}", c.id, c.state);
+    if wait {
+        follow_command(args, &c.id)?;
+    }
+    Ok(())
 }
 
 /// Polls a command until it finishes, printing each new progress step; an error unless it
