@@ -634,9 +634,7 @@ impl Fleet {
         r.state = result.outcome.into();
         r.finished_at = Some(result.at_ms);
         r.message = Some(result.message.clone());
-        if let Err(e) = self.commands.put(&r) {
-            tracing::error!(error = %e, "cannot store a command result");
-        }
+        // Audit first: whoever sees the final state through the API finds its audit entry.
         let view = r.view();
         self.audit_or_log(
             "agent",
@@ -647,6 +645,9 @@ impl Fleet {
                 view.action, view.id, view.state, result.message
             ),
         );
+        if let Err(e) = self.commands.put(&r) {
+            tracing::error!(error = %e, "cannot store a command result");
+        }
         self.command_changed(&r);
     }
 
