@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
@@ -24,7 +24,12 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     (
         "GET",
         "/",
-        "The web UI (a placeholder page until the dashboard is built).",
+        "The web UI (`web-ui/dist`), its hashed `/assets/*` and client routes (SPA fallback).",
+    ),
+    (
+        "POST",
+        "/demo/login",
+        "Demo mode only, loopback only: the admin key, for the UI's \"Log in to the demo\".",
     ),
     ("GET", "/healthz", "Liveness: `{\"status\":\"ok\"}`."),
     (
@@ -219,12 +224,12 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
             require_key,
         ));
     Router::new()
-        .route("/", get(index))
+        .merge(crate::ui::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/artifacts/:sha256", get(artifact))
         .merge(api)
-        .fallback(not_found)
+        .fallback(crate::ui::fallback)
         .with_state(fleet)
 }
 
@@ -1158,21 +1163,6 @@ async fn live_events(
     Ok(Sse::new(backlog.chain(live))
         .keep_alive(KeepAlive::default())
         .into_response())
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route; see docs/api.md".into())
-}
-
-async fn index() -> Html<&'static str> {
-    Html(
-        "<!doctype html><meta charset=utf-8><title>EdgeFleet</title>\
-         <h1>EdgeFleet console</h1>\
-         <p>The web dashboard is not built yet (it is planned as a Leptos WASM app in <code>web-ui/</code>).</p>\
-         <p>The REST API is live behind an API key (<code>Authorization: Bearer ...</code>; the first \
-         admin key is in <code>&lt;data_dir&gt;/admin.key</code>): /api/fleet/summary, /api/agents. \
-         Open without a key: <a href=/metrics>/metrics</a>, <a href=/healthz>/healthz</a>.</p>",
-    )
 }
 
 async fn healthz(State(fleet): State<Arc<Fleet>>) -> Response {

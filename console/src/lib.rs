@@ -14,6 +14,7 @@
 //! - `notify`: the log notifier and webhooks with a durable outbox.
 //! - `live`: the live event stream (`GET /api/events`, SSE) with resume.
 //! - `demo`: the simulated fleet started by `--demo N`.
+//! - `ui`: the web UI's built files at `/` (SPA fallback) and the demo login.
 //! - `tls`: `init-tls`, a self-signed CA and server certificate for MQTT over TLS.
 
 pub mod alerts;
@@ -31,6 +32,7 @@ pub mod notify;
 pub mod presence;
 pub mod store;
 pub mod tls;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -286,14 +288,21 @@ pub async fn run(
         tracing::info!(path = %path.display(), "created the first admin API key");
     }
 
+    let ui = std::sync::Arc::new(ui::Ui::discover(
+        demo.is_some().then(|| config.data_dir.join("admin.key")),
+    ));
+    if !ui.dir.join("index.html").is_file() {
+        tracing::warn!(dir = %ui.dir.display(), "the web UI is not built: run `cargo xtask ui`");
+    }
+    let app = http::app(fleet.clone()).layer(axum::Extension(ui));
     match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = tls::server_config(cert, key).context("HTTPS ([http] tls_cert/tls_key)")?;
             tracing::info!(https = %http_addr, "serving the REST API and UI over HTTPS");
-            tls::serve_https(listener, http::app(fleet.clone()), tls, shutdown.clone()).await?;
+            tls::serve_https(listener, app, tls, shutdown.clone()).await?;
         }
         _ => {
-            let app = http::app(fleet.clone()).into_make_service_with_connect_info::<SocketAddr>();
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .await

@@ -12,3 +12,4 @@ mod mqtt;
 mod presence;
 mod security;
 mod tls;
+mod ui;

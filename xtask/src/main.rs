@@ -1,7 +1,10 @@
 //! Project automation, run as `cargo xtask <task>`.
 //!
 //! - `ci`: installs what the checks need on a fresh machine, then runs every check CI runs.
-//! - `demo`: builds everything and starts the console with simulated agents.
+//! - `demo`: builds the UI and everything else, and starts the console with simulated agents.
+//! - `ui`: builds the web UI (wasm, JS glue, hashed and precompressed assets) into
+//!   `web-ui/dist`, which the console serves.
+//! - `screenshot`: regenerates `docs/overview.png` from a demo fleet in headless Chromium.
 //!
 //! Tasks shell out to `cargo`, `rustup` and `apt-get`; each step prints what it runs so a
 //! red CI log says which step failed.
@@ -11,10 +14,16 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod ui;
+
 const APT_PACKAGES: &[(&str, &str)] = &[
     // (binary that proves it is installed, Debian package)
     ("mosquitto", "mosquitto"),
     ("mosquitto_sub", "mosquitto-clients"),
+    // The browser tests drive it with playwright-core (tests/ui).
+    ("chromium", "chromium"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
 ];
 
 fn main() -> Result<()> {
@@ -24,13 +33,17 @@ fn main() -> Result<()> {
     match task {
         "ci" => ci(),
         "demo" => demo(rest),
+        "ui" => ui::build(&workspace_root()),
+        "screenshot" => screenshot(),
         "install-deps" => install_deps(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  ci            install missing tools, then fmt, clippy, tests, wasm and fuzz builds\n  \
-                 demo [N]      build and start the console with N simulated agents (default 25)\n  \
+                 demo [N]      build the UI and start the console with N simulated agents (default 25)\n  \
+                 ui            build the web UI into web-ui/dist (served by the console)\n  \
+                 screenshot    regenerate docs/overview.png from a demo fleet (headless Chromium)\n  \
                  install-deps  only install the tools the tests need (rustup target, apt packages)"
             );
             if task == "help" {
@@ -55,15 +68,22 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace", "--locked"]))?;
+    // The views exist only in the wasm build, so the workspace clippy above does not see
+    // them.
     run(cargo().args([
-        "build",
+        "clippy",
         "--locked",
         "-p",
         "edgefleet-web-ui",
         "--target",
         "wasm32-unknown-unknown",
+        "--",
+        "-D",
+        "warnings",
     ]))?;
+    // The browser tests (tests/it/ui.rs) need the built UI and fail loudly without it.
+    ui::build(&root)?;
+    run(cargo().args(["test", "--workspace", "--locked"]))?;
     // The fuzz crate is outside the workspace (cargo-fuzz wants nightly to run it). Building
     // it with stable proves every fuzz target still compiles against the codec.
     run(cargo()
@@ -78,6 +98,7 @@ fn demo(args: &[String]) -> Result<()> {
     count
         .parse::<u32>()
         .with_context(|| format!("demo takes a number of simulated agents, got `{count}`"))?;
+    ui::build(&workspace_root())?;
     run(cargo().args([
         "build",
         "--release",
@@ -90,7 +111,60 @@ fn demo(args: &[String]) -> Result<()> {
     run(Command::new(bin).args(["--demo", count]))
 }
 
+/// Starts a demo console on a free port, waits for its fleet, and has headless Chromium
+/// (tests/ui/screenshot.mjs) log in to the demo and capture the overview.
+fn screenshot() -> Result<()> {
+    let root = workspace_root();
+    install_deps()?;
+    ui::build(&root)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "edgefleet-console",
+        "-p",
+        "edgefleet-agent",
+    ]))?;
+    let dir = std::env::temp_dir().join(format!("edgefleet-screenshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mqtt = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut console = Command::new(root.join("target/release/edgefleet-console"))
+        .args(["--demo", "40", "--http"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--mqtt")
+        .arg(format!("127.0.0.1:{mqtt}"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the demo console")?;
+    let result = run(Command::new("node")
+        .current_dir(root.join("tests/ui"))
+        .arg("screenshot.mjs")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(root.join("docs/overview.png")));
+    let _ = console.kill();
+    let _ = console.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn install_deps() -> Result<()> {
+    install_system_deps()?;
+    // playwright-core for the browser tests, at the versions in the committed lock file.
+    let ui_tests = workspace_root().join("tests/ui");
+    if !ui_tests.join("node_modules/playwright-core").is_dir() {
+        run(Command::new("npm")
+            .current_dir(&ui_tests)
+            .args(["ci", "--no-audit", "--no-fund"]))?;
+    }
+    Ok(())
+}
+
+fn install_system_deps() -> Result<()> {
     let targets = capture(Command::new("rustup").args(["target", "list", "--installed"]))?;
     if !targets
         .lines()

@@ -1,0 +1,178 @@
+// The dashboard against a real console: node dashboard.mjs <url> <api key> <facts json>.
+// Facts (from tests/it/ui.rs): pending (a pending host id), victim and victim_pid (a real
+// agent process to kill), app_host (a simulated host with apps).
+import { join } from "node:path";
+import { launch, until, api, step } from "./lib.mjs";
+
+const [base, key, factsJson] = process.argv.slice(2);
+const facts = JSON.parse(factsJson);
+const call = api(base, key);
+const shots = process.env.EDGEFLEET_SCREENSHOTS || ".";
+const { context, page } = await launch();
+
+const names = () =>
+  page.$$eval('[data-testid="host-row"]', (rows) => rows.map((r) => r.getAttribute("data-id")));
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+/// Waits until the table shows exactly the rows the API returns for `path`.
+async function tableMatches(what, path) {
+  await until(`${what}: table = GET ${path}`, async () => {
+    const want = (await call(path)).items.map((a) => a.id);
+    const got = await names();
+    return same(want, got) ? true : { want, got };
+  });
+}
+
+async function card(id) {
+  return Number(await page.textContent(`[data-testid="card-${id}"] [data-testid="value"]`));
+}
+
+try {
+  step("login with the API key");
+  await page.goto(base + "/");
+  await page.fill("#api-key", "wrong-key");
+  await page.click("button[type=submit]");
+  await until("a refused key is explained", () => page.isVisible("text=does not know this key"));
+  await page.fill("#api-key", key);
+  await page.click("button[type=submit]");
+  await page.waitForSelector('[data-testid="card-total"] [data-testid="value"]');
+  await page.evaluate(() => (window.__noReload = true));
+
+  step("overview numbers equal /api/fleet/summary");
+  await until("overview cards = API", async () => {
+    const s = await call("/api/fleet/summary");
+    const got = {
+      total: await card("total"),
+      online: await card("online"),
+      offline: await card("offline"),
+      pending: await card("pending"),
+      stale: await card("stale"),
+      alerts: await card("alerts"),
+    };
+    const want = { total: s.total, online: s.online, offline: s.offline, pending: s.pending, stale: s.stale, alerts: s.firing_alerts };
+    return same(got, want) ? true : { got, want };
+  });
+
+  step("default table = API");
+  await tableMatches("default list", "/api/agents?page=1&per_page=50&sort=hostname&order=asc");
+
+  step("search (debounced, server-side q)");
+  await page.fill('[data-testid="search"]', "sim-0001");
+  await tableMatches("search", "/api/agents?page=1&per_page=50&sort=hostname&order=asc&q=sim-0001");
+  const search = await page.evaluate(() => location.search);
+  if (!search.includes("q=sim-0001")) throw new Error(`search not in the URL: ${search}`);
+  const searched = (await names()).length;
+  if (searched < 1 || searched > 10) throw new Error(`search returned ${searched} rows`);
+
+  step("clear filters");
+  await page.click('[data-testid="clear"]');
+  await tableMatches("cleared", "/api/agents?page=1&per_page=50&sort=hostname&order=asc");
+  if ((await page.inputValue('[data-testid="search"]')) !== "") throw new Error("search box not cleared");
+
+  step("sort by OS, ascending then descending (a stable column)");
+  await page.click('button[data-sort="os"]');
+  await tableMatches("sort os asc", "/api/agents?page=1&per_page=50&sort=os&order=asc");
+  await page.click('button[data-sort="os"]');
+  await tableMatches("sort os desc", "/api/agents?page=1&per_page=50&sort=os&order=desc");
+
+  step("sort by CPU: the column is in order, missing values last");
+  await page.click('button[data-sort="cpu"]');
+  await until("cpu ascending", async () => {
+    if (!(await page.evaluate(() => location.search.includes("sort=cpu")))) return "not yet";
+    const cells = await page.$$eval('[data-testid="host-row"] td:nth-child(5)', (c) => c.map((x) => x.textContent));
+    const nums = cells.filter((c) => c.includes("%")).map((c) => parseInt(c, 10));
+    const sorted = nums.every((v, i) => i === 0 || nums[i - 1] <= v);
+    const nullsLast = cells.findIndex((c) => !c.includes("%")) === -1 || cells.slice(cells.findIndex((c) => !c.includes("%"))).every((c) => !c.includes("%"));
+    return nums.length > 20 && sorted && nullsLast ? true : cells;
+  });
+  await page.click('button[data-sort="os"]');
+
+  step("page size 25 and the next page");
+  await page.selectOption('[data-testid="page-size"]', "25");
+  await tableMatches("per_page 25", "/api/agents?page=1&per_page=25&sort=os&order=asc");
+  await page.click('[data-testid="next"]');
+  await tableMatches("page 2", "/api/agents?page=2&per_page=25&sort=os&order=asc");
+
+  step("an OS bar filters the list and returns to page 1");
+  const os = await page.getAttribute(".os-bar >> nth=0", "data-os");
+  await page.click(".os-bar >> nth=0");
+  await tableMatches("os filter", `/api/agents?page=1&per_page=25&sort=os&order=asc&os=${encodeURIComponent(os)}`);
+  const osCells = await page.$$eval('[data-testid="host-row"] [data-testid="os"]', (c) => c.map((x) => x.textContent));
+  if (!osCells.length || osCells.some((c) => c !== os)) throw new Error(`OS filter shows ${osCells}`);
+
+  step("the state is in the URL: a reload shows the same table");
+  await page.reload();
+  await tableMatches("after reload", `/api/agents?page=1&per_page=25&sort=os&order=asc&os=${encodeURIComponent(os)}`);
+  await page.evaluate(() => (window.__noReload = true));
+  await page.click('[data-testid="clear"]');
+
+  step("approve the pending agent");
+  await page.waitForSelector(`[data-testid="pending"] tr[data-id="${facts.pending}"]`);
+  await page.click(`[data-testid="pending"] tr[data-id="${facts.pending}"] button:has-text("Approve")`);
+  await until("approved message", () => page.isVisible('[data-testid="pending-message"]:has-text("approved")'));
+  const pendingHost = await call(`/api/agents/${facts.pending}`);
+  await page.fill('[data-testid="search"]', pendingHost.hostname);
+  await until("the approved host in the list, not pending", async () => {
+    const badge = await page.textContent(`tr[data-id="${facts.pending}"] [data-testid="status"]`).catch(() => null);
+    return badge && badge !== "Pending" ? true : badge;
+  }, 30000);
+
+  step("host detail: a metrics chart with points and a hover readout");
+  await page.goto(`${base}/hosts/${facts.app_host}?tab=metrics`);
+  await page.evaluate(() => (window.__noReload = true));
+  const points = await until("chart points", async () => Number(await page.getAttribute('[data-testid="chart-cpu"]', "data-points")) >= 2);
+  const d = await page.getAttribute('[data-testid="chart-cpu"] path.line', "d");
+  if (!d || !d.startsWith("M")) throw new Error(`no line path: ${d}`);
+  const ticks = await page.$$eval('[data-testid="chart-cpu"] text.tick', (t) => t.map((x) => x.textContent));
+  if (ticks.length < 6) throw new Error(`too few tick labels: ${ticks}`);
+  const box = await page.locator('[data-testid="chart-cpu"] svg').boundingBox();
+  await page.mouse.move(box.x + box.width * 0.97, box.y + box.height / 2);
+  await until("hover readout", async () => ((await page.textContent('[data-testid="chart-cpu"] [data-testid="readout"]')) || "").includes("%"));
+
+  step("apps tab: restart an app, followed to success");
+  await page.click('button[data-tab="apps"]');
+  await page.click('[data-testid="restart"] >> nth=0');
+  await until("command succeeded", async () => {
+    const state = await page.getAttribute('[data-testid="command"]', "data-state").catch(() => null);
+    if (["failed", "rejected", "expired", "rolled_back"].includes(state)) throw new Error(`command ${state}`);
+    return state === "succeeded" ? true : state;
+  }, 30000);
+
+  step("audit tab shows the restart");
+  await page.click('button[data-tab="audit"]');
+  await until("command audit rows", () => page.isVisible('[data-testid="audit-row"][data-action="command_result"]'));
+
+  step("inventory degrades cleanly when the API is absent");
+  await page.click('button[data-tab="inventory"]');
+  await until("inventory notice or data", async () =>
+    (await page.isVisible('[data-testid="inventory-missing"]')) || (await page.isVisible('[data-testid="inventory"] table')));
+
+  step("audit log page: entries and the chain check");
+  await page.click("a.nav-link:has-text('Audit log')");
+  await until("verify banner", () => page.isVisible('[data-testid="verify"]:has-text("intact")'));
+  await until("audit rows", async () => (await page.$$('[data-testid="audit-row"]')).length > 0);
+
+  step("a killed agent turns Offline without a reload");
+  await page.click("a.nav-link:has-text('Hosts')");
+  const victim = await call(`/api/agents/${facts.victim}`);
+  await page.fill('[data-testid="search"]', victim.hostname);
+  await until("victim row online", async () =>
+    (await page.textContent(`tr[data-id="${facts.victim}"] [data-testid="status"]`).catch(() => null)) === "Online");
+  process.kill(facts.victim_pid, "SIGKILL");
+  await until("victim Offline", async () =>
+    (await page.textContent(`tr[data-id="${facts.victim}"] [data-testid="status"]`).catch(() => null)) === "Offline", 30000);
+  if (!(await page.evaluate(() => window.__noReload))) throw new Error("the page reloaded");
+
+  step("a narrow window still works");
+  await page.setViewportSize({ width: 420, height: 800 });
+  await until("table visible when narrow", () => page.isVisible('[data-testid="host-table"]'));
+
+  console.log("dashboard: all checks passed");
+  await context.close();
+} catch (e) {
+  const path = join(shots, "dashboard-failure.png");
+  await page.screenshot({ path, fullPage: true }).catch(() => {});
+  console.error(`FAILED: ${e.stack || e}\nscreenshot: ${path}\nurl: ${page.url()}`);
+  await context.close().catch(() => {});
+  process.exit(1);
+}

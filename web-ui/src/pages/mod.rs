@@ -1,0 +1,153 @@
+//! The pages, and the pieces they share: remote data with loading and error states,
+//! status badges, the pager.
+
+pub mod audit;
+pub mod host;
+pub mod hosts;
+pub mod login;
+pub mod packages;
+
+use edgefleet_codec::api::AgentStatus;
+use leptos::prelude::*;
+use serde::de::DeserializeOwned;
+
+use crate::api::{self, ApiError};
+
+/// Data from one API path, with its loading and error state. Keeps the last good data
+/// while a refresh runs, and drops answers that a newer request has overtaken.
+#[derive(Debug)]
+pub struct Remote<T: Send + Sync + 'static> {
+    pub data: RwSignal<Option<T>>,
+    pub error: RwSignal<Option<ApiError>>,
+    pub loading: RwSignal<bool>,
+    seq: RwSignal<u64>,
+}
+
+impl<T: Send + Sync + 'static> Clone for Remote<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: Send + Sync + 'static> Copy for Remote<T> {}
+
+impl<T: DeserializeOwned + Send + Sync + 'static> Remote<T> {
+    pub fn new() -> Remote<T> {
+        Remote {
+            data: RwSignal::new(None),
+            error: RwSignal::new(None),
+            loading: RwSignal::new(false),
+            seq: RwSignal::new(0),
+        }
+    }
+
+    pub fn load(&self, path: String) {
+        let me = *self;
+        let seq = me.seq.get_untracked() + 1;
+        me.seq.set(seq);
+        me.loading.set(true);
+        leptos::task::spawn_local(async move {
+            let result = api::get::<T>(&path).await;
+            // The page may be gone, or a newer request may have been sent.
+            if me.seq.try_get_untracked() != Some(seq) {
+                return;
+            }
+            match result {
+                Ok(v) => {
+                    me.data.set(Some(v));
+                    me.error.set(None);
+                }
+                Err(e) => {
+                    if e.status == 401 {
+                        if let Some(auth) = use_context::<crate::app::Auth>() {
+                            auth.log_out();
+                        }
+                    }
+                    me.error.set(Some(e));
+                }
+            }
+            me.loading.set(false);
+        });
+    }
+}
+
+/// The error of a remote, in a red box with the console's message.
+#[component]
+pub fn ErrorBox(#[prop(into)] error: Signal<Option<ApiError>>) -> impl IntoView {
+    move || {
+        error.get().map(|e| {
+            view! {
+                <div class="error" role="alert" data-testid="error">
+                    {e.to_string()}
+                </div>
+            }
+        })
+    }
+}
+
+pub fn status_class(status: AgentStatus) -> &'static str {
+    match status {
+        AgentStatus::Online => "badge online",
+        AgentStatus::Offline => "badge offline",
+        AgentStatus::Pending => "badge pending",
+        AgentStatus::Revoked => "badge revoked",
+        AgentStatus::Unknown => "badge unknown",
+    }
+}
+
+pub fn status_label(status: AgentStatus) -> &'static str {
+    match status {
+        AgentStatus::Online => "Online",
+        AgentStatus::Offline => "Offline",
+        AgentStatus::Pending => "Pending",
+        AgentStatus::Revoked => "Revoked",
+        AgentStatus::Unknown => "Unknown",
+    }
+}
+
+#[component]
+pub fn StatusBadge(status: AgentStatus, #[prop(optional)] stale: bool) -> impl IntoView {
+    view! {
+        <span class=status_class(status) data-testid="status">
+            {status_label(status)}
+        </span>
+        {stale.then(|| view! { <span class="badge stale" title="No heartbeat for 15 min">"Stale"</span> })}
+    }
+}
+
+/// Previous / next with "page x of y"; `go` gets the new page number.
+#[component]
+pub fn Pager(
+    #[prop(into)] page: Signal<usize>,
+    #[prop(into)] last: Signal<usize>,
+    #[prop(into)] total: Signal<usize>,
+    go: Callback<usize>,
+) -> impl IntoView {
+    view! {
+        <div class="pager">
+            <button
+                disabled=move || { page.get() <= 1 }
+                on:click=move |_| go.run(page.get_untracked().saturating_sub(1).max(1))
+                data-testid="prev"
+            >
+                "‹ Previous"
+            </button>
+            <span data-testid="page-info">
+                {move || format!("Page {} of {} · {} total", page.get(), last.get(), total.get())}
+            </span>
+            <button
+                disabled=move || { page.get() >= last.get() }
+                on:click=move |_| go.run(page.get_untracked() + 1)
+                data-testid="next"
+            >
+                "Next ›"
+            </button>
+        </div>
+    }
+}
+
+/// Whether a 404 means the route does not exist on this console (an older console),
+/// rather than a missing agent.
+pub fn route_missing(e: &ApiError) -> bool {
+    e.status == 404 && e.message.contains("no such route")
+}
