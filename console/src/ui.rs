@@ -326,12 +326,24 @@ mod tests {
         let remote: Peer = Some(ConnectInfo(([10, 0, 0, 2], 5000).into()));
         let host = headers(&[("host", "127.0.0.1:8080")]);
         assert!(demo_allowed(&demo, &local, &host));
-        assert!(demo_allowed(&demo, &local, &headers(&[("host", "localhost")])));
-        assert!(demo_allowed(&demo, &local, &headers(&[("host", "[::1]:80")])));
+        assert!(demo_allowed(
+            &demo,
+            &local,
+            &headers(&[("host", "localhost")])
+        ));
+        assert!(demo_allowed(
+            &demo,
+            &local,
+            &headers(&[("host", "[::1]:80")])
+        ));
         assert!(!demo_allowed(&off, &local, &host));
         assert!(!demo_allowed(&demo, &remote, &host));
         assert!(!demo_allowed(&demo, &None, &host));
-        assert!(!demo_allowed(&demo, &local, &headers(&[("host", "evil.example:8080")])));
+        assert!(!demo_allowed(
+            &demo,
+            &local,
+            &headers(&[("host", "evil.example:8080")])
+        ));
         assert!(!demo_allowed(&demo, &local, &HeaderMap::new()));
     }
 
@@ -393,7 +405,11 @@ mod tests {
         let (status, _, body) = page(ui.clone(), "/hosts/abc").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("cargo xtask ui"), "{body}");
-        std::fs::write(dir.path().join("index.html"), "<html><head></head>app</html>").unwrap();
+        std::fs::write(
+            dir.path().join("index.html"),
+            "<html><head></head>app</html>",
+        )
+        .unwrap();
         let (status, cache, body) = page(ui.clone(), "/hosts/abc?tab=apps").await;
         assert_eq!((status, body.contains("app")), (StatusCode::OK, true));
         assert_eq!(cache.unwrap(), "no-cache");

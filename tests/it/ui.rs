@@ -107,7 +107,11 @@ async fn the_dashboard_works_in_a_real_browser() {
     .unwrap();
     // A pending agent: a token without auto-approve.
     let manual = console
-        .send("POST", "/api/tokens", r#"{"auto_approve": false, "expires": "1h"}"#)
+        .send(
+            "POST",
+            "/api/tokens",
+            r#"{"auto_approve": false, "expires": "1h"}"#,
+        )
         .await;
     let pending = edgefleet_agent::spawn(AgentOptions::new(
         edgefleet_config::AgentConfig {
@@ -122,24 +126,24 @@ async fn the_dashboard_works_in_a_real_browser() {
     .unwrap();
     let pending_id = pending.agent_id().to_string();
 
-    let hosts = wait_for(LIMIT, "the fleet online with vitals, one pending", || async {
-        let all = console.agents().await;
-        let online = all
-            .iter()
-            .filter(|a| a["status"] == "online" && !a["cpu"].is_null())
-            .count();
-        let waiting = all.iter().any(|a| a["status"] == "pending");
-        (online == FLEET + 1 && waiting).then_some(all)
-    })
+    let hosts = wait_for(
+        LIMIT,
+        "the fleet online with vitals, one pending",
+        || async {
+            let all = console.agents().await;
+            let online = all
+                .iter()
+                .filter(|a| a["status"] == "online" && !a["cpu"].is_null())
+                .count();
+            let waiting = all.iter().any(|a| a["status"] == "pending");
+            (online == FLEET + 1 && waiting).then_some(all)
+        },
+    )
     .await;
     let victim_id = hosts
         .iter()
         .find(|a| {
-            !a["hostname"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("sim-")
-                && a["status"] == "online"
+            !a["hostname"].as_str().unwrap_or("").starts_with("sim-") && a["status"] == "online"
         })
         .and_then(|a| a["id"].as_str())
         .expect("the real agent is listed")

@@ -158,9 +158,11 @@ try {
   await page.fill('[data-testid="search"]', victim.hostname);
   await until("victim row online", async () =>
     (await page.textContent(`tr[data-id="${facts.victim}"] [data-testid="status"]`).catch(() => null)) === "Online");
+  // With the live stream up the badge follows its status event, not the 30 s refresh.
+  await until("live events connected", async () => ((await page.textContent('[data-testid="live"]')) || "").includes("Live"));
   process.kill(facts.victim_pid, "SIGKILL");
   await until("victim Offline", async () =>
-    (await page.textContent(`tr[data-id="${facts.victim}"] [data-testid="status"]`).catch(() => null)) === "Offline", 30000);
+    (await page.textContent(`tr[data-id="${facts.victim}"] [data-testid="status"]`).catch(() => null)) === "Offline", 20000);
   if (!(await page.evaluate(() => window.__noReload))) throw new Error("the page reloaded");
 
   step("a narrow window still works");

@@ -33,7 +33,10 @@ fn storage() -> Option<web_sys::Storage> {
 
 /// The API key of this browser tab, if logged in.
 pub fn key() -> Option<String> {
-    storage()?.get_item(KEY_ITEM).ok()?.filter(|k| !k.is_empty())
+    storage()?
+        .get_item(KEY_ITEM)
+        .ok()?
+        .filter(|k| !k.is_empty())
 }
 
 pub fn set_key(key: Option<&str>) {

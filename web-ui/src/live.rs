@@ -56,13 +56,16 @@ pub fn use_live() -> Live {
 async fn run(live: Live) {
     let mut last_id: Option<u64> = None;
     loop {
-        if let Some(key) = api::key() {
-            if let Err(e) = stream(live, &key, &mut last_id).await {
-                leptos::logging::warn!("live events: {e}; polling until it is back");
-            }
-            live.connected.set(false);
+        let Some(key) = api::key() else {
+            // Not logged in yet: look again soon, so the stream starts right after login.
+            api::sleep(500).await;
+            continue;
+        };
+        if let Err(e) = stream(live, &key, &mut last_id).await {
+            leptos::logging::warn!("live events: {e}; polling until it is back");
         }
-        api::sleep(5000).await;
+        live.connected.set(false);
+        api::sleep(3000).await;
     }
 }
 

@@ -104,8 +104,7 @@ pub fn Link(
 ) -> impl IntoView {
     let router = use_router();
     let on_click = move |ev: leptos::ev::MouseEvent| {
-        if ev.button() == 0 && !(ev.ctrl_key() || ev.meta_key() || ev.shift_key() || ev.alt_key())
-        {
+        if ev.button() == 0 && !(ev.ctrl_key() || ev.meta_key() || ev.shift_key() || ev.alt_key()) {
             ev.prevent_default();
             router.go(&href.get_untracked(), false);
         }

@@ -128,8 +128,12 @@ fn screenshot() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("edgefleet-screenshot-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mqtt = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mqtt = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut console = Command::new(root.join("target/release/edgefleet-console"))
         .args(["--demo", "40", "--http"])
         .arg(format!("127.0.0.1:{port}"))

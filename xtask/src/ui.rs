@@ -34,7 +34,8 @@ pub fn build(root: &Path) -> Result<()> {
         "-p",
         "edgefleet-web-ui",
     ]))?;
-    let wasm_in = target_dir(root).join("wasm32-unknown-unknown/wasm-release/edgefleet_web_ui.wasm");
+    let wasm_in =
+        target_dir(root).join("wasm32-unknown-unknown/wasm-release/edgefleet_web_ui.wasm");
     let web = root.join("web-ui");
     let glue = web.join("dist.glue");
     let _ = std::fs::remove_dir_all(&glue);

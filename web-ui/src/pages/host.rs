@@ -46,10 +46,9 @@ pub fn HostPage(id: String) -> impl IntoView {
     }
     {
         let path = path.clone();
-        if let Ok(handle) = set_interval_with_handle(
-            move || detail.load(path.clone()),
-            Duration::from_secs(15),
-        ) {
+        if let Ok(handle) =
+            set_interval_with_handle(move || detail.load(path.clone()), Duration::from_secs(15))
+        {
             on_cleanup(move || handle.clear());
         }
     }
@@ -377,9 +376,7 @@ fn AppsTab(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> imp
                 if !still_ours {
                     return;
                 }
-                if command
-                    .with_untracked(|c| c.as_ref().is_some_and(|c| is_final(&c.state)))
-                {
+                if command.with_untracked(|c| c.as_ref().is_some_and(|c| is_final(&c.state))) {
                     return;
                 }
                 if let Ok(c) = api::get::<CommandView>(&format!("/api/commands/{cid}")).await {

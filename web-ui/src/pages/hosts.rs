@@ -84,7 +84,11 @@ fn Overview(
     query: Memo<HostQuery>,
     set_query: Callback<(HostQuery, bool)>,
 ) -> impl IntoView {
-    let card = |label: &'static str, id: &'static str, value: String, note: Option<String>, tone: &'static str| {
+    let card = |label: &'static str,
+                id: &'static str,
+                value: String,
+                note: Option<String>,
+                tone: &'static str| {
         view! {
             <div class=format!("card {tone}") data-testid=format!("card-{id}")>
                 <div class="card-label">{label}</div>
@@ -215,7 +219,11 @@ fn PendingPanel(pending: Remote<AgentPage>, on_changed: Callback<()>) -> impl In
             match api::post::<AgentSummary>(&path, &serde_json::json!({})).await {
                 Ok(host) => {
                     let name = host.hostname.unwrap_or(host.id);
-                    let done = if action == "approve" { "approved" } else { "revoked" };
+                    let done = if action == "approve" {
+                        "approved"
+                    } else {
+                        "revoked"
+                    };
                     message.set(Some((true, format!("{name} {done}."))));
                     on_changed.run(());
                 }
