@@ -107,6 +107,13 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                     tx_bps: rx,
                     apps_digest: load,
                     at,
+                    apps: load.map(|l| {
+                        vec![edgefleet_codec::AppState {
+                            id: format!("app{l}"),
+                            status: edgefleet_codec::AppStatus::Active,
+                            version: (l % 2 == 0).then(|| l.to_string()),
+                        }]
+                    }),
                 })
             }),
         (

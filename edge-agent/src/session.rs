@@ -172,6 +172,10 @@ pub(crate) struct Session {
     rng: rand::rngs::StdRng,
     pinned: Option<PublicKey>,
     enrollment: Option<Enrollment>,
+    /// The managed apps' status and version, polled off this task.
+    app_watch: crate::service::AppWatch,
+    /// Stops the app poller when the session ends.
+    _app_watch_stop: tokio_util::sync::DropGuard,
 }
 
 impl Session {
@@ -194,6 +198,14 @@ impl Session {
             s.queue_bytes = cfg.storage.queue.bytes();
             s.enrollment = enrollment.as_ref().map(|e| e.state);
         });
+        let stop = CancellationToken::new();
+        let app_watch = crate::service::AppWatch::spawn(
+            cfg.services.clone(),
+            cfg.apps.clone(),
+            cfg.heartbeat_interval
+                .clamp(Duration::from_secs(5), Duration::from_secs(60)),
+            stop.clone(),
+        );
         Session {
             cfg,
             id,
@@ -205,6 +217,8 @@ impl Session {
             rng: rand::rngs::StdRng::from_entropy(),
             pinned,
             enrollment,
+            app_watch,
+            _app_watch_stop: stop.drop_guard(),
         }
     }
 
@@ -380,6 +394,8 @@ impl Session {
                     }
                 },
                 _ = at(live), if link.approved => self.live_heartbeat(&mut link, false),
+                // An app changed state or version: tell the console now, not at the next tick.
+                _ = self.app_watch.changed(), if link.approved => self.live_heartbeat(&mut link, false),
                 _ = at(link.enroll_due) => self.request_enrollment(&mut link),
                 _ = tokio::time::sleep_until(history), if !link.can_send() => self.history_sample(),
                 event = eventloop.poll() => match event {
@@ -543,8 +559,14 @@ impl Session {
     }
 
     fn live_heartbeat(&mut self, link: &mut Link, keyframe: bool) {
-        let vitals = self.cfg.probe.vitals();
-        let hb = self.heartbeats.live(&vitals, Instant::now(), keyframe);
+        let mut vitals = self.cfg.probe.vitals();
+        let apps = self.app_watch.states();
+        vitals.apps_digest = edgefleet_codec::apps_digest(&apps);
+        let mut hb = self.heartbeats.live(&vitals, Instant::now(), keyframe);
+        // The app list rides with its digest: on keyframes and whenever it changed.
+        if hb.apps_digest.is_some() && !apps.is_empty() {
+            hb.apps = Some(apps);
+        }
         let mut msg = AgentMessage::Heartbeat(hb);
         if self.publish(
             link,
@@ -562,7 +584,8 @@ impl Session {
 
     /// One full heartbeat into the queue, stamped with the time, while offline.
     fn history_sample(&mut self) {
-        let vitals = self.cfg.probe.vitals();
+        let mut vitals = self.cfg.probe.vitals();
+        vitals.apps_digest = edgefleet_codec::apps_digest(&self.app_watch.states());
         let hb = self
             .heartbeats
             .history(&vitals, Instant::now(), now_ms() / 1000);
@@ -713,6 +736,8 @@ impl Session {
                     at_ms: now_ms(),
                 }));
                 let _ = reply.send(result);
+                // A command may have restarted, reconfigured or replaced an app.
+                self.app_watch.refresh();
             }
             Request::Progress { command_id, step } => {
                 let _ = self.push(AgentMessage::CommandProgress(
@@ -740,25 +765,10 @@ impl Session {
         }
     }
 
-    /// The apps birth reports: exactly the managed apps this agent acts on, with the status
-    /// the probe knows (unknown otherwise), so the console offers commands for these only.
+    /// The apps birth reports: exactly the managed apps this agent acts on, with their last
+    /// observed status and version, so the console offers commands for these only.
     fn app_states(&mut self) -> Vec<edgefleet_codec::AppState> {
-        let probed = self.cfg.probe.apps();
-        self.cfg
-            .apps
-            .iter()
-            .map(|m| {
-                probed
-                    .iter()
-                    .find(|p| p.id == m.id)
-                    .cloned()
-                    .unwrap_or(edgefleet_codec::AppState {
-                        id: m.id.clone(),
-                        status: edgefleet_codec::AppStatus::Unknown,
-                        version: None,
-                    })
-            })
-            .collect()
+        self.app_watch.states()
     }
 
     fn approved(&self) -> bool {

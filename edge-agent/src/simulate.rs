@@ -43,6 +43,7 @@ pub fn apps_of(probe: &mut dyn crate::probe::Probe) -> Vec<crate::service::Manag
             config: None,
             health_url: None,
             binary_dir: None,
+            version: a.version.map(crate::service::VersionSource::Fixed),
         })
         .collect()
 }

@@ -61,6 +61,27 @@ fn pump(config_path: Option<&Path>, binary_dir: Option<&Path>) -> edgefleet_conf
     }
 }
 
+/// Waits until the console reports `app` on agent `id` with this version (and status).
+async fn wait_app(
+    console: &Console,
+    id: &str,
+    app: &str,
+    version: &str,
+    status: Option<&str>,
+) -> Value {
+    wait_for(LIMIT, &format!("{app} {version} {status:?}"), || async {
+        let doc = console.get(&format!("/api/agents/{id}")).await;
+        doc["apps"]
+            .as_array()?
+            .iter()
+            .find(|a| {
+                a["id"] == app && a["version"] == version && status.is_none_or(|s| a["status"] == s)
+            })
+            .cloned()
+    })
+    .await
+}
+
 async fn wait_status(console: &Console, id: &str, status: &str) {
     wait_for(LIMIT, &format!("{id} {status}"), || async {
         let (code, body) = console.get_text(&format!("/api/agents/{id}")).await;
@@ -384,9 +405,12 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
     std::fs::create_dir_all(&bin_dir).unwrap();
     std::fs::write(bin_dir.join("VERSION"), "1.0\n").unwrap();
     let sim = Simulated::new(dir.join("apps"));
-    let a = spawn_agent(&dir, &console, INDEX, vec![pump(None, Some(&bin_dir))]).await;
+    let mut app = pump(None, Some(&bin_dir));
+    app.version_file = Some(bin_dir.join("VERSION"));
+    let a = spawn_agent(&dir, &console, INDEX, vec![app]).await;
     let id = a.agent_id().to_string();
     wait_status(&console, &id, "online").await;
+    wait_app(&console, &id, "pump", "1.0", Some("active")).await;
 
     // The CLI uploads a local archive to the console and waits for the update.
     let v2 = tmp.path().join("pump-2.0.tar.gz");
@@ -422,6 +446,8 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
         out.contains("uploaded") && out.contains("pump updated to 2.0"),
         "{out}"
     );
+    // The new version reaches the console with the next heartbeat (sent at once on change).
+    wait_app(&console, &id, "pump", "2.0", Some("active")).await;
     assert_eq!(
         std::fs::read_to_string(bin_dir.join("VERSION")).unwrap(),
         "2.0\n"
@@ -491,6 +517,10 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
         "2.0\n",
         "the previous version is back"
     );
+    // ... and reported. The simulated unit still has its injected start failure from the
+    // rollback, so its status is whatever the service manager says; the version is 2.0.
+    let reported = wait_app(&console, &id, "pump", "2.0", None).await;
+    assert_eq!(reported["version"], "2.0", "{reported}");
     // A wrong checksum never touches the app.
     let c = console
         .send(

@@ -32,6 +32,10 @@ pub struct Heartbeat {
     /// Unix seconds; set only on store-and-forward history samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<u64>,
+    /// The managed apps' states, sent with every `apps_digest` (keyframes and changes), so
+    /// a lost heartbeat is repaired by the next keyframe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<crate::AppState>>,
 }
 
 /// The full set of vitals of a device at one moment.
