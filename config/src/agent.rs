@@ -101,7 +101,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "30s", meaning: "MQTT keepalive, 5s to 20m. Keep it below cellular NAT idle timeouts (about 2.5 min); the broker declares the agent dead after 1.5x." },
     KeyDoc { key: "queue_cap_mb", env: "EDGEFLEET_AGENT_QUEUE_CAP_MB", kind: ValueKind::Int, default: "16", meaning: "Store-and-forward queue cap in MB, 1 to 4096. Over it the oldest heartbeats go first; events and results are never dropped." },
     KeyDoc { key: "inventory_interval", env: "EDGEFLEET_AGENT_INVENTORY_INTERVAL", kind: ValueKind::Text, default: "6h", meaning: "Time between software inventory scans, 1m to 7d." },
-    KeyDoc { key: "allow_scripts", env: "EDGEFLEET_AGENT_ALLOW_SCRIPTS", kind: ValueKind::Bool, default: "false", meaning: "Allow allow-listed scripts beyond the fixed command set." },
+    KeyDoc { key: "allow_scripts", env: "EDGEFLEET_AGENT_ALLOW_SCRIPTS", kind: ValueKind::Bool, default: "false", meaning: "Reserved for allow-listed scripts (not built: this agent runs only the fixed command set; `true` only logs a warning)." },
     KeyDoc { key: "topic_prefix", env: "EDGEFLEET_AGENT_TOPIC_PREFIX", kind: ValueKind::Text, default: "ef", meaning: "MQTT topic prefix; must match the console's." },
     KeyDoc { key: "disk_mounts", env: "EDGEFLEET_AGENT_DISK_MOUNTS", kind: ValueKind::List, default: "/", meaning: "Mount points whose fullest one is reported as disk %." },
     KeyDoc { key: "labels", env: "EDGEFLEET_AGENT_LABELS", kind: ValueKind::Text, default: "(none)", meaning: "Table of key = value labels reported in the birth (file only; the variable is reserved)." },

@@ -187,6 +187,9 @@ fn main() -> Result<()> {
 async fn run(cfg: AgentConfig) -> Result<()> {
     // Installed before anything else, so a SIGTERM during startup stops us cleanly too.
     let signals = Signals::install()?;
+    if cfg.allow_scripts {
+        tracing::warn!("allow_scripts = true has no effect: this agent has no script command and runs only the fixed command set (restart-app, push-config, update-app, request-heartbeat)");
+    }
     let probe = SysinfoProbe::new(
         cfg.disk_mounts.clone(),
         cfg.apps.iter().map(|a| a.id.clone()).collect(),

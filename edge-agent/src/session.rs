@@ -114,6 +114,7 @@ pub(crate) enum Request {
     Progress {
         command_id: [u8; 16],
         step: String,
+        pct: Option<u8>,
     },
 }
 
@@ -739,14 +740,18 @@ impl Session {
                 // A command may have restarted, reconfigured or replaced an app.
                 self.app_watch.refresh();
             }
-            Request::Progress { command_id, step } => {
+            Request::Progress {
+                command_id,
+                step,
+                pct,
+            } => {
                 let _ = self.push(AgentMessage::CommandProgress(
                     edgefleet_codec::CommandProgress {
                         bd_seq: 0,
                         seq: 0,
                         command_id,
                         step,
-                        pct: None,
+                        pct,
                         at_ms: now_ms(),
                     },
                 ));
@@ -1175,8 +1180,19 @@ impl Reporter {
             .send(Request::Progress {
                 command_id: self.command_id,
                 step,
+                pct: None,
             })
             .await;
+    }
+
+    /// A percentage step from synchronous code (a download callback); dropped if the
+    /// session's queue is full, since the next step supersedes it.
+    fn percent(&self, step: &str, pct: u8) {
+        let _ = self.requests.try_send(Request::Progress {
+            command_id: self.command_id,
+            step: step.to_string(),
+            pct: Some(pct),
+        });
     }
 
     async fn finish(self, action: &str, app: &str, outcome: CommandOutcome, message: String) {
@@ -1312,9 +1328,11 @@ async fn update_app(
     };
     let result: Result<String, (CommandOutcome, String)> = async {
         report.step(format!("downloading {}", spec.url)).await;
-        let archive = crate::update::download(&spec.url, &spec.downloads, &spec.sha256)
-            .await
-            .map_err(|e| (CommandOutcome::Failed, e))?;
+        let archive = crate::update::download(&spec.url, &spec.downloads, &spec.sha256, &|p| {
+            report.percent("downloading", p)
+        })
+        .await
+        .map_err(|e| (CommandOutcome::Failed, e))?;
         report
             .step(format!(
                 "verified sha256 {}",
