@@ -367,6 +367,10 @@ pub struct CommandRequest {
     /// push-config: dotted key paths to new values.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub values: std::collections::BTreeMap<String, ConfigScalar>,
+    /// run-script: the script text (at most 16 KiB). It runs only on agents whose local
+    /// admin enabled scripts and allow-listed this script's SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
 }
 
 /// A config value as JSON writes it: `true`, `5`, `1.5`, `"text"`.

@@ -533,12 +533,20 @@ impl Fleet {
         };
         self.commands.put(&record)?;
         let view = record.view();
+        // A script is named by its hash: that is what agents allow-list.
+        let script = match &record.action {
+            edgefleet_codec::CommandAction::RunScript { script } => format!(
+                " script sha256 {}",
+                crate::commands::hex(&<sha2::Sha256 as sha2::Digest>::digest(script.as_bytes()))
+            ),
+            _ => String::new(),
+        };
         self.audit_or_log(
             actor,
             "command",
             host_id,
             &format!(
-                "{} {}{} (expires in {} s)",
+                "{} {}{}{script} (expires in {} s)",
                 view.action,
                 view.id,
                 view.app.map(|a| format!(" app {a}")).unwrap_or_default(),

@@ -153,6 +153,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Operator: ask the agent for a heartbeat now; 202 with the command.",
     ),
     (
+        "POST",
+        "/api/agents/:id/run-script",
+        "Admin: run a shell script (`{\"script\": ...}`), only on agents that allow-listed its SHA-256; 202.",
+    ),
+    (
         "GET",
         "/api/agents/:id/commands",
         "Commands sent to an agent, newest first (at most 100).",
@@ -197,6 +202,7 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/audit/verify", get(audit_verify))
         .route("/api/agents/:id/restart-app", post(restart_app))
         .route("/api/agents/:id/request-heartbeat", post(request_heartbeat))
+        .route("/api/agents/:id/run-script", post(run_script))
         .route("/api/agents/:id/push-config", post(push_config))
         .route("/api/agents/:id/update-app", post(update_app))
         .route("/api/commands/bulk", post(bulk_command))
@@ -730,9 +736,20 @@ fn build_action(
                 sha256,
             }
         }
+        "run-script" => {
+            let script = req.script.filter(|s| !s.trim().is_empty()).ok_or_else(|| missing("script"))?;
+            if script.len() > edgefleet_codec::MAX_SCRIPT_BYTES {
+                return Err(ApiError::BadRequest(format!(
+                    "script: {} bytes, at most {} allowed",
+                    script.len(),
+                    edgefleet_codec::MAX_SCRIPT_BYTES
+                )));
+            }
+            CommandAction::RunScript { script }
+        }
         other => {
             return Err(ApiError::BadRequest(format!(
-                "action must be restart-app, push-config, update-app or request-heartbeat, got {other:?}"
+                "action must be restart-app, push-config, update-app, request-heartbeat or run-script, got {other:?}"
             )))
         }
     })
@@ -794,6 +811,9 @@ async fn bulk_command(
 ) -> Result<(StatusCode, Json<Vec<api::BulkItem>>), ApiError> {
     require(&key, Role::Operator)?;
     let bulk: api::BulkCommand = json_body(&body)?;
+    if bulk.action == "run-script" {
+        require(&key, Role::Admin)?;
+    }
     let (_, ttl) = command_request(&serde_json::to_vec(&bulk.request).expect("serializes"))?;
     let action = build_action(&bulk.action, bulk.request.clone())?;
     let targets: Vec<String> = match &bulk.agents {
@@ -949,6 +969,19 @@ async fn artifact(
         );
     }
     Ok(response)
+}
+
+/// Scripts are the one command beyond the fixed set, so they take an admin key.
+async fn run_script(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
+    require(&key, Role::Admin)?;
+    let (req, ttl) = command_request(&body)?;
+    let action = build_action("run-script", req)?;
+    send_command(fleet, key, id, action, ttl).await
 }
 
 async fn request_heartbeat(

@@ -133,6 +133,7 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         services: services
             .unwrap_or_else(|| std::sync::Arc::new(crate::service::Systemd::default())),
         downloads: dir.join("downloads"),
+        scripts: crate::script::ScriptPolicy::from_config(&config),
     };
     let status_file = write_status_file.then(|| StatusFile::path(dir));
     spawn_session(session, status_file)

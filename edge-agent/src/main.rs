@@ -188,7 +188,7 @@ async fn run(cfg: AgentConfig) -> Result<()> {
     // Installed before anything else, so a SIGTERM during startup stops us cleanly too.
     let signals = Signals::install()?;
     if cfg.allow_scripts {
-        tracing::warn!("allow_scripts = true has no effect: this agent has no script command and runs only the fixed command set (restart-app, push-config, update-app, request-heartbeat)");
+        tracing::warn!(allowlist = ?cfg.script_allowlist, "allow_scripts = true: the console may run the scripts whose SHA-256 is on the allow-list");
     }
     let probe = SysinfoProbe::new(
         cfg.disk_mounts.clone(),

@@ -82,6 +82,8 @@ pub struct SessionConfig {
     pub services: std::sync::Arc<dyn ServiceManager>,
     /// Where update-app keeps (partial) downloads.
     pub downloads: PathBuf,
+    /// Whether and which scripts `run-script` may run (the local admin's decision).
+    pub scripts: crate::script::ScriptPolicy,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -1015,6 +1017,16 @@ impl Session {
                     ),
                 }
             }
+            CommandAction::RunScript { script } => match self.cfg.scripts.check(script) {
+                Ok(()) => {
+                    tokio::spawn(run_script(self.requests_tx.clone(), cmd.id, script.clone()));
+                    return;
+                }
+                Err(why) => {
+                    tracing::warn!(command = %hex(&cmd.id), reason = %why, "refused a script");
+                    (CommandOutcome::Rejected, why)
+                }
+            },
             other => (
                 CommandOutcome::Failed,
                 format!(
@@ -1440,6 +1452,20 @@ async fn restart_app(
     report.finish("restart-app", &app, outcome, message).await;
 }
 
+/// run-script, already allowed by the policy: runs it and reports the output tail.
+async fn run_script(requests: mpsc::Sender<Request>, command_id: [u8; 16], script: String) {
+    let report = Reporter {
+        requests,
+        command_id,
+    };
+    report.step("running the allow-listed script".into()).await;
+    let (outcome, message) = match crate::script::run(&script, crate::script::TIMEOUT).await {
+        Ok(out) => (CommandOutcome::Succeeded, out),
+        Err(e) => (CommandOutcome::Failed, e),
+    };
+    report.finish("run-script", "-", outcome, message).await;
+}
+
 fn action_name(action: &CommandAction) -> &'static str {
     match action {
         CommandAction::RestartApp { .. } => "restart-app",
@@ -1447,6 +1473,7 @@ fn action_name(action: &CommandAction) -> &'static str {
         CommandAction::UpdateApp { .. } => "update-app",
         CommandAction::RequestHeartbeat => "request-heartbeat",
         CommandAction::RescanInventory => "rescan-inventory",
+        CommandAction::RunScript { .. } => "run-script",
     }
 }
 

@@ -89,6 +89,7 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             apps: apps_of(&mut SimProbe::new(i)),
             services: std::sync::Arc::new(crate::service::Simulated::new(agent_dir.join("apps"))),
             downloads: agent_dir.join("downloads"),
+            scripts: crate::script::ScriptPolicy::default(),
             probe: Box::new(SimProbe::new(i)),
         };
         agents.push(crate::spawn_session(cfg, None)?);

@@ -614,3 +614,101 @@ async fn a_bulk_config_push_reaches_twenty_agents() {
         a.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_runs_only_where_the_local_admin_allow_listed_its_hash() {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let vetted = "echo disk check; echo ok-from-script\n";
+    let sha: String = sha2::Sha256::digest(vetted.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let allow = tmp.path().join("allowlist");
+    std::fs::write(&allow, format!("# vetted by ops\n{sha}\n")).unwrap();
+    std::fs::set_permissions(&allow, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Agent a allows scripts with that list; agent b keeps the default (off).
+    let spawn = |dir: std::path::PathBuf, index: usize, scripts: bool| {
+        let config = edgefleet_config::AgentConfig {
+            console_urls: vec![console.mqtt_url()],
+            data_dir: dir.clone(),
+            token: Some(console.token.clone()),
+            allow_scripts: scripts,
+            script_allowlist: scripts.then(|| allow.clone()),
+            ..Default::default()
+        };
+        let mut opts = AgentOptions::new(config, SimProbe::new(index));
+        opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
+        edgefleet_agent::spawn(opts)
+    };
+    let a = spawn(tmp.path().join("a"), 301, true).await.unwrap();
+    let b = spawn(tmp.path().join("b"), 302, false).await.unwrap();
+    let (ida, idb) = (a.agent_id().to_string(), b.agent_id().to_string());
+    wait_status(&console, &ida, "online").await;
+    wait_status(&console, &idb, "online").await;
+    let console = &console;
+    let script = |id: &str, text: &str| {
+        let body = serde_json::json!({ "script": text }).to_string();
+        let path = format!("/api/agents/{id}/run-script");
+        async move { console.send("POST", &path, &body).await }
+    };
+
+    let c = script(&ida, vetted).await;
+    let done = wait_command(console, c["id"].as_str().unwrap(), "succeeded").await;
+    assert!(
+        done["message"].as_str().unwrap().contains("ok-from-script"),
+        "{done}"
+    );
+    // One changed byte is another script: refused, never run.
+    let c = script(&ida, &vetted.replace("ok", "0k")).await;
+    let refused = wait_command(console, c["id"].as_str().unwrap(), "rejected").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("not on this agent's allow-list"),
+        "{refused}"
+    );
+    let c = script(&idb, vetted).await;
+    let refused = wait_command(console, c["id"].as_str().unwrap(), "rejected").await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("disabled"),
+        "{refused}"
+    );
+    // The audit names the script by hash; an operator key may not send scripts.
+    let audit = console.get("/api/audit?action=command").await;
+    assert!(
+        audit.to_string().contains(&format!("script sha256 {sha}")),
+        "{audit}"
+    );
+    let op = console
+        .send("POST", "/api/keys", r#"{"name":"ops","role":"operator"}"#)
+        .await;
+    let (status, text) = crate::harness::http_request(
+        console.http,
+        "POST",
+        &format!("/api/agents/{ida}/run-script"),
+        Some(op["secret"].as_str().unwrap()),
+        &serde_json::json!({ "script": vetted }).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{text}");
+    let (status, text) = crate::harness::http_request(
+        console.http,
+        "POST",
+        &format!("/api/agents/{ida}/run-script"),
+        Some(&console.api_key),
+        &serde_json::json!({ "script": "x".repeat(20_000) }).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{text}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

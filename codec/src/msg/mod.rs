@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use birth::{AppState, AppStatus, Birth};
-pub use command::{Command, CommandAction, ConfigValue};
+pub use command::{Command, CommandAction, ConfigValue, MAX_SCRIPT_BYTES};
 pub use console_state::ConsoleState;
 pub use enroll::{EnrollDecision, EnrollRequest, EnrollResponse};
 pub use event::{Event, EventLevel};

@@ -84,6 +84,19 @@ enum Cmd {
         #[command(subcommand)]
         command: AppsCmd,
     },
+    /// Run a shell script on an agent (admin). It runs only if the agent's local admin set
+    /// `allow_scripts = true` and put the script's SHA-256 (printed here) on the agent's
+    /// `script_allowlist`; otherwise the command ends `rejected`.
+    Script {
+        agent: String,
+        /// The script file (at most 16 KiB), run with `sh`.
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        expires: Option<String>,
+    },
     /// Remote commands.
     Commands {
         #[command(subcommand)]
@@ -574,6 +587,28 @@ fn run(args: &Args) -> Result<()> {
                 ..Default::default()
             };
             app_command(&ctx, agent, "update-app", &body, *wait)?;
+        }
+        Cmd::Script {
+            agent,
+            file,
+            wait,
+            expires,
+        } => {
+            let script = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the script {}", file.display()))?;
+            let sha = <sha2::Sha256 as sha2::Digest>::digest(script.as_bytes());
+            if !ctx.json {
+                eprintln!(
+                    "script sha256 {} (agents run it only if this hash is on their script_allowlist)",
+                    sha.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                );
+            }
+            let body = CommandRequest {
+                script: Some(script),
+                expires: expires.clone(),
+                ..Default::default()
+            };
+            app_command(&ctx, agent, "run-script", &body, *wait)?;
         }
         Cmd::Commands {
             command: CommandsCmd::Status { id, wait },
