@@ -114,6 +114,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                             version: (l % 2 == 0).then(|| l.to_string()),
                         }]
                     }),
+                    inventory_digest: at.map(|a| a.to_be_bytes()),
                 })
             }),
         (
@@ -133,9 +134,11 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                         scan_id,
                         index,
                         is_last,
-                        source,
                         digest,
-                        packages,
+                        packages_z: InventoryChunk::split(scan_id, &source, &packages)
+                            .remove(0)
+                            .packages_z,
+                        source,
                     })
                 }
             ),
@@ -155,6 +158,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                     changed: added.clone(),
                     added,
                     removed,
+                    source: "dpkg".into(),
                 })
             }),
         (seqs, any::<u64>(), any::<u64>(), text(), text()).prop_map(
