@@ -14,6 +14,8 @@
 //! - `service`: acting on managed apps: `systemctl`, or files for the simulator; app
 //!   status and version polling.
 //! - `script`: `run-script`, gated by `allow_scripts` and the local SHA-256 allow-list.
+//! - `inventory`: package collectors (dpkg, rpm, pacman, apk), the simulator's package set,
+//!   and the agent side of inventory sync (snapshot, delta, ack).
 //! - `probe`: where vitals come from: `sysinfo` on a device, random walks in the simulator.
 //! - `status`: the agent's snapshot of itself and the state file `status` reads.
 //! - `update`: update-app: range-resumed downloads, checksum, directory swap and rollback.
@@ -25,6 +27,7 @@ pub mod enrollment;
 pub mod handle;
 pub mod heartbeat;
 pub mod identity;
+pub mod inventory;
 pub mod probe;
 pub mod queue;
 pub mod script;

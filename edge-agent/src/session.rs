@@ -49,6 +49,8 @@ pub const MAX_EVENT_MESSAGE: usize = 16 * 1024;
 pub const MAX_EVENT_KIND: usize = 64;
 /// How long the goodbye waits for its PUBACK, and then for DISCONNECT to be written.
 const GOODBYE_ACK: Duration = Duration::from_secs(1);
+/// Full inventory snapshots on the console's request are at most this frequent.
+const RESYNC_MIN_GAP: Duration = Duration::from_secs(30);
 const GOODBYE_DISCONNECT: Duration = Duration::from_millis(500);
 /// How often a pending agent asks the console again.
 pub const ENROLL_RETRY: Duration = Duration::from_secs(30);
@@ -84,6 +86,9 @@ pub struct SessionConfig {
     pub downloads: PathBuf,
     /// Whether and which scripts `run-script` may run (the local admin's decision).
     pub scripts: crate::script::ScriptPolicy,
+    /// Where the software inventory comes from (`None`: no inventory at all).
+    pub collector: Option<std::sync::Arc<dyn crate::inventory::Collector>>,
+    pub inventory_interval: Duration,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -118,6 +123,8 @@ pub(crate) enum Request {
         step: String,
         pct: Option<u8>,
     },
+    /// A scan finished (off the session task).
+    Scanned(Result<crate::inventory::Scan, String>),
 }
 
 /// How one connection ended.
@@ -179,6 +186,23 @@ pub(crate) struct Session {
     app_watch: crate::service::AppWatch,
     /// Stops the app poller when the session ends.
     _app_watch_stop: tokio_util::sync::DropGuard,
+    inventory: InventoryState,
+}
+
+/// The session's inventory bookkeeping around the persisted [`crate::inventory::SyncState`].
+#[derive(Debug)]
+struct InventoryState {
+    sync: crate::inventory::SyncState,
+    /// When the next scheduled scan is due.
+    next_scan: Instant,
+    running: bool,
+    /// rescan-inventory commands answered when the running (or next) scan ends.
+    waiting: Vec<[u8; 16]>,
+    last_resync: Option<Instant>,
+    /// The acknowledged digest the last heartbeat carried.
+    reported: Option<[u8; 8]>,
+    /// The last collector error, reported once per distinct error.
+    last_error: Option<String>,
 }
 
 impl Session {
@@ -209,7 +233,17 @@ impl Session {
                 .clamp(Duration::from_secs(5), Duration::from_secs(60)),
             stop.clone(),
         );
+        let inventory = InventoryState {
+            sync: cfg.storage.inventory(),
+            next_scan: Instant::now(),
+            running: false,
+            waiting: Vec::new(),
+            last_resync: None,
+            reported: None,
+            last_error: None,
+        };
         Session {
+            inventory,
             cfg,
             id,
             requests,
@@ -399,6 +433,8 @@ impl Session {
                 _ = at(live), if link.approved => self.live_heartbeat(&mut link, false),
                 // An app changed state or version: tell the console now, not at the next tick.
                 _ = self.app_watch.changed(), if link.approved => self.live_heartbeat(&mut link, false),
+                _ = tokio::time::sleep_until(self.inventory.next_scan),
+                    if link.approved && !self.inventory.running && self.cfg.collector.is_some() => self.start_scan(),
                 _ = at(link.enroll_due) => self.request_enrollment(&mut link),
                 _ = tokio::time::sleep_until(history), if !link.can_send() => self.history_sample(),
                 event = eventloop.poll() => match event {
@@ -547,7 +583,7 @@ impl Session {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             boot_time: facts.boot_time,
             apps,
-            inventory_digest: None,
+            inventory_digest: self.inventory.sync.acked,
             heartbeat_interval_s: u32::try_from(self.heartbeats.interval().as_secs().max(1))
                 .unwrap_or(u32::MAX),
         });
@@ -569,6 +605,11 @@ impl Session {
         // The app list rides with its digest: on keyframes and whenever it changed.
         if hb.apps_digest.is_some() && !apps.is_empty() {
             hb.apps = Some(apps);
+        }
+        let acked = self.inventory.sync.acked;
+        if acked.is_some() && (hb.apps_digest.is_some() || acked != self.inventory.reported) {
+            hb.inventory_digest = acked;
+            self.inventory.reported = acked;
         }
         let mut msg = AgentMessage::Heartbeat(hb);
         if self.publish(
@@ -696,6 +737,30 @@ impl Session {
         }
     }
 
+    /// Queues an event with a fresh event id.
+    fn push_event(
+        &mut self,
+        level: edgefleet_codec::EventLevel,
+        kind: &str,
+        message: &str,
+    ) -> Result<u64, String> {
+        let event_id = self
+            .cfg
+            .storage
+            .next_event_id()
+            .map_err(|e| format!("allocating an event id: {e}"))?;
+        self.push(AgentMessage::Event(Event {
+            bd_seq: 0,
+            seq: 0,
+            event_id,
+            at_ms: now_ms(),
+            level,
+            kind: truncate(kind.to_string(), MAX_EVENT_KIND),
+            message: truncate(message.to_string(), MAX_EVENT_MESSAGE),
+        }))
+        .map(|()| event_id)
+    }
+
     /// Handles a request from the handle; events and results go through the queue.
     fn request(&mut self, req: Request, link: Option<&mut Link>) {
         match req {
@@ -705,23 +770,7 @@ impl Session {
                 message,
                 reply,
             } => {
-                let result = self
-                    .cfg
-                    .storage
-                    .next_event_id()
-                    .map_err(|e| format!("allocating an event id: {e}"))
-                    .and_then(|event_id| {
-                        self.push(AgentMessage::Event(Event {
-                            bd_seq: 0,
-                            seq: 0,
-                            event_id,
-                            at_ms: now_ms(),
-                            level,
-                            kind: truncate(kind, MAX_EVENT_KIND),
-                            message: truncate(message, MAX_EVENT_MESSAGE),
-                        }))
-                        .map(|()| event_id)
-                    });
+                let result = self.push_event(level, &kind, &message);
                 let _ = reply.send(result);
             }
             Request::Result {
@@ -757,6 +806,13 @@ impl Session {
                         at_ms: now_ms(),
                     },
                 ));
+            }
+            Request::Scanned(result) => {
+                self.scanned(result);
+                if let Some(link) = link {
+                    self.pump_queue(link);
+                }
+                return;
             }
             Request::HeartbeatNow => {
                 if let Some(link) = link {
@@ -897,6 +953,10 @@ impl Session {
         let now = now_ms();
         let cmd: Command = match open_console(payload, Some(&self.id), &pinned) {
             Ok(ConsoleMessage::Command(cmd)) => cmd,
+            Ok(ConsoleMessage::InventoryAck(ack)) => {
+                self.inventory_ack(link, ack);
+                return;
+            }
             Ok(other) => {
                 self.command_rejected(
                     "wrong_kind",
@@ -1017,6 +1077,15 @@ impl Session {
                     ),
                 }
             }
+            CommandAction::RescanInventory if self.cfg.collector.is_some() => {
+                self.inventory.waiting.push(cmd.id);
+                self.inventory.next_scan = Instant::now();
+                return;
+            }
+            CommandAction::RescanInventory => (
+                CommandOutcome::Failed,
+                "this agent collects no inventory".to_string(),
+            ),
             CommandAction::RunScript { script } => match self.cfg.scripts.check(script) {
                 Ok(()) => {
                     tokio::spawn(run_script(self.requests_tx.clone(), cmd.id, script.clone()));
@@ -1027,13 +1096,6 @@ impl Session {
                     (CommandOutcome::Rejected, why)
                 }
             },
-            other => (
-                CommandOutcome::Failed,
-                format!(
-                    "{} is not supported by this agent version yet",
-                    action_name(other)
-                ),
-            ),
         };
         let result = AgentMessage::CommandResult(CommandResult {
             bd_seq: 0,
@@ -1045,6 +1107,126 @@ impl Session {
         });
         if self.push(result).is_ok() {
             self.pump_queue(link);
+        }
+    }
+
+    /// Runs the collector off the session task; the result comes back as a request.
+    fn start_scan(&mut self) {
+        let Some(collector) = self.cfg.collector.clone() else {
+            return;
+        };
+        self.inventory.running = true;
+        let requests = self.requests_tx.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || collector.scan())
+                .await
+                .unwrap_or_else(|e| Err(format!("the scan panicked: {e}")));
+            let _ = requests.send(Request::Scanned(result)).await;
+        });
+    }
+
+    fn scanned(&mut self, result: Result<crate::inventory::Scan, String>) {
+        use crate::inventory::Outgoing;
+        self.inventory.running = false;
+        self.inventory.next_scan = Instant::now() + self.cfg.inventory_interval;
+        let (outcome, message) = match result {
+            Ok(scan) => {
+                self.inventory.last_error = None;
+                let (count, source) = (scan.packages.len(), scan.source.clone());
+                let what = match self.inventory.sync.scanned(scan) {
+                    Outgoing::Nothing => "unchanged".to_string(),
+                    Outgoing::Delta(d) => {
+                        let text = format!(
+                            "sent a delta: {} added, {} removed, {} changed",
+                            d.added.len(),
+                            d.removed.len(),
+                            d.changed.len()
+                        );
+                        let _ = self.push(AgentMessage::InventoryDelta(d));
+                        text
+                    }
+                    Outgoing::Snapshot(chunks) => {
+                        let n = chunks.len();
+                        for c in chunks {
+                            let _ = self.push(AgentMessage::InventoryChunk(c));
+                        }
+                        format!("sent a full snapshot in {n} chunks")
+                    }
+                };
+                self.save_inventory();
+                tracing::info!(packages = count, %source, %what, "inventory scanned");
+                (
+                    CommandOutcome::Succeeded,
+                    format!("{count} packages ({source}): {what}"),
+                )
+            }
+            Err(e) => {
+                if self.inventory.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "no software inventory");
+                    let _ = self.push_event(
+                        edgefleet_codec::EventLevel::Warn,
+                        "inventory_unavailable",
+                        &e,
+                    );
+                    self.inventory.last_error = Some(e.clone());
+                }
+                (
+                    CommandOutcome::Failed,
+                    format!("inventory scan failed: {e}"),
+                )
+            }
+        };
+        for id in std::mem::take(&mut self.inventory.waiting) {
+            let _ = self.push(AgentMessage::CommandResult(CommandResult {
+                bd_seq: 0,
+                seq: 0,
+                command_id: id,
+                outcome,
+                message: truncate(message.clone(), MAX_EVENT_MESSAGE),
+                at_ms: now_ms(),
+            }));
+        }
+    }
+
+    /// The console's acknowledgement, or its request for a full snapshot.
+    fn inventory_ack(&mut self, link: &mut Link, ack: edgefleet_codec::InventoryAck) {
+        match ack.digest {
+            Some(d) => {
+                self.inventory.sync.acked(d);
+                self.save_inventory();
+            }
+            None => {
+                let fresh = (now_ms() / 1000).abs_diff(ack.at) < 600;
+                let recent = self
+                    .inventory
+                    .last_resync
+                    .is_some_and(|t| t.elapsed() < RESYNC_MIN_GAP);
+                if !fresh || recent {
+                    tracing::debug!(fresh, recent, "ignoring a request for a full inventory");
+                    return;
+                }
+                self.inventory.last_resync = Some(Instant::now());
+                match self.inventory.sync.resync() {
+                    Some(chunks) => {
+                        tracing::info!(
+                            chunks = chunks.len(),
+                            "the console asked for the full inventory"
+                        );
+                        for c in chunks {
+                            let _ = self.push(AgentMessage::InventoryChunk(c));
+                        }
+                        self.save_inventory();
+                        self.pump_queue(link);
+                    }
+                    None => self.inventory.next_scan = Instant::now(),
+                }
+            }
+        }
+    }
+
+    fn save_inventory(&self) {
+        if let Err(e) = self.cfg.storage.set_inventory(&self.inventory.sync) {
+            tracing::error!(error = %e, "cannot store the inventory sync state");
         }
     }
 
@@ -1464,17 +1646,6 @@ async fn run_script(requests: mpsc::Sender<Request>, command_id: [u8; 16], scrip
         Err(e) => (CommandOutcome::Failed, e),
     };
     report.finish("run-script", "-", outcome, message).await;
-}
-
-fn action_name(action: &CommandAction) -> &'static str {
-    match action {
-        CommandAction::RestartApp { .. } => "restart-app",
-        CommandAction::PushConfig { .. } => "push-config",
-        CommandAction::UpdateApp { .. } => "update-app",
-        CommandAction::RequestHeartbeat => "request-heartbeat",
-        CommandAction::RescanInventory => "rescan-inventory",
-        CommandAction::RunScript { .. } => "run-script",
-    }
 }
 
 /// `{agent_id}-{bd_seq}`: the MQTT client id of one connection.

@@ -5,7 +5,7 @@
 //! highly repetitive (architectures, sources, version stems), so 2,000 packages fit in
 //! about a quarter of their plain size. Deltas are small and stay plain.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -151,65 +151,61 @@ impl InventoryChunk {
 }
 
 impl InventoryDelta {
-    /// The delta from `old` to `new`, or `None` if they hold the same packages.
+    /// The delta from `old` to `new`, or `None` if they hold the same packages. A key
+    /// ([`Package::key`]) present exactly once on both sides with another version is
+    /// `changed`; everything else is plain `added` / `removed` (so several installed
+    /// versions of one package, like RPM kernels, stay exact).
     pub fn between(old: &[Package], new: &[Package], source: &str) -> Option<InventoryDelta> {
         let (base, next) = (inventory_digest(old), inventory_digest(new));
         if base == next {
             return None;
         }
-        let index = |set: &[Package]| -> BTreeMap<(String, String, String), Package> {
-            set.iter()
-                .map(|p| {
-                    let (n, a, s) = p.key();
-                    ((n.to_string(), a.to_string(), s.to_string()), p.clone())
-                })
-                .collect()
-        };
-        let (old, new) = (index(old), index(new));
-        let mut delta = InventoryDelta {
+        let old: BTreeSet<&Package> = old.iter().collect();
+        let new: BTreeSet<&Package> = new.iter().collect();
+        let mut removed: Vec<&Package> = old.difference(&new).copied().collect();
+        let mut added: Vec<&Package> = new.difference(&old).copied().collect();
+        fn count<'a>(set: &BTreeSet<&'a Package>) -> BTreeMap<(&'a str, &'a str, &'a str), usize> {
+            let mut n = BTreeMap::new();
+            for p in set {
+                *n.entry(p.key()).or_default() += 1;
+            }
+            n
+        }
+        let (in_old, in_new) = (count(&old), count(&new));
+        let single =
+            |p: &Package| in_old.get(&p.key()) == Some(&1) && in_new.get(&p.key()) == Some(&1);
+        let changed: Vec<Package> = added
+            .iter()
+            .filter(|p| single(p) && removed.iter().any(|r| r.key() == p.key()))
+            .map(|p| (*p).clone())
+            .collect();
+        added.retain(|p| !changed.iter().any(|c| c.key() == p.key()));
+        removed.retain(|p| !changed.iter().any(|c| c.key() == p.key()));
+        Some(InventoryDelta {
             bd_seq: 0,
             seq: 0,
             base_digest: base,
             new_digest: next,
-            added: Vec::new(),
-            removed: Vec::new(),
-            changed: Vec::new(),
+            added: added.into_iter().cloned().collect(),
+            removed: removed.into_iter().cloned().collect(),
+            changed,
             source: source.to_string(),
-        };
-        for (k, p) in &new {
-            match old.get(k) {
-                None => delta.added.push(p.clone()),
-                Some(o) if o.version != p.version => delta.changed.push(p.clone()),
-                Some(_) => {}
-            }
-        }
-        for (k, p) in &old {
-            if !new.contains_key(k) {
-                delta.removed.push(p.clone());
-            }
-        }
-        Some(delta)
+        })
     }
 
-    /// Applies the delta to `set` (keyed like [`Package::key`]); the caller checks the
-    /// resulting digest against `new_digest`.
+    /// Applies the delta to `set`; the caller checks the result's digest against
+    /// `new_digest`.
     pub fn apply(&self, set: &[Package]) -> Vec<Package> {
-        let mut out: BTreeMap<(String, String, String), Package> = set
-            .iter()
-            .map(|p| {
-                let (n, a, s) = p.key();
-                ((n.to_string(), a.to_string(), s.to_string()), p.clone())
-            })
-            .collect();
+        let mut out: BTreeSet<Package> = set.iter().cloned().collect();
         for p in &self.removed {
-            let (n, a, s) = p.key();
-            out.remove(&(n.to_string(), a.to_string(), s.to_string()));
+            out.remove(p);
         }
-        for p in self.added.iter().chain(&self.changed) {
-            let (n, a, s) = p.key();
-            out.insert((n.to_string(), a.to_string(), s.to_string()), p.clone());
+        for p in &self.changed {
+            out.retain(|o| o.key() != p.key());
+            out.insert(p.clone());
         }
-        out.into_values().collect()
+        out.extend(self.added.iter().cloned());
+        out.into_iter().collect()
     }
 }
 
@@ -259,6 +255,13 @@ mod tests {
         let applied = d.apply(&old);
         assert_eq!(inventory_digest(&applied), d.new_digest);
         assert!(InventoryDelta::between(&new, &new, "dpkg").is_none());
+
+        // Two installed versions of one package stay two packages through a delta.
+        let old = vec![pkg("kernel", "5.14-362"), pkg("kernel", "5.14-427")];
+        let new = vec![pkg("kernel", "5.14-427"), pkg("kernel", "5.14-430")];
+        let d = InventoryDelta::between(&old, &new, "rpm").unwrap();
+        assert!(d.changed.is_empty());
+        assert_eq!(inventory_digest(&d.apply(&old)), d.new_digest);
     }
 
     #[test]
