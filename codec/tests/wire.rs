@@ -83,6 +83,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                         apps,
                         inventory_digest,
                         heartbeat_interval_s: hb,
+                        inventory_interval_s: None,
                     })
                 }
             ),

@@ -326,6 +326,7 @@ mod tests {
             apps: vec![],
             inventory_digest: None,
             heartbeat_interval_s: 30,
+            inventory_interval_s: None,
         }
     }
 

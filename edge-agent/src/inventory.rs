@@ -271,7 +271,7 @@ impl SimInventory {
             set.insert(pkg(
                 &format!("lib-sim{i:04}"),
                 &format!("1.{}.{}", (i * 7) % 13, (i + index % 2) % 5),
-                if i % 4 == 0 { "all" } else { "amd64" },
+                if i.is_multiple_of(4) { "all" } else { "amd64" },
                 "dpkg",
             ));
             i += 1;

@@ -586,6 +586,11 @@ impl Session {
             inventory_digest: self.inventory.sync.acked,
             heartbeat_interval_s: u32::try_from(self.heartbeats.interval().as_secs().max(1))
                 .unwrap_or(u32::MAX),
+            inventory_interval_s: self
+                .cfg
+                .collector
+                .is_some()
+                .then_some(self.cfg.inventory_interval.as_secs()),
         });
         self.publish(
             link,

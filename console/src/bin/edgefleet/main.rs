@@ -19,8 +19,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use edgefleet_codec::api::{
     AgentDetail, AgentPage, AgentSummary, AlertPage, ApiKeyCreate, ApiKeyCreated, ApiKeyView,
     ArtifactView, AuditPage, AuditVerify, CommandRequest, CommandView, ConfigScalar, FleetSummary,
-    LiveBody, LiveEvent, SilenceCreate, SilenceUntil, SilenceView, TokenCreate, TokenCreated,
-    TokenView,
+    InventoryCompare, InventoryPage, LiveBody, LiveEvent, PackageSearch, SilenceCreate,
+    SilenceUntil, SilenceView, TokenCreate, TokenCreated, TokenView,
 };
 use serde::Serialize;
 
@@ -97,6 +97,25 @@ enum Cmd {
         #[arg(long)]
         expires: Option<String>,
     },
+    /// A host's software inventory (table, --json or --csv), or `compare A B`, or
+    /// `rescan AGENT`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Inventory {
+        #[command(subcommand)]
+        command: Option<InventoryCmd>,
+        agent: Option<String>,
+        /// RFC 4180 CSV of every matching package.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// Also packages removed since an earlier scan.
+        #[arg(long)]
+        include_removed: bool,
+        /// Only packages whose name or version contains this.
+        #[arg(short, long)]
+        q: Option<String>,
+    },
+    /// Fleet-wide: every host with this package, grouped by version.
+    Packages { name: String },
     /// Remote commands.
     Commands {
         #[command(subcommand)]
@@ -243,6 +262,18 @@ fn parse_setting(text: &str) -> Result<(String, ConfigScalar), String> {
         ConfigScalar::Str(v.trim_matches('"').to_string())
     };
     Ok((k.trim().to_string(), value))
+}
+
+#[derive(Debug, Subcommand)]
+enum InventoryCmd {
+    /// Installed packages only on A, only on B, and with differing versions.
+    Compare { a: String, b: String },
+    /// Ask the agent to scan now.
+    Rescan {
+        agent: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -609,6 +640,79 @@ fn run(args: &Args) -> Result<()> {
                 ..Default::default()
             };
             app_command(&ctx, agent, "run-script", &body, *wait)?;
+        }
+        Cmd::Inventory {
+            command: Some(InventoryCmd::Compare { a, b }),
+            ..
+        } => {
+            let cmp: InventoryCompare = c.get(&format!(
+                "/api/inventory/compare?a={}&b={}",
+                encode(a),
+                encode(b)
+            ))?;
+            ctx.emit(&cmp, print_compare)?;
+        }
+        Cmd::Inventory {
+            command: Some(InventoryCmd::Rescan { agent, wait }),
+            ..
+        } => {
+            app_command(&ctx, agent, "rescan", &CommandRequest::default(), *wait)?;
+        }
+        Cmd::Inventory {
+            command: None,
+            agent,
+            csv,
+            include_removed,
+            q,
+        } => {
+            let Some(agent) = agent else {
+                bail!("name an agent: edgefleet inventory AGENT (or: inventory compare A B, inventory rescan AGENT)");
+            };
+            let base = format!("/api/agents/{}/inventory", encode(agent));
+            if *csv {
+                // The CSV endpoint exports everything; `-q` filters rows here.
+                let path = format!("{base}.csv?include_removed={include_removed}");
+                let text = c.request("GET", &path, b"")?;
+                let needle = q.as_deref().map(str::to_lowercase);
+                for (i, line) in text.lines().enumerate() {
+                    if i == 0
+                        || needle
+                            .as_deref()
+                            .is_none_or(|n| line.to_lowercase().contains(n))
+                    {
+                        println!("{line}");
+                    }
+                }
+                return Ok(());
+            }
+            let mut all: Option<InventoryPage> = None;
+            for page in 1.. {
+                let mut path =
+                    format!("{base}?per_page=500&page={page}&include_removed={include_removed}");
+                if let Some(q) = q {
+                    path.push_str(&format!("&q={}", encode(q)));
+                }
+                let p: InventoryPage = c.get(&path)?;
+                let done = p.items.len() < p.per_page;
+                match &mut all {
+                    None => all = Some(p),
+                    Some(acc) => acc.items.extend(p.items),
+                }
+                if done {
+                    break;
+                }
+            }
+            let inv = all.expect("at least one page");
+            ctx.emit(&inv, print_inventory)?;
+        }
+        Cmd::Packages { name } => {
+            let found: PackageSearch = c.get(&format!("/api/packages?name={}", encode(name)))?;
+            ctx.emit(&found, |f| {
+                println!("{}: on {} hosts", f.name, f.hosts);
+                for v in &f.versions {
+                    println!("  {:>6}  {}", v.count, v.version);
+                }
+            })?;
         }
         Cmd::Commands {
             command: CommandsCmd::Status { id, wait },
@@ -994,6 +1098,59 @@ fn print_agent(d: &AgentDetail) {
             format!("{}  {} ({:?})", format_ms(h.at), h.status.as_str(), h.cause),
         );
     }
+}
+
+fn print_inventory(inv: &InventoryPage) {
+    println!(
+        "{:<40}  {:<32}  {:<8}  {:<7}  FIRST SEEN",
+        "NAME", "VERSION", "ARCH", "STATE"
+    );
+    for p in &inv.items {
+        println!(
+            "{:<40}  {:<32}  {:<8}  {:<7}  {}",
+            p.name,
+            p.version,
+            p.arch,
+            if p.removed { "removed" } else { "ok" },
+            format_ms(p.first_seen)
+        );
+    }
+    let scan = inv
+        .last_scan
+        .map(|t| format!("last scan {}", format_ms(t)))
+        .unwrap_or_else(|| "no scan received yet".into());
+    println!(
+        "{} shown; {} installed, {} removed ({}, {scan}{})",
+        inv.items.len(),
+        inv.installed,
+        inv.removed,
+        inv.source.as_deref().unwrap_or("no source"),
+        if inv.stale_scan { ", STALE" } else { "" }
+    );
+    if let Some(e) = &inv.error {
+        println!("the agent reports: {e}");
+    }
+}
+
+fn print_compare(c: &InventoryCompare) {
+    for p in &c.only_a {
+        println!("< {:<40} {}", p.name, p.version);
+    }
+    for p in &c.only_b {
+        println!("> {:<40} {}", p.name, p.version);
+    }
+    for d in &c.differs {
+        println!("~ {:<40} {}  |  {}", d.name, d.a, d.b);
+    }
+    println!(
+        "{} only on {}, {} only on {}, {} differ, {} the same",
+        c.only_a.len(),
+        c.a,
+        c.only_b.len(),
+        c.b,
+        c.differs.len(),
+        c.same
+    );
 }
 
 fn print_tokens(tokens: &[TokenView]) {
