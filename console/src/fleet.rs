@@ -1398,6 +1398,23 @@ impl Fleet {
     }
 
     /// A host that is not deleted.
+    /// Host names for many ids under one read lock (deleted hosts have none).
+    pub fn hostnames<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> HashMap<String, Option<String>> {
+        let hosts = self.hosts.read().expect("hosts lock");
+        ids.into_iter()
+            .map(|id| {
+                let name = hosts
+                    .get(id)
+                    .filter(|h| h.deleted_at.is_none())
+                    .and_then(|h| h.hostname.clone());
+                (id.to_string(), name)
+            })
+            .collect()
+    }
+
     pub fn host(&self, id: &str) -> Option<HostRecord> {
         self.hosts
             .read()

@@ -1145,9 +1145,15 @@ async fn package_search(
         .filter(|n| !n.is_empty() && n.len() <= 256 && !n.contains('\0'))
         .ok_or_else(|| ApiError::BadRequest("`name` (an exact package name) is required".into()))?;
     blocking(move || {
-        let found = fleet
-            .inventory
-            .search(&name, |id| fleet.host(id).and_then(|h| h.hostname))?;
+        let mut found = fleet.inventory.search(&name)?;
+        let ids = found
+            .versions
+            .iter()
+            .flat_map(|v| v.hosts.iter().map(|h| h.id.as_str()));
+        let names = fleet.hostnames(ids);
+        for h in found.versions.iter_mut().flat_map(|v| v.hosts.iter_mut()) {
+            h.hostname = names.get(&h.id).cloned().flatten();
+        }
         Ok(Json(found))
     })
     .await

@@ -418,12 +418,8 @@ impl Inventory {
     }
 
     /// Every host with package `name` installed, grouped by version, most hosts first.
-    /// One prefix read of the index; `hostname` names hosts for display.
-    pub fn search(
-        &self,
-        name: &str,
-        hostname: impl Fn(&str) -> Option<String>,
-    ) -> Result<PackageSearch, StoreError> {
+    /// One prefix read of the index; host names are left for the caller to fill in.
+    pub fn search(&self, name: &str) -> Result<PackageSearch, StoreError> {
         let mut prefix = name.as_bytes().to_vec();
         prefix.push(0);
         let mut by_version: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -454,10 +450,7 @@ impl Inventory {
                 count: ids.len(),
                 hosts: ids
                     .into_iter()
-                    .map(|id| PackageHost {
-                        hostname: hostname(&id),
-                        id,
-                    })
+                    .map(|id| PackageHost { id, hostname: None })
                     .collect(),
             })
             .collect();

@@ -344,26 +344,36 @@ pub struct Sent {
 /// What a scan or a console answer asks the agent to send.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    Nothing,
     Delta(InventoryDelta),
     Snapshot(Vec<InventoryChunk>),
 }
 
 impl SyncState {
-    /// A fresh scan: nothing if the console already has it, a delta against what it was
-    /// last sent, or a full snapshot when nothing was sent yet (or the source changed).
+    /// A fresh scan: an empty delta if nothing changed (so the console knows the scan
+    /// happened), a delta against what it was last sent, or a full snapshot when nothing
+    /// was sent yet (or the source changed).
     pub fn scanned(&mut self, scan: Scan) -> Outgoing {
         let mut packages = scan.packages;
         packages.sort();
         packages.dedup();
         let digest = inventory_digest(&packages);
         let out = match &self.sent {
-            Some(sent) if sent.digest == digest => return Outgoing::Nothing,
+            Some(sent) if sent.digest == digest => {
+                return Outgoing::Delta(InventoryDelta {
+                    bd_seq: 0,
+                    seq: 0,
+                    base_digest: digest,
+                    new_digest: digest,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                    changed: Vec::new(),
+                    source: scan.source,
+                })
+            }
             Some(sent) if sent.source == scan.source => {
-                match InventoryDelta::between(&sent.packages, &packages, &scan.source) {
-                    Some(d) => Outgoing::Delta(d),
-                    None => return Outgoing::Nothing,
-                }
+                let d = InventoryDelta::between(&sent.packages, &packages, &scan.source)
+                    .expect("the digests differ, so the sets do");
+                Outgoing::Delta(d)
             }
             _ => {
                 self.scan_id = self.scan_id.wrapping_add(1);
@@ -474,7 +484,11 @@ mod tests {
             panic!("first scan must be a snapshot");
         };
         assert_eq!(chunks.len(), 3);
-        assert_eq!(sync.scanned(inv.scan().unwrap()), Outgoing::Nothing);
+        let Outgoing::Delta(same) = sync.scanned(inv.scan().unwrap()) else {
+            panic!("an unchanged scan is an empty delta");
+        };
+        assert_eq!(same.base_digest, same.new_digest);
+        assert!(same.added.is_empty() && same.removed.is_empty() && same.changed.is_empty());
         inv.upgrade("openssl", "3.0.99");
         let Outgoing::Delta(d) = sync.scanned(inv.scan().unwrap()) else {
             panic!("a change is a delta");

@@ -1139,7 +1139,10 @@ impl Session {
                 self.inventory.last_error = None;
                 let (count, source) = (scan.packages.len(), scan.source.clone());
                 let what = match self.inventory.sync.scanned(scan) {
-                    Outgoing::Nothing => "unchanged".to_string(),
+                    Outgoing::Delta(d) if d.base_digest == d.new_digest => {
+                        let _ = self.push(AgentMessage::InventoryDelta(d));
+                        "unchanged".to_string()
+                    }
                     Outgoing::Delta(d) => {
                         let text = format!(
                             "sent a delta: {} added, {} removed, {} changed",

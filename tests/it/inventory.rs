@@ -167,11 +167,25 @@ async fn snapshot_then_small_deltas_track_adds_removes_upgrades_and_survive_a_co
         "no snapshot after the first"
     );
     assert_eq!(metric(&console, DELTAS).await, 3);
+    // A scan that finds nothing new is a tiny empty delta: the console learns the scan
+    // happened (last_scan moves), so a quiet host is not flagged stale.
+    let last = console
+        .get(&format!("/api/agents/{id}/inventory?per_page=1"))
+        .await["last_scan"]
+        .as_u64()
+        .unwrap();
     let done = rescan(&console, &id).await;
     assert!(
         done["message"].as_str().unwrap().contains("unchanged"),
         "{done}"
     );
+    wait_for(LIMIT, "last_scan moves", || async {
+        let p = console
+            .get(&format!("/api/agents/{id}/inventory?per_page=1"))
+            .await;
+        (p["last_scan"].as_u64().unwrap() > last).then_some(())
+    })
+    .await;
 
     // curl is removed, with its first_seen unchanged; openssl's old version too.
     let (_, with_removed) = rows(&console, &id, true).await;
