@@ -367,6 +367,10 @@ pub struct CommandRequest {
     /// push-config: dotted key paths to new values.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub values: std::collections::BTreeMap<String, ConfigScalar>,
+    /// run-script: the script text (at most 16 KiB). It runs only on agents whose local
+    /// admin enabled scripts and allow-listed this script's SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
 }
 
 /// A config value as JSON writes it: `true`, `5`, `1.5`, `"text"`.
@@ -505,4 +509,95 @@ impl LiveBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiErrorBody {
     pub error: String,
+}
+
+/// One package of a host's inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageView {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// The collector: `dpkg`, `rpm`, `pacman`, `apk`.
+    pub source: String,
+    /// Unix ms of the first scan that had it; never changes afterwards.
+    pub first_seen: u64,
+    /// Unix ms of the last scan that had it.
+    pub last_seen: u64,
+    /// Gone from the host since `removed_at` (kept so history can be shown).
+    pub removed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
+}
+
+/// `GET /api/agents/{id}/inventory?q=&include_removed=&page=&per_page=&sort=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryPage {
+    pub items: Vec<PackageView>,
+    /// Rows matching the query (all pages).
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+    /// Installed packages (not removed), whatever the query.
+    pub installed: usize,
+    /// Removed packages still on record.
+    pub removed: usize,
+    /// The collector of the last scan; `None` before the first one arrived.
+    pub source: Option<String>,
+    /// Unix ms of the last scan the console received (a full snapshot, a delta, or an
+    /// "unchanged" report).
+    pub last_scan: Option<u64>,
+    /// The host's scan interval in seconds, as the agent reported it.
+    pub interval_s: Option<u64>,
+    /// The last scan is older than twice the interval.
+    pub stale_scan: bool,
+    /// Why the agent has no inventory (e.g. no supported package manager), if it said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A package whose version differs between two hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionDiff {
+    pub name: String,
+    pub arch: String,
+    /// Comma-separated when a host has several versions installed.
+    pub a: String,
+    pub b: String,
+}
+
+/// `GET /api/inventory/compare?a=ID&b=ID`: installed packages, sorted by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryCompare {
+    pub a: String,
+    pub b: String,
+    pub only_a: Vec<PackageView>,
+    pub only_b: Vec<PackageView>,
+    pub differs: Vec<VersionDiff>,
+    /// Packages with the same version on both.
+    pub same: usize,
+}
+
+/// A host in a fleet-wide package search.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageHost {
+    pub id: String,
+    pub hostname: Option<String>,
+}
+
+/// One version of a package across the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageVersion {
+    pub version: String,
+    pub count: usize,
+    pub hosts: Vec<PackageHost>,
+}
+
+/// `GET /api/packages?name=openssl`: every host with the package installed, grouped by
+/// version (most hosts first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageSearch {
+    pub name: String,
+    /// Distinct hosts that have it.
+    pub hosts: usize,
+    pub versions: Vec<PackageVersion>,
 }

@@ -136,7 +136,11 @@ pub fn open_agent(
     let kind = peek_kind(payload)?;
     if matches!(
         kind,
-        Kind::EnrollRequest | Kind::Command | Kind::EnrollResponse | Kind::ConsoleState
+        Kind::EnrollRequest
+            | Kind::Command
+            | Kind::EnrollResponse
+            | Kind::ConsoleState
+            | Kind::InventoryAck
     ) {
         return Err(DecodeError::WrongKind {
             expected: "agent telemetry",

@@ -148,3 +148,109 @@ fn restart_app_command_is_under_200_bytes() {
     println!("BUDGET command_restart_app payload={len} B (limit 200)");
     assert!(len < 200, "restart-app command is {len} bytes");
 }
+
+/// 2,000 packages: the 828 real ones of this project's build machine (the agent's dpkg
+/// fixture) plus 1,172 with pseudo-random names and versions, which compress worse than
+/// real ones do, so the figure is on the safe side.
+fn inventory_2000() -> Vec<edgefleet_codec::Package> {
+    let real = include_str!("../../edge-agent/tests/fixtures/dpkg-query.txt");
+    let mut pkgs: Vec<edgefleet_codec::Package> = real
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some(edgefleet_codec::Package {
+                name: f.next()?.to_string(),
+                version: f.next()?.to_string(),
+                arch: f.next()?.to_string(),
+                source: "dpkg".to_string(),
+            })
+        })
+        .collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    while pkgs.len() < 2000 {
+        let len = 5 + (next() % 12) as usize;
+        let name: String = (0..len)
+            .map(|_| (b'a' + (next() % 26) as u8) as char)
+            .collect();
+        let version = format!(
+            "{}.{}.{}-{}",
+            next() % 10,
+            next() % 30,
+            next() % 100,
+            next() % 5
+        );
+        let arch = ["amd64", "all"][(next() % 2) as usize].to_string();
+        pkgs.push(edgefleet_codec::Package {
+            name: format!("lib{name}"),
+            version,
+            arch,
+            source: "dpkg".to_string(),
+        });
+    }
+    pkgs
+}
+
+#[test]
+fn inventory_one_package_delta_and_full_snapshot_fit_their_budgets() {
+    use edgefleet_codec::{InventoryChunk, InventoryDelta};
+    let s = setup();
+    let id = s.agent.agent_id();
+    let topics = Topics::default();
+    let inv_topic = topics.agent(&id, Channel::Inventory);
+    let old = inventory_2000();
+    let mut new = old.clone();
+    let i = new.iter().position(|p| p.name == "curl").unwrap_or(0);
+    new[i].version.push_str("+deb12u9");
+
+    let mut delta = InventoryDelta::between(&old, &new, "dpkg").unwrap();
+    delta.bd_seq = 5;
+    delta.seq = 300;
+    let sealed = seal_agent(&AgentMessage::InventoryDelta(delta.clone()), &id, &s.key).len();
+    let json = serde_json::to_vec(&serde_json::json!({
+        "bd_seq": 5, "seq": 300, "base_digest": hex(&delta.base_digest),
+        "new_digest": hex(&delta.new_digest), "added": [], "removed": [],
+        "changed": [{"name": new[i].name, "version": new[i].version, "arch": new[i].arch, "source": "dpkg"}],
+        "source": "dpkg"
+    }))
+    .unwrap()
+    .len();
+    println!(
+        "inventory delta, 1 of 2000 packages changed: {sealed} B sealed payload, {} B MQTT packet (JSON body alone: {json} B)",
+        publish_packet_len(&inv_topic, sealed)
+    );
+    assert!(sealed <= 200, "{sealed}");
+
+    let chunks = InventoryChunk::split(1, "dpkg", &new);
+    let total: usize = chunks
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c.bd_seq = 5;
+            c.seq = 301;
+            seal_agent(&AgentMessage::InventoryChunk(c), &id, &s.key).len()
+        })
+        .sum();
+    let json: usize = serde_json::to_vec(
+        &new.iter()
+            .map(|p| serde_json::json!({"name": p.name, "version": p.version, "arch": p.arch, "source": p.source}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
+    .len();
+    println!(
+        "inventory full snapshot, 2000 packages: {total} B sealed in {} chunks (JSON: {json} B)",
+        chunks.len()
+    );
+    assert_eq!(chunks.len(), 4);
+    assert!(total <= 40 * 1024, "{total}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -83,6 +83,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                         apps,
                         inventory_digest,
                         heartbeat_interval_s: hb,
+                        inventory_interval_s: None,
                     })
                 }
             ),
@@ -107,6 +108,14 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                     tx_bps: rx,
                     apps_digest: load,
                     at,
+                    apps: load.map(|l| {
+                        vec![edgefleet_codec::AppState {
+                            id: format!("app{l}"),
+                            status: edgefleet_codec::AppStatus::Active,
+                            version: (l % 2 == 0).then(|| l.to_string()),
+                        }]
+                    }),
+                    inventory_digest: at.map(|a| a.to_be_bytes()),
                 })
             }),
         (
@@ -126,9 +135,11 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                         scan_id,
                         index,
                         is_last,
-                        source,
                         digest,
-                        packages,
+                        packages_z: InventoryChunk::split(scan_id, &source, &packages)
+                            .remove(0)
+                            .packages_z,
+                        source,
                     })
                 }
             ),
@@ -148,6 +159,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                     changed: added.clone(),
                     added,
                     removed,
+                    source: "dpkg".into(),
                 })
             }),
         (seqs, any::<u64>(), any::<u64>(), text(), text()).prop_map(

@@ -26,6 +26,8 @@ pub struct AgentConfig {
     pub queue_cap_mb: u64,
     pub inventory_interval: HumanDuration,
     pub allow_scripts: bool,
+    /// File of SHA-256 hashes (hex, one per line) of the scripts `run-script` may run.
+    pub script_allowlist: Option<PathBuf>,
     pub topic_prefix: String,
     pub disk_mounts: Vec<PathBuf>,
     pub labels: BTreeMap<String, String>,
@@ -83,6 +85,7 @@ impl Default for AgentConfig {
             queue_cap_mb: 16,
             inventory_interval: HumanDuration::secs(6 * 3600),
             allow_scripts: false,
+            script_allowlist: None,
             topic_prefix: "ef".to_string(),
             disk_mounts: vec![PathBuf::from("/")],
             labels: BTreeMap::new(),
@@ -101,7 +104,8 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "30s", meaning: "MQTT keepalive, 5s to 20m. Keep it below cellular NAT idle timeouts (about 2.5 min); the broker declares the agent dead after 1.5x." },
     KeyDoc { key: "queue_cap_mb", env: "EDGEFLEET_AGENT_QUEUE_CAP_MB", kind: ValueKind::Int, default: "16", meaning: "Store-and-forward queue cap in MB, 1 to 4096. Over it the oldest heartbeats go first; events and results are never dropped." },
     KeyDoc { key: "inventory_interval", env: "EDGEFLEET_AGENT_INVENTORY_INTERVAL", kind: ValueKind::Text, default: "6h", meaning: "Time between software inventory scans, 1m to 7d." },
-    KeyDoc { key: "allow_scripts", env: "EDGEFLEET_AGENT_ALLOW_SCRIPTS", kind: ValueKind::Bool, default: "false", meaning: "Allow allow-listed scripts beyond the fixed command set." },
+    KeyDoc { key: "allow_scripts", env: "EDGEFLEET_AGENT_ALLOW_SCRIPTS", kind: ValueKind::Bool, default: "false", meaning: "Let the console run shell scripts (`run-script`) whose SHA-256 is on `script_allowlist`; off, the agent runs only the fixed command set." },
+    KeyDoc { key: "script_allowlist", env: "EDGEFLEET_AGENT_SCRIPT_ALLOWLIST", kind: ValueKind::Text, default: "(none)", meaning: "File of hex SHA-256 hashes, one per line (`#` comments), of the scripts allowed; re-read for every script, refused if group- or world-writable. Required with `allow_scripts`." },
     KeyDoc { key: "topic_prefix", env: "EDGEFLEET_AGENT_TOPIC_PREFIX", kind: ValueKind::Text, default: "ef", meaning: "MQTT topic prefix; must match the console's." },
     KeyDoc { key: "disk_mounts", env: "EDGEFLEET_AGENT_DISK_MOUNTS", kind: ValueKind::List, default: "/", meaning: "Mount points whose fullest one is reported as disk %." },
     KeyDoc { key: "labels", env: "EDGEFLEET_AGENT_LABELS", kind: ValueKind::Text, default: "(none)", meaning: "Table of key = value labels reported in the birth (file only; the variable is reserved)." },
@@ -162,6 +166,12 @@ impl AgentConfig {
         check_topic_prefix(prov, "topic_prefix", &self.topic_prefix)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(prov.invalid("data_dir", "must not be empty"));
+        }
+        if self.allow_scripts && self.script_allowlist.is_none() {
+            return Err(prov.invalid(
+                "script_allowlist",
+                "is required when allow_scripts = true (a file of the allowed scripts' SHA-256 hashes)",
+            ));
         }
         let mut ids = BTreeSet::new();
         for (i, app) in self.apps.iter().enumerate() {
@@ -443,6 +453,25 @@ mod tests {
         let (_d, path) = file("[[apps]]\nid = \"web\"\nunit = \"web.service\"\nconfig_path = \"/etc/web/config.yml\"\nhealth_url = \"http://127.0.0.1:8080/health\"\n");
         let c = AgentConfig::load(Some(&path), env(&[])).unwrap();
         assert_eq!(c.apps[0].format(), Some(ConfigFormat::Yaml));
+        let err = AgentConfig::load(None, env(&[("EDGEFLEET_AGENT_ALLOW_SCRIPTS", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("script_allowlist: is required when allow_scripts = true"),
+            "{err}"
+        );
+        let c = AgentConfig::load(
+            None,
+            env(&[
+                ("EDGEFLEET_AGENT_ALLOW_SCRIPTS", "true"),
+                (
+                    "EDGEFLEET_AGENT_SCRIPT_ALLOWLIST",
+                    "/etc/edgefleet-agent/scripts.sha256",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(c.allow_scripts && c.script_allowlist.is_some());
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub fn action_name(a: &CommandAction) -> &'static str {
         CommandAction::UpdateApp { .. } => "update-app",
         CommandAction::RequestHeartbeat => "request-heartbeat",
         CommandAction::RescanInventory => "rescan-inventory",
+        CommandAction::RunScript { .. } => "run-script",
     }
 }
 

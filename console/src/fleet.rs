@@ -21,6 +21,7 @@ use crate::alerts::{Alerts, HostFacts, Rules};
 use crate::audit::{Audit, CONSOLE};
 use crate::commands::{CommandRecord, CommandState, Commands};
 use crate::enrollment::{find_duplicate, ConsumeError, Duplicate, Tokens};
+use crate::inventory::{Inventory, Reply};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Webhook};
@@ -109,6 +110,7 @@ pub struct Fleet {
     pub audit: Audit,
     pub alerts: Alerts,
     pub commands: Commands,
+    pub inventory: Inventory,
     /// Where uploaded update artifacts live (set by the console's run loop).
     pub artifacts_dir: std::sync::OnceLock<std::path::PathBuf>,
     pub notifier: std::sync::Arc<Notifier>,
@@ -125,6 +127,15 @@ pub struct Fleet {
     connect_failures: Mutex<HashMap<String, (Instant, u32)>>,
     notices: Mutex<HashMap<String, Instant>>,
     log_limiter: Mutex<HashMap<&'static str, Instant>>,
+}
+
+/// Inventory traffic of one ingest round, handled after the host lock is released.
+#[derive(Debug)]
+enum InventoryWork {
+    Birth(Option<[u8; 8]>, Option<u64>),
+    Chunk(edgefleet_codec::InventoryChunk),
+    Delta(edgefleet_codec::InventoryDelta),
+    Unavailable(String),
 }
 
 impl Fleet {
@@ -180,6 +191,11 @@ impl Fleet {
             &facts,
         )?;
         let commands = Commands::open(store.tree("commands")?, store.tree("agent_commands")?)?;
+        let inventory = Inventory::open(
+            store.tree("inv_pkgs")?,
+            store.tree("inv_index")?,
+            store.tree("inv_hosts")?,
+        );
         let notifier = std::sync::Arc::new(Notifier::new(
             store.tree("outbox")?,
             settings.webhooks,
@@ -191,6 +207,7 @@ impl Fleet {
             audit,
             alerts,
             commands,
+            inventory,
             artifacts_dir: std::sync::OnceLock::new(),
             notifier,
             live: Live::new(now_ms()),
@@ -533,12 +550,20 @@ impl Fleet {
         };
         self.commands.put(&record)?;
         let view = record.view();
+        // A script is named by its hash: that is what agents allow-list.
+        let script = match &record.action {
+            edgefleet_codec::CommandAction::RunScript { script } => format!(
+                " script sha256 {}",
+                crate::commands::hex(&<sha2::Sha256 as sha2::Digest>::digest(script.as_bytes()))
+            ),
+            _ => String::new(),
+        };
         self.audit_or_log(
             actor,
             "command",
             host_id,
             &format!(
-                "{} {}{} (expires in {} s)",
+                "{} {}{}{script} (expires in {} s)",
                 view.action,
                 view.id,
                 view.app.map(|a| format!(" app {a}")).unwrap_or_default(),
@@ -594,6 +619,43 @@ impl Fleet {
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "cannot read a command"),
             }
+        }
+    }
+
+    /// Applies inventory traffic and answers the agent (ack, or a request for everything).
+    fn inventory_work(&self, host: &str, agent: &AgentId, work: InventoryWork, now: u64) {
+        let reply = match work {
+            InventoryWork::Birth(digest, interval) => {
+                self.inventory.on_birth(host, digest, interval)
+            }
+            InventoryWork::Chunk(c) => self.inventory.on_chunk(host, &c, now),
+            InventoryWork::Delta(d) => self.inventory.on_delta(host, &d, now),
+            InventoryWork::Unavailable(why) => {
+                self.inventory.on_error(host, &why).map(|()| Reply::None)
+            }
+        };
+        let digest = match reply {
+            Ok(Reply::None) => return,
+            Ok(Reply::Ack(d)) => Some(d),
+            Ok(Reply::Resync) => None,
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(agent.id = %host, error = %e, "cannot store inventory");
+                return;
+            }
+        };
+        let ack = ConsoleMessage::InventoryAck(edgefleet_codec::InventoryAck {
+            at: now / 1000,
+            digest,
+        });
+        let out = Outgoing {
+            topic: self.topics.agent(agent, edgefleet_codec::Channel::Command),
+            payload: sign_console(&ack, Some(agent), &self.identity),
+        };
+        if self.outbox.try_send(out).is_err() {
+            self.metrics.rejected("outbox_full");
         }
     }
 
@@ -711,6 +773,7 @@ impl Fleet {
         let mut live_vitals = Vec::new();
         let mut progress = Vec::new();
         let mut finished = Vec::new();
+        let mut inventory: Vec<(String, AgentId, InventoryWork)> = Vec::new();
         {
             let keys = self.keys.read().expect("keys lock");
             let mut hosts = self.hosts.write().expect("hosts lock");
@@ -753,7 +816,13 @@ impl Fleet {
                 };
                 let kind = message.kind().name();
                 let outcome = match &message {
-                    AgentMessage::Birth(b) => host.on_birth(b, now),
+                    AgentMessage::Birth(b) => host.on_birth(b, now).inspect(|_| {
+                        inventory.push((
+                            host_id.clone(),
+                            id.clone(),
+                            InventoryWork::Birth(b.inventory_digest, b.inventory_interval_s),
+                        ));
+                    }),
                     AgentMessage::Status(s) => host.on_status(s, now),
                     AgentMessage::Heartbeat(hb) => host.on_heartbeat(hb, now).inspect(|_| {
                         let at = hb.at.map(|s| s * 1000).unwrap_or(now);
@@ -765,6 +834,13 @@ impl Fleet {
                         }
                     }),
                     AgentMessage::Event(ev) => host.on_other(message.sequence(), now).map(|()| {
+                        if ev.kind == "inventory_unavailable" {
+                            inventory.push((
+                                host_id.clone(),
+                                id.clone(),
+                                InventoryWork::Unavailable(ev.message.clone()),
+                            ));
+                        }
                         events.push((
                             host_id.clone(),
                             EventRecord {
@@ -802,7 +878,26 @@ impl Fleet {
                             None
                         })
                     }
-                    _ => host.on_other(message.sequence(), now).map(|()| None),
+                    AgentMessage::InventoryChunk(c) => {
+                        host.on_other(message.sequence(), now).map(|()| {
+                            inventory.push((
+                                host_id.clone(),
+                                id.clone(),
+                                InventoryWork::Chunk(c.clone()),
+                            ));
+                            None
+                        })
+                    }
+                    AgentMessage::InventoryDelta(d) => {
+                        host.on_other(message.sequence(), now).map(|()| {
+                            inventory.push((
+                                host_id.clone(),
+                                id.clone(),
+                                InventoryWork::Delta(d.clone()),
+                            ));
+                            None
+                        })
+                    }
                 };
                 match outcome {
                     Ok(change) => {
@@ -853,6 +948,9 @@ impl Fleet {
         }
         for (host, r) in finished {
             self.command_finished(&host, &r);
+        }
+        for (host, agent, work) in inventory {
+            self.inventory_work(&host, &agent, work, now);
         }
         // A birth is a new connection with fresh subscriptions: hand it what is pending.
         for (host, _, change) in &transitions {
@@ -1300,6 +1398,23 @@ impl Fleet {
     }
 
     /// A host that is not deleted.
+    /// Host names for many ids under one read lock (deleted hosts have none).
+    pub fn hostnames<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> HashMap<String, Option<String>> {
+        let hosts = self.hosts.read().expect("hosts lock");
+        ids.into_iter()
+            .map(|id| {
+                let name = hosts
+                    .get(id)
+                    .filter(|h| h.deleted_at.is_none())
+                    .and_then(|h| h.hostname.clone());
+                (id.to_string(), name)
+            })
+            .collect()
+    }
+
     pub fn host(&self, id: &str) -> Option<HostRecord> {
         self.hosts
             .read()

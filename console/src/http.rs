@@ -158,6 +158,36 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Operator: ask the agent for a heartbeat now; 202 with the command.",
     ),
     (
+        "POST",
+        "/api/agents/:id/run-script",
+        "Admin: run a shell script (`{\"script\": ...}`), only on agents that allow-listed its SHA-256; 202.",
+    ),
+    (
+        "GET",
+        "/api/agents/:id/inventory",
+        "A host's packages: `q`, `include_removed`, `page`, `per_page` (max 500), `sort` (name, version, first_seen, last_seen, source; `-` for descending).",
+    ),
+    (
+        "GET",
+        "/api/agents/:id/inventory.csv",
+        "A host's packages as CSV (`include_removed` optional).",
+    ),
+    (
+        "POST",
+        "/api/agents/:id/rescan",
+        "Operator: ask the agent to scan its packages now; 202 with the command.",
+    ),
+    (
+        "GET",
+        "/api/inventory/compare",
+        "Installed packages only on `a`, only on `b`, and with differing versions.",
+    ),
+    (
+        "GET",
+        "/api/packages",
+        "Fleet-wide: every host with package `name`, grouped by version.",
+    ),
+    (
         "GET",
         "/api/agents/:id/commands",
         "Commands sent to an agent, newest first (at most 100).",
@@ -202,6 +232,12 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/audit/verify", get(audit_verify))
         .route("/api/agents/:id/restart-app", post(restart_app))
         .route("/api/agents/:id/request-heartbeat", post(request_heartbeat))
+        .route("/api/agents/:id/run-script", post(run_script))
+        .route("/api/agents/:id/inventory", get(inventory_list))
+        .route("/api/agents/:id/inventory.csv", get(inventory_csv))
+        .route("/api/agents/:id/rescan", post(rescan))
+        .route("/api/inventory/compare", get(inventory_compare))
+        .route("/api/packages", get(package_search))
         .route("/api/agents/:id/push-config", post(push_config))
         .route("/api/agents/:id/update-app", post(update_app))
         .route("/api/commands/bulk", post(bulk_command))
@@ -735,9 +771,20 @@ fn build_action(
                 sha256,
             }
         }
+        "run-script" => {
+            let script = req.script.filter(|s| !s.trim().is_empty()).ok_or_else(|| missing("script"))?;
+            if script.len() > edgefleet_codec::MAX_SCRIPT_BYTES {
+                return Err(ApiError::BadRequest(format!(
+                    "script: {} bytes, at most {} allowed",
+                    script.len(),
+                    edgefleet_codec::MAX_SCRIPT_BYTES
+                )));
+            }
+            CommandAction::RunScript { script }
+        }
         other => {
             return Err(ApiError::BadRequest(format!(
-                "action must be restart-app, push-config, update-app or request-heartbeat, got {other:?}"
+                "action must be restart-app, push-config, update-app, request-heartbeat or run-script, got {other:?}"
             )))
         }
     })
@@ -799,6 +846,9 @@ async fn bulk_command(
 ) -> Result<(StatusCode, Json<Vec<api::BulkItem>>), ApiError> {
     require(&key, Role::Operator)?;
     let bulk: api::BulkCommand = json_body(&body)?;
+    if bulk.action == "run-script" {
+        require(&key, Role::Admin)?;
+    }
     let (_, ttl) = command_request(&serde_json::to_vec(&bulk.request).expect("serializes"))?;
     let action = build_action(&bulk.action, bulk.request.clone())?;
     let targets: Vec<String> = match &bulk.agents {
@@ -954,6 +1004,177 @@ async fn artifact(
         );
     }
     Ok(response)
+}
+
+/// Refuses query parameters outside `allowed`, so a typo is a 400, not a silent default.
+fn only_params(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::BadRequest(format!(
+            "unknown query parameter `{k}`; allowed: {}",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "`{name}` must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+fn number(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "`{name}` must be a whole number from 1 to {max}, got {v:?}"
+                ))
+            }),
+    }
+}
+
+async fn inventory_list(
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<api::InventoryPage>, ApiError> {
+    only_params(
+        &params,
+        &["q", "include_removed", "page", "per_page", "sort"],
+    )?;
+    let host = find(&fleet, &id)?;
+    let sort = params.get("sort").cloned().unwrap_or_else(|| "name".into());
+    if !crate::inventory::SORTS.contains(&sort.trim_start_matches('-')) {
+        return Err(ApiError::BadRequest(format!(
+            "`sort` must be one of {} (with `-` for descending), got {sort:?}",
+            crate::inventory::SORTS.join(", ")
+        )));
+    }
+    let q = crate::inventory::ListQuery {
+        q: params.get("q").filter(|q| !q.is_empty()).cloned(),
+        include_removed: flag(&params, "include_removed")?,
+        page: number(&params, "page", 1, usize::MAX)?,
+        per_page: number(&params, "per_page", 100, 500)?,
+        sort,
+    };
+    blocking(move || Ok(Json(fleet.inventory.list(&host.id, &q, now_ms())?))).await
+}
+
+async fn inventory_csv(
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only_params(&params, &["include_removed"])?;
+    let host = find(&fleet, &id)?;
+    let removed = flag(&params, "include_removed")?;
+    let name = host.hostname.clone().unwrap_or_else(|| host.id.clone());
+    let csv = blocking(move || Ok(fleet.inventory.csv(&host.id, removed)?)).await?;
+    let file: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}-packages.csv\""),
+            ),
+        ],
+        csv,
+    )
+        .into_response())
+}
+
+async fn rescan(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
+    let (_, ttl) = command_request(&body)?;
+    send_command(
+        fleet,
+        key,
+        id,
+        edgefleet_codec::CommandAction::RescanInventory,
+        ttl,
+    )
+    .await
+}
+
+async fn inventory_compare(
+    State(fleet): State<Arc<Fleet>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<api::InventoryCompare>, ApiError> {
+    only_params(&params, &["a", "b"])?;
+    let side = |k: &str| {
+        params
+            .get(k)
+            .ok_or_else(|| ApiError::BadRequest(format!("`{k}` (a host id) is required")))
+            .and_then(|id| find(&fleet, id))
+    };
+    let (a, b) = (side("a")?, side("b")?);
+    blocking(move || Ok(Json(fleet.inventory.compare(&a.id, &b.id)?))).await
+}
+
+async fn package_search(
+    State(fleet): State<Arc<Fleet>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<api::PackageSearch>, ApiError> {
+    only_params(&params, &["name"])?;
+    let name = params
+        .get("name")
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty() && n.len() <= 256 && !n.contains('\0'))
+        .ok_or_else(|| ApiError::BadRequest("`name` (an exact package name) is required".into()))?;
+    blocking(move || {
+        let mut found = fleet.inventory.search(&name)?;
+        let ids = found
+            .versions
+            .iter()
+            .flat_map(|v| v.hosts.iter().map(|h| h.id.as_str()));
+        let names = fleet.hostnames(ids);
+        for h in found.versions.iter_mut().flat_map(|v| v.hosts.iter_mut()) {
+            h.hostname = names.get(&h.id).cloned().flatten();
+        }
+        Ok(Json(found))
+    })
+    .await
+}
+
+/// Scripts are the one command beyond the fixed set, so they take an admin key.
+async fn run_script(
+    State(fleet): State<Arc<Fleet>>,
+    Extension(key): Extension<KeyRecord>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
+    require(&key, Role::Admin)?;
+    let (req, ttl) = command_request(&body)?;
+    let action = build_action("run-script", req)?;
+    send_command(fleet, key, id, action, ttl).await
 }
 
 async fn request_heartbeat(

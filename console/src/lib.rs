@@ -26,6 +26,7 @@ pub mod demo;
 pub mod enrollment;
 pub mod fleet;
 pub mod http;
+pub mod inventory;
 pub mod live;
 pub mod metrics;
 pub mod notify;

@@ -243,6 +243,9 @@ impl HostRecord {
             // History samples replayed from the queue do not refresh presence.
             self.vitals = Some(vitals);
             self.last_seen = Some(now_ms);
+            if let Some(apps) = &hb.apps {
+                self.apps = apps.clone();
+            }
         }
         let back = self.status == AgentStatus::Offline
             && self.cause == Some(Cause::Timeout)
@@ -323,6 +326,7 @@ mod tests {
             apps: vec![],
             inventory_digest: None,
             heartbeat_interval_s: 30,
+            inventory_interval_s: None,
         }
     }
 

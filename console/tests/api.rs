@@ -185,6 +185,7 @@ fn birth(bd_seq: u64, seq: u64, hostname: &str) -> AgentMessage {
         apps: vec![],
         inventory_digest: None,
         heartbeat_interval_s: 30,
+        inventory_interval_s: None,
     })
 }
 
@@ -469,10 +470,15 @@ async fn every_listed_route_is_served() {
         if *method != "GET" || *path == "/api/events" || path.starts_with("/artifacts/") {
             continue; // decisions, the endless event stream and artifacts have their own tests
         }
+        let id = a.identity.agent_id();
         let uri = if path.starts_with("/api/commands/") {
             path.replace(":id", &command.view().id)
+        } else if *path == "/api/inventory/compare" {
+            format!("{path}?a={id}&b={id}")
+        } else if *path == "/api/packages" {
+            format!("{path}?name=openssl")
         } else {
-            path.replace(":id", a.identity.agent_id().as_str())
+            path.replace(":id", id.as_str())
         };
         let (status, body) = admin(&env, "GET", &uri, "").await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");

@@ -45,6 +45,8 @@ pub struct AgentOptions {
     pub write_status_file: bool,
     /// How app commands act on the OS (default: `systemctl`).
     pub services: Option<std::sync::Arc<dyn crate::service::ServiceManager>>,
+    /// Where the software inventory comes from (default: the host's package manager).
+    pub collector: Option<std::sync::Arc<dyn crate::inventory::Collector>>,
 }
 
 impl AgentOptions {
@@ -55,6 +57,7 @@ impl AgentOptions {
             queue_cap_bytes: None,
             write_status_file: true,
             services: None,
+            collector: None,
         }
     }
 }
@@ -82,6 +85,7 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         queue_cap_bytes,
         write_status_file,
         services,
+        collector,
     } = opts;
     let mut probe = probe;
     let apps = if config.apps.is_empty() {
@@ -133,6 +137,11 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         services: services
             .unwrap_or_else(|| std::sync::Arc::new(crate::service::Systemd::default())),
         downloads: dir.join("downloads"),
+        scripts: crate::script::ScriptPolicy::from_config(&config),
+        collector: Some(
+            collector.unwrap_or_else(|| std::sync::Arc::new(crate::inventory::SystemCollector)),
+        ),
+        inventory_interval: config.inventory_interval.get(),
     };
     let status_file = write_status_file.then(|| StatusFile::path(dir));
     spawn_session(session, status_file)

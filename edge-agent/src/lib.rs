@@ -11,7 +11,11 @@
 //! - `identity`: the agent key file and the pinned console key file.
 //! - `enrollment`: the enrollment state file (approved, pending, rejected).
 //! - `appconfig`: push-config: merging keys into an app's config file, atomic writes.
-//! - `service`: acting on managed apps: `systemctl`, or files for the simulator.
+//! - `service`: acting on managed apps: `systemctl`, or files for the simulator; app
+//!   status and version polling.
+//! - `script`: `run-script`, gated by `allow_scripts` and the local SHA-256 allow-list.
+//! - `inventory`: package collectors (dpkg, rpm, pacman, apk), the simulator's package set,
+//!   and the agent side of inventory sync (snapshot, delta, ack).
 //! - `probe`: where vitals come from: `sysinfo` on a device, random walks in the simulator.
 //! - `status`: the agent's snapshot of itself and the state file `status` reads.
 //! - `update`: update-app: range-resumed downloads, checksum, directory swap and rollback.
@@ -23,8 +27,10 @@ pub mod enrollment;
 pub mod handle;
 pub mod heartbeat;
 pub mod identity;
+pub mod inventory;
 pub mod probe;
 pub mod queue;
+pub mod script;
 pub mod service;
 pub mod session;
 pub mod simulate;

@@ -187,6 +187,9 @@ fn main() -> Result<()> {
 async fn run(cfg: AgentConfig) -> Result<()> {
     // Installed before anything else, so a SIGTERM during startup stops us cleanly too.
     let signals = Signals::install()?;
+    if cfg.allow_scripts {
+        tracing::warn!(allowlist = ?cfg.script_allowlist, "allow_scripts = true: the console may run the scripts whose SHA-256 is on the allow-list");
+    }
     let probe = SysinfoProbe::new(
         cfg.disk_mounts.clone(),
         cfg.apps.iter().map(|a| a.id.clone()).collect(),

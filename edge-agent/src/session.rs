@@ -49,6 +49,8 @@ pub const MAX_EVENT_MESSAGE: usize = 16 * 1024;
 pub const MAX_EVENT_KIND: usize = 64;
 /// How long the goodbye waits for its PUBACK, and then for DISCONNECT to be written.
 const GOODBYE_ACK: Duration = Duration::from_secs(1);
+/// Full inventory snapshots on the console's request are at most this frequent.
+const RESYNC_MIN_GAP: Duration = Duration::from_secs(30);
 const GOODBYE_DISCONNECT: Duration = Duration::from_millis(500);
 /// How often a pending agent asks the console again.
 pub const ENROLL_RETRY: Duration = Duration::from_secs(30);
@@ -82,6 +84,11 @@ pub struct SessionConfig {
     pub services: std::sync::Arc<dyn ServiceManager>,
     /// Where update-app keeps (partial) downloads.
     pub downloads: PathBuf,
+    /// Whether and which scripts `run-script` may run (the local admin's decision).
+    pub scripts: crate::script::ScriptPolicy,
+    /// Where the software inventory comes from (`None`: no inventory at all).
+    pub collector: Option<std::sync::Arc<dyn crate::inventory::Collector>>,
+    pub inventory_interval: Duration,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -114,7 +121,10 @@ pub(crate) enum Request {
     Progress {
         command_id: [u8; 16],
         step: String,
+        pct: Option<u8>,
     },
+    /// A scan finished (off the session task).
+    Scanned(Result<crate::inventory::Scan, String>),
 }
 
 /// How one connection ended.
@@ -172,6 +182,27 @@ pub(crate) struct Session {
     rng: rand::rngs::StdRng,
     pinned: Option<PublicKey>,
     enrollment: Option<Enrollment>,
+    /// The managed apps' status and version, polled off this task.
+    app_watch: crate::service::AppWatch,
+    /// Stops the app poller when the session ends.
+    _app_watch_stop: tokio_util::sync::DropGuard,
+    inventory: InventoryState,
+}
+
+/// The session's inventory bookkeeping around the persisted [`crate::inventory::SyncState`].
+#[derive(Debug)]
+struct InventoryState {
+    sync: crate::inventory::SyncState,
+    /// When the next scheduled scan is due.
+    next_scan: Instant,
+    running: bool,
+    /// rescan-inventory commands answered when the running (or next) scan ends.
+    waiting: Vec<[u8; 16]>,
+    last_resync: Option<Instant>,
+    /// The acknowledged digest the last heartbeat carried.
+    reported: Option<[u8; 8]>,
+    /// The last collector error, reported once per distinct error.
+    last_error: Option<String>,
 }
 
 impl Session {
@@ -194,7 +225,25 @@ impl Session {
             s.queue_bytes = cfg.storage.queue.bytes();
             s.enrollment = enrollment.as_ref().map(|e| e.state);
         });
+        let stop = CancellationToken::new();
+        let app_watch = crate::service::AppWatch::spawn(
+            cfg.services.clone(),
+            cfg.apps.clone(),
+            cfg.heartbeat_interval
+                .clamp(Duration::from_secs(5), Duration::from_secs(60)),
+            stop.clone(),
+        );
+        let inventory = InventoryState {
+            sync: cfg.storage.inventory(),
+            next_scan: Instant::now(),
+            running: false,
+            waiting: Vec::new(),
+            last_resync: None,
+            reported: None,
+            last_error: None,
+        };
         Session {
+            inventory,
             cfg,
             id,
             requests,
@@ -205,6 +254,8 @@ impl Session {
             rng: rand::rngs::StdRng::from_entropy(),
             pinned,
             enrollment,
+            app_watch,
+            _app_watch_stop: stop.drop_guard(),
         }
     }
 
@@ -380,6 +431,10 @@ impl Session {
                     }
                 },
                 _ = at(live), if link.approved => self.live_heartbeat(&mut link, false),
+                // An app changed state or version: tell the console now, not at the next tick.
+                _ = self.app_watch.changed(), if link.approved => self.live_heartbeat(&mut link, false),
+                _ = tokio::time::sleep_until(self.inventory.next_scan),
+                    if link.approved && !self.inventory.running && self.cfg.collector.is_some() => self.start_scan(),
                 _ = at(link.enroll_due) => self.request_enrollment(&mut link),
                 _ = tokio::time::sleep_until(history), if !link.can_send() => self.history_sample(),
                 event = eventloop.poll() => match event {
@@ -528,9 +583,14 @@ impl Session {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             boot_time: facts.boot_time,
             apps,
-            inventory_digest: None,
+            inventory_digest: self.inventory.sync.acked,
             heartbeat_interval_s: u32::try_from(self.heartbeats.interval().as_secs().max(1))
                 .unwrap_or(u32::MAX),
+            inventory_interval_s: self
+                .cfg
+                .collector
+                .is_some()
+                .then_some(self.cfg.inventory_interval.as_secs()),
         });
         self.publish(
             link,
@@ -543,8 +603,19 @@ impl Session {
     }
 
     fn live_heartbeat(&mut self, link: &mut Link, keyframe: bool) {
-        let vitals = self.cfg.probe.vitals();
-        let hb = self.heartbeats.live(&vitals, Instant::now(), keyframe);
+        let mut vitals = self.cfg.probe.vitals();
+        let apps = self.app_watch.states();
+        vitals.apps_digest = edgefleet_codec::apps_digest(&apps);
+        let mut hb = self.heartbeats.live(&vitals, Instant::now(), keyframe);
+        // The app list rides with its digest: on keyframes and whenever it changed.
+        if hb.apps_digest.is_some() && !apps.is_empty() {
+            hb.apps = Some(apps);
+        }
+        let acked = self.inventory.sync.acked;
+        if acked.is_some() && (hb.apps_digest.is_some() || acked != self.inventory.reported) {
+            hb.inventory_digest = acked;
+            self.inventory.reported = acked;
+        }
         let mut msg = AgentMessage::Heartbeat(hb);
         if self.publish(
             link,
@@ -562,7 +633,8 @@ impl Session {
 
     /// One full heartbeat into the queue, stamped with the time, while offline.
     fn history_sample(&mut self) {
-        let vitals = self.cfg.probe.vitals();
+        let mut vitals = self.cfg.probe.vitals();
+        vitals.apps_digest = edgefleet_codec::apps_digest(&self.app_watch.states());
         let hb = self
             .heartbeats
             .history(&vitals, Instant::now(), now_ms() / 1000);
@@ -670,6 +742,30 @@ impl Session {
         }
     }
 
+    /// Queues an event with a fresh event id.
+    fn push_event(
+        &mut self,
+        level: edgefleet_codec::EventLevel,
+        kind: &str,
+        message: &str,
+    ) -> Result<u64, String> {
+        let event_id = self
+            .cfg
+            .storage
+            .next_event_id()
+            .map_err(|e| format!("allocating an event id: {e}"))?;
+        self.push(AgentMessage::Event(Event {
+            bd_seq: 0,
+            seq: 0,
+            event_id,
+            at_ms: now_ms(),
+            level,
+            kind: truncate(kind.to_string(), MAX_EVENT_KIND),
+            message: truncate(message.to_string(), MAX_EVENT_MESSAGE),
+        }))
+        .map(|()| event_id)
+    }
+
     /// Handles a request from the handle; events and results go through the queue.
     fn request(&mut self, req: Request, link: Option<&mut Link>) {
         match req {
@@ -679,23 +775,7 @@ impl Session {
                 message,
                 reply,
             } => {
-                let result = self
-                    .cfg
-                    .storage
-                    .next_event_id()
-                    .map_err(|e| format!("allocating an event id: {e}"))
-                    .and_then(|event_id| {
-                        self.push(AgentMessage::Event(Event {
-                            bd_seq: 0,
-                            seq: 0,
-                            event_id,
-                            at_ms: now_ms(),
-                            level,
-                            kind: truncate(kind, MAX_EVENT_KIND),
-                            message: truncate(message, MAX_EVENT_MESSAGE),
-                        }))
-                        .map(|()| event_id)
-                    });
+                let result = self.push_event(level, &kind, &message);
                 let _ = reply.send(result);
             }
             Request::Result {
@@ -713,18 +793,31 @@ impl Session {
                     at_ms: now_ms(),
                 }));
                 let _ = reply.send(result);
+                // A command may have restarted, reconfigured or replaced an app.
+                self.app_watch.refresh();
             }
-            Request::Progress { command_id, step } => {
+            Request::Progress {
+                command_id,
+                step,
+                pct,
+            } => {
                 let _ = self.push(AgentMessage::CommandProgress(
                     edgefleet_codec::CommandProgress {
                         bd_seq: 0,
                         seq: 0,
                         command_id,
                         step,
-                        pct: None,
+                        pct,
                         at_ms: now_ms(),
                     },
                 ));
+            }
+            Request::Scanned(result) => {
+                self.scanned(result);
+                if let Some(link) = link {
+                    self.pump_queue(link);
+                }
+                return;
             }
             Request::HeartbeatNow => {
                 if let Some(link) = link {
@@ -740,25 +833,10 @@ impl Session {
         }
     }
 
-    /// The apps birth reports: exactly the managed apps this agent acts on, with the status
-    /// the probe knows (unknown otherwise), so the console offers commands for these only.
+    /// The apps birth reports: exactly the managed apps this agent acts on, with their last
+    /// observed status and version, so the console offers commands for these only.
     fn app_states(&mut self) -> Vec<edgefleet_codec::AppState> {
-        let probed = self.cfg.probe.apps();
-        self.cfg
-            .apps
-            .iter()
-            .map(|m| {
-                probed
-                    .iter()
-                    .find(|p| p.id == m.id)
-                    .cloned()
-                    .unwrap_or(edgefleet_codec::AppState {
-                        id: m.id.clone(),
-                        status: edgefleet_codec::AppStatus::Unknown,
-                        version: None,
-                    })
-            })
-            .collect()
+        self.app_watch.states()
     }
 
     fn approved(&self) -> bool {
@@ -880,6 +958,10 @@ impl Session {
         let now = now_ms();
         let cmd: Command = match open_console(payload, Some(&self.id), &pinned) {
             Ok(ConsoleMessage::Command(cmd)) => cmd,
+            Ok(ConsoleMessage::InventoryAck(ack)) => {
+                self.inventory_ack(link, ack);
+                return;
+            }
             Ok(other) => {
                 self.command_rejected(
                     "wrong_kind",
@@ -1000,13 +1082,25 @@ impl Session {
                     ),
                 }
             }
-            other => (
+            CommandAction::RescanInventory if self.cfg.collector.is_some() => {
+                self.inventory.waiting.push(cmd.id);
+                self.inventory.next_scan = Instant::now();
+                return;
+            }
+            CommandAction::RescanInventory => (
                 CommandOutcome::Failed,
-                format!(
-                    "{} is not supported by this agent version yet",
-                    action_name(other)
-                ),
+                "this agent collects no inventory".to_string(),
             ),
+            CommandAction::RunScript { script } => match self.cfg.scripts.check(script) {
+                Ok(()) => {
+                    tokio::spawn(run_script(self.requests_tx.clone(), cmd.id, script.clone()));
+                    return;
+                }
+                Err(why) => {
+                    tracing::warn!(command = %hex(&cmd.id), reason = %why, "refused a script");
+                    (CommandOutcome::Rejected, why)
+                }
+            },
         };
         let result = AgentMessage::CommandResult(CommandResult {
             bd_seq: 0,
@@ -1018,6 +1112,129 @@ impl Session {
         });
         if self.push(result).is_ok() {
             self.pump_queue(link);
+        }
+    }
+
+    /// Runs the collector off the session task; the result comes back as a request.
+    fn start_scan(&mut self) {
+        let Some(collector) = self.cfg.collector.clone() else {
+            return;
+        };
+        self.inventory.running = true;
+        let requests = self.requests_tx.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || collector.scan())
+                .await
+                .unwrap_or_else(|e| Err(format!("the scan panicked: {e}")));
+            let _ = requests.send(Request::Scanned(result)).await;
+        });
+    }
+
+    fn scanned(&mut self, result: Result<crate::inventory::Scan, String>) {
+        use crate::inventory::Outgoing;
+        self.inventory.running = false;
+        self.inventory.next_scan = Instant::now() + self.cfg.inventory_interval;
+        let (outcome, message) = match result {
+            Ok(scan) => {
+                self.inventory.last_error = None;
+                let (count, source) = (scan.packages.len(), scan.source.clone());
+                let what = match self.inventory.sync.scanned(scan) {
+                    Outgoing::Delta(d) if d.base_digest == d.new_digest => {
+                        let _ = self.push(AgentMessage::InventoryDelta(d));
+                        "unchanged".to_string()
+                    }
+                    Outgoing::Delta(d) => {
+                        let text = format!(
+                            "sent a delta: {} added, {} removed, {} changed",
+                            d.added.len(),
+                            d.removed.len(),
+                            d.changed.len()
+                        );
+                        let _ = self.push(AgentMessage::InventoryDelta(d));
+                        text
+                    }
+                    Outgoing::Snapshot(chunks) => {
+                        let n = chunks.len();
+                        for c in chunks {
+                            let _ = self.push(AgentMessage::InventoryChunk(c));
+                        }
+                        format!("sent a full snapshot in {n} chunks")
+                    }
+                };
+                self.save_inventory();
+                tracing::info!(packages = count, %source, %what, "inventory scanned");
+                (
+                    CommandOutcome::Succeeded,
+                    format!("{count} packages ({source}): {what}"),
+                )
+            }
+            Err(e) => {
+                if self.inventory.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "no software inventory");
+                    let _ = self.push_event(
+                        edgefleet_codec::EventLevel::Warn,
+                        "inventory_unavailable",
+                        &e,
+                    );
+                    self.inventory.last_error = Some(e.clone());
+                }
+                (
+                    CommandOutcome::Failed,
+                    format!("inventory scan failed: {e}"),
+                )
+            }
+        };
+        for id in std::mem::take(&mut self.inventory.waiting) {
+            let _ = self.push(AgentMessage::CommandResult(CommandResult {
+                bd_seq: 0,
+                seq: 0,
+                command_id: id,
+                outcome,
+                message: truncate(message.clone(), MAX_EVENT_MESSAGE),
+                at_ms: now_ms(),
+            }));
+        }
+    }
+
+    /// The console's acknowledgement, or its request for a full snapshot.
+    fn inventory_ack(&mut self, link: &mut Link, ack: edgefleet_codec::InventoryAck) {
+        match ack.digest {
+            Some(d) => {
+                self.inventory.sync.acked(d);
+                self.save_inventory();
+            }
+            None => {
+                let fresh = (now_ms() / 1000).abs_diff(ack.at) < 600;
+                let recent = self
+                    .inventory
+                    .last_resync
+                    .is_some_and(|t| t.elapsed() < RESYNC_MIN_GAP);
+                if !fresh || recent {
+                    tracing::debug!(fresh, recent, "ignoring a request for a full inventory");
+                    return;
+                }
+                self.inventory.last_resync = Some(Instant::now());
+                match self.inventory.sync.resync() {
+                    Some(chunks) => {
+                        tracing::info!(
+                            chunks = chunks.len(),
+                            "the console asked for the full inventory"
+                        );
+                        for c in chunks {
+                            let _ = self.push(AgentMessage::InventoryChunk(c));
+                        }
+                        self.save_inventory();
+                        self.pump_queue(link);
+                    }
+                    None => self.inventory.next_scan = Instant::now(),
+                }
+            }
+        }
+    }
+
+    fn save_inventory(&self) {
+        if let Err(e) = self.cfg.storage.set_inventory(&self.inventory.sync) {
+            tracing::error!(error = %e, "cannot store the inventory sync state");
         }
     }
 
@@ -1165,8 +1382,19 @@ impl Reporter {
             .send(Request::Progress {
                 command_id: self.command_id,
                 step,
+                pct: None,
             })
             .await;
+    }
+
+    /// A percentage step from synchronous code (a download callback); dropped if the
+    /// session's queue is full, since the next step supersedes it.
+    fn percent(&self, step: &str, pct: u8) {
+        let _ = self.requests.try_send(Request::Progress {
+            command_id: self.command_id,
+            step: step.to_string(),
+            pct: Some(pct),
+        });
     }
 
     async fn finish(self, action: &str, app: &str, outcome: CommandOutcome, message: String) {
@@ -1302,9 +1530,11 @@ async fn update_app(
     };
     let result: Result<String, (CommandOutcome, String)> = async {
         report.step(format!("downloading {}", spec.url)).await;
-        let archive = crate::update::download(&spec.url, &spec.downloads, &spec.sha256)
-            .await
-            .map_err(|e| (CommandOutcome::Failed, e))?;
+        let archive = crate::update::download(&spec.url, &spec.downloads, &spec.sha256, &|p| {
+            report.percent("downloading", p)
+        })
+        .await
+        .map_err(|e| (CommandOutcome::Failed, e))?;
         report
             .step(format!(
                 "verified sha256 {}",
@@ -1412,14 +1642,18 @@ async fn restart_app(
     report.finish("restart-app", &app, outcome, message).await;
 }
 
-fn action_name(action: &CommandAction) -> &'static str {
-    match action {
-        CommandAction::RestartApp { .. } => "restart-app",
-        CommandAction::PushConfig { .. } => "push-config",
-        CommandAction::UpdateApp { .. } => "update-app",
-        CommandAction::RequestHeartbeat => "request-heartbeat",
-        CommandAction::RescanInventory => "rescan-inventory",
-    }
+/// run-script, already allowed by the policy: runs it and reports the output tail.
+async fn run_script(requests: mpsc::Sender<Request>, command_id: [u8; 16], script: String) {
+    let report = Reporter {
+        requests,
+        command_id,
+    };
+    report.step("running the allow-listed script".into()).await;
+    let (outcome, message) = match crate::script::run(&script, crate::script::TIMEOUT).await {
+        Ok(out) => (CommandOutcome::Succeeded, out),
+        Err(e) => (CommandOutcome::Failed, e),
+    };
+    report.finish("run-script", "-", outcome, message).await;
 }
 
 /// `{agent_id}-{bd_seq}`: the MQTT client id of one connection.

@@ -16,6 +16,8 @@ use crate::state::Storage;
 
 /// Connects per second during the ramp, well below what the embedded broker accepts.
 pub const RAMP_PER_SEC: u64 = 200;
+/// Packages in each virtual agent's inventory.
+const SIM_PACKAGES: usize = 150;
 /// Queue cap of each virtual agent.
 const SIM_QUEUE_CAP: u64 = 1024 * 1024;
 
@@ -43,6 +45,7 @@ pub fn apps_of(probe: &mut dyn crate::probe::Probe) -> Vec<crate::service::Manag
             config: None,
             health_url: None,
             binary_dir: None,
+            version: a.version.map(crate::service::VersionSource::Fixed),
         })
         .collect()
 }
@@ -88,6 +91,11 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             apps: apps_of(&mut SimProbe::new(i)),
             services: std::sync::Arc::new(crate::service::Simulated::new(agent_dir.join("apps"))),
             downloads: agent_dir.join("downloads"),
+            scripts: crate::script::ScriptPolicy::default(),
+            collector: Some(std::sync::Arc::new(
+                crate::inventory::SimInventory::generated(i, SIM_PACKAGES),
+            )),
+            inventory_interval: Duration::from_secs(6 * 3600),
             probe: Box::new(SimProbe::new(i)),
         };
         agents.push(crate::spawn_session(cfg, None)?);

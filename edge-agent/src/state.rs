@@ -10,6 +10,7 @@ use crate::queue::{Queue, QueueError};
 const BD_SEQ: &[u8] = b"bd_seq";
 const EVENT_ID: &[u8] = b"event_id";
 const RECENT_SEQ: &[u8] = b"recent_seq";
+const INVENTORY: &[u8] = b"inventory";
 /// How many command ids are remembered for duplicate detection.
 const RECENT_COMMANDS: usize = 256;
 
@@ -105,6 +106,23 @@ impl Storage {
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0)
+    }
+
+    /// The inventory sync state (default when none was stored, or it cannot be read: the
+    /// next scan then sends a full snapshot, which is always safe).
+    pub fn inventory(&self) -> crate::inventory::SyncState {
+        self.state
+            .get(INVENTORY)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn set_inventory(&self, sync: &crate::inventory::SyncState) -> Result<(), QueueError> {
+        let bytes = serde_json::to_vec(sync).expect("the sync state serializes");
+        self.state.insert(INVENTORY, bytes)?;
+        Ok(())
     }
 
     /// A new, never reused event id (the console's dedup key for events).

@@ -22,8 +22,17 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Called with the download's percentage each time it crosses a 10 % step (progress goes
+/// over metered links, so it is coarse on purpose).
+pub type OnProgress<'a> = &'a (dyn Fn(u8) + Send + Sync);
+
 /// Downloads `url` into `dir` and checks it against `sha256`; returns the file's path.
-pub async fn download(url: &str, dir: &Path, sha256: &[u8; 32]) -> Result<PathBuf, String> {
+pub async fn download(
+    url: &str,
+    dir: &Path,
+    sha256: &[u8; 32],
+    progress: OnProgress<'_>,
+) -> Result<PathBuf, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url}: only http:// artifact URLs are supported"))?;
@@ -43,7 +52,7 @@ pub async fn download(url: &str, dir: &Path, sha256: &[u8; 32]) -> Result<PathBu
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1 << (attempt - 1).min(4))).await;
         }
-        match fetch(&authority, &path, &part).await {
+        match fetch(&authority, &path, &part, progress).await {
             Ok(()) => {
                 let got = file_sha256(&part).map_err(|e| format!("reading the download: {e}"))?;
                 if got != *sha256 {
@@ -69,7 +78,12 @@ pub async fn download(url: &str, dir: &Path, sha256: &[u8; 32]) -> Result<PathBu
 }
 
 /// One request, resuming from the `.part` file's length; `Ok` once the body is complete.
-async fn fetch(authority: &str, path: &str, part: &Path) -> Result<(), String> {
+async fn fetch(
+    authority: &str,
+    path: &str,
+    part: &Path,
+    progress: OnProgress<'_>,
+) -> Result<(), String> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let stream = tokio::time::timeout(STALL, tokio::net::TcpStream::connect(authority))
         .await
@@ -127,6 +141,10 @@ async fn fetch(authority: &str, path: &str, part: &Path) -> Result<(), String> {
         .truncate(!append)
         .open(part)
         .map_err(|e| format!("opening {}: {e}", part.display()))?;
+    let start = if append { have } else { 0 };
+    let total = length.map(|l| start + l).filter(|t| *t > 0);
+    let pct = |received: u64| total.map(|t| ((start + received) * 100 / t).min(100) as u8);
+    let mut reported = pct(0).unwrap_or(0) / 10;
     let mut received = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -139,6 +157,10 @@ async fn fetch(authority: &str, path: &str, part: &Path) -> Result<(), String> {
         }
         file.write_all(&buf[..n]).map_err(|e| e.to_string())?;
         received += n as u64;
+        if let Some(p) = pct(received).filter(|p| p / 10 > reported) {
+            reported = p / 10;
+            progress(p);
+        }
     }
     file.sync_all().map_err(|e| e.to_string())?;
     match length {
@@ -252,8 +274,17 @@ mod tests {
         let sha: [u8; 32] = Sha256::digest(&body).into();
         let (url, ranges) = flaky_server(body.clone()).await;
         let dir = tempfile::tempdir().unwrap();
-        let path = download(&url, dir.path(), &sha).await.unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let path = download(&url, dir.path(), &sha, &|p| seen.lock().unwrap().push(p))
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), body);
+        // Coarse steps, rising across the resume: 10..40 from the first connection, then
+        // 50 or more from the second.
+        let seen = seen.into_inner().unwrap();
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&100), "{seen:?}");
+        assert!(seen.len() <= 10, "{seen:?}");
         assert_eq!(
             *ranges.lock().unwrap(),
             ["0-", "50000-"],
@@ -266,7 +297,9 @@ mod tests {
         let body = b"not the artifact you signed".to_vec();
         let (url, _) = flaky_server(body).await;
         let dir = tempfile::tempdir().unwrap();
-        let err = download(&url, dir.path(), &[7; 32]).await.unwrap_err();
+        let err = download(&url, dir.path(), &[7; 32], &|_| {})
+            .await
+            .unwrap_err();
         assert!(err.contains("checksum mismatch"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -61,6 +61,27 @@ fn pump(config_path: Option<&Path>, binary_dir: Option<&Path>) -> edgefleet_conf
     }
 }
 
+/// Waits until the console reports `app` on agent `id` with this version (and status).
+async fn wait_app(
+    console: &Console,
+    id: &str,
+    app: &str,
+    version: &str,
+    status: Option<&str>,
+) -> Value {
+    wait_for(LIMIT, &format!("{app} {version} {status:?}"), || async {
+        let doc = console.get(&format!("/api/agents/{id}")).await;
+        doc["apps"]
+            .as_array()?
+            .iter()
+            .find(|a| {
+                a["id"] == app && a["version"] == version && status.is_none_or(|s| a["status"] == s)
+            })
+            .cloned()
+    })
+    .await
+}
+
 async fn wait_status(console: &Console, id: &str, status: &str) {
     wait_for(LIMIT, &format!("{id} {status}"), || async {
         let (code, body) = console.get_text(&format!("/api/agents/{id}")).await;
@@ -384,9 +405,12 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
     std::fs::create_dir_all(&bin_dir).unwrap();
     std::fs::write(bin_dir.join("VERSION"), "1.0\n").unwrap();
     let sim = Simulated::new(dir.join("apps"));
-    let a = spawn_agent(&dir, &console, INDEX, vec![pump(None, Some(&bin_dir))]).await;
+    let mut app = pump(None, Some(&bin_dir));
+    app.version_file = Some(bin_dir.join("VERSION"));
+    let a = spawn_agent(&dir, &console, INDEX, vec![app]).await;
     let id = a.agent_id().to_string();
     wait_status(&console, &id, "online").await;
+    wait_app(&console, &id, "pump", "1.0", Some("active")).await;
 
     // The CLI uploads a local archive to the console and waits for the update.
     let v2 = tmp.path().join("pump-2.0.tar.gz");
@@ -422,6 +446,8 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
         out.contains("uploaded") && out.contains("pump updated to 2.0"),
         "{out}"
     );
+    // The new version reaches the console with the next heartbeat (sent at once on change).
+    wait_app(&console, &id, "pump", "2.0", Some("active")).await;
     assert_eq!(
         std::fs::read_to_string(bin_dir.join("VERSION")).unwrap(),
         "2.0\n"
@@ -491,6 +517,10 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
         "2.0\n",
         "the previous version is back"
     );
+    // ... and reported. The simulated unit still has its injected start failure from the
+    // rollback, so its status is whatever the service manager says; the version is 2.0.
+    let reported = wait_app(&console, &id, "pump", "2.0", None).await;
+    assert_eq!(reported["version"], "2.0", "{reported}");
     // A wrong checksum never touches the app.
     let c = console
         .send(
@@ -583,4 +613,102 @@ async fn a_bulk_config_push_reaches_twenty_agents() {
     for a in agents {
         a.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_runs_only_where_the_local_admin_allow_listed_its_hash() {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let vetted = "echo disk check; echo ok-from-script\n";
+    let sha: String = sha2::Sha256::digest(vetted.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let allow = tmp.path().join("allowlist");
+    std::fs::write(&allow, format!("# vetted by ops\n{sha}\n")).unwrap();
+    std::fs::set_permissions(&allow, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Agent a allows scripts with that list; agent b keeps the default (off).
+    let spawn = |dir: std::path::PathBuf, index: usize, scripts: bool| {
+        let config = edgefleet_config::AgentConfig {
+            console_urls: vec![console.mqtt_url()],
+            data_dir: dir.clone(),
+            token: Some(console.token.clone()),
+            allow_scripts: scripts,
+            script_allowlist: scripts.then(|| allow.clone()),
+            ..Default::default()
+        };
+        let mut opts = AgentOptions::new(config, SimProbe::new(index));
+        opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
+        edgefleet_agent::spawn(opts)
+    };
+    let a = spawn(tmp.path().join("a"), 301, true).await.unwrap();
+    let b = spawn(tmp.path().join("b"), 302, false).await.unwrap();
+    let (ida, idb) = (a.agent_id().to_string(), b.agent_id().to_string());
+    wait_status(&console, &ida, "online").await;
+    wait_status(&console, &idb, "online").await;
+    let console = &console;
+    let script = |id: &str, text: &str| {
+        let body = serde_json::json!({ "script": text }).to_string();
+        let path = format!("/api/agents/{id}/run-script");
+        async move { console.send("POST", &path, &body).await }
+    };
+
+    let c = script(&ida, vetted).await;
+    let done = wait_command(console, c["id"].as_str().unwrap(), "succeeded").await;
+    assert!(
+        done["message"].as_str().unwrap().contains("ok-from-script"),
+        "{done}"
+    );
+    // One changed byte is another script: refused, never run.
+    let c = script(&ida, &vetted.replace("ok", "0k")).await;
+    let refused = wait_command(console, c["id"].as_str().unwrap(), "rejected").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("not on this agent's allow-list"),
+        "{refused}"
+    );
+    let c = script(&idb, vetted).await;
+    let refused = wait_command(console, c["id"].as_str().unwrap(), "rejected").await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("disabled"),
+        "{refused}"
+    );
+    // The audit names the script by hash; an operator key may not send scripts.
+    let audit = console.get("/api/audit?action=command").await;
+    assert!(
+        audit.to_string().contains(&format!("script sha256 {sha}")),
+        "{audit}"
+    );
+    let op = console
+        .send("POST", "/api/keys", r#"{"name":"ops","role":"operator"}"#)
+        .await;
+    let (status, text) = crate::harness::http_request(
+        console.http,
+        "POST",
+        &format!("/api/agents/{ida}/run-script"),
+        Some(op["secret"].as_str().unwrap()),
+        &serde_json::json!({ "script": vetted }).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{text}");
+    let (status, text) = crate::harness::http_request(
+        console.http,
+        "POST",
+        &format!("/api/agents/{ida}/run-script"),
+        Some(&console.api_key),
+        &serde_json::json!({ "script": "x".repeat(20_000) }).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{text}");
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -8,6 +8,7 @@ mod alerts;
 mod cli;
 mod commands;
 mod harness;
+mod inventory;
 mod mqtt;
 mod presence;
 mod security;

@@ -19,6 +19,10 @@ pub struct Birth {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub inventory_digest: Option<[u8; 8]>,
     pub heartbeat_interval_s: u32,
+    /// Seconds between inventory scans; the console flags a host whose last scan is older
+    /// than twice this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_interval_s: Option<u64>,
 }
 
 /// A managed app and what the agent last saw of it.

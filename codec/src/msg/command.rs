@@ -38,7 +38,15 @@ pub enum CommandAction {
     },
     RequestHeartbeat,
     RescanInventory,
+    /// A shell script, run only if the agent's local admin allowed scripts and put this
+    /// script's SHA-256 on the agent's allow-list.
+    RunScript {
+        script: String,
+    },
 }
+
+/// The largest script `run-script` carries (the whole command must fit one MQTT packet).
+pub const MAX_SCRIPT_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ConfigValue {

@@ -32,6 +32,14 @@ pub struct Heartbeat {
     /// Unix seconds; set only on store-and-forward history samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<u64>,
+    /// The managed apps' states, sent with every `apps_digest` (keyframes and changes), so
+    /// a lost heartbeat is repaired by the next keyframe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<crate::AppState>>,
+    /// The inventory digest the console last acknowledged, sent with `apps_digest`
+    /// (keyframes and changes).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub inventory_digest: Option<[u8; 8]>,
 }
 
 /// The full set of vitals of a device at one moment.

@@ -17,12 +17,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use birth::{AppState, AppStatus, Birth};
-pub use command::{Command, CommandAction, ConfigValue};
+pub use command::{Command, CommandAction, ConfigValue, MAX_SCRIPT_BYTES};
 pub use console_state::ConsoleState;
 pub use enroll::{EnrollDecision, EnrollRequest, EnrollResponse};
 pub use event::{Event, EventLevel};
 pub use heartbeat::{Deadband, Heartbeat, HeartbeatReporter, Vitals};
-pub use inventory::{InventoryChunk, InventoryDelta, Package};
+pub use inventory::{
+    inventory_digest, InventoryAck, InventoryChunk, InventoryDelta, Package, CHUNK_PACKAGES,
+};
 pub use result::{CommandOutcome, CommandProgress, CommandResult};
 pub use status::Status;
 
@@ -50,10 +52,11 @@ pub enum Kind {
     Command = 9,
     EnrollResponse = 10,
     ConsoleState = 11,
+    InventoryAck = 12,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Status,
         Kind::Birth,
         Kind::Heartbeat,
@@ -66,6 +69,7 @@ impl Kind {
         Kind::Command,
         Kind::EnrollResponse,
         Kind::ConsoleState,
+        Kind::InventoryAck,
     ];
 
     /// The header byte that precedes the COSE structure.
@@ -99,6 +103,7 @@ impl Kind {
             Kind::Command => "command",
             Kind::EnrollResponse => "enroll_response",
             Kind::ConsoleState => "console_state",
+            Kind::InventoryAck => "inventory_ack",
         }
     }
 }
@@ -122,6 +127,7 @@ pub enum ConsoleMessage {
     Command(Command),
     EnrollResponse(EnrollResponse),
     ConsoleState(ConsoleState),
+    InventoryAck(InventoryAck),
 }
 
 /// Every message kind on the wire: the closed set.
@@ -230,6 +236,7 @@ impl ConsoleMessage {
             ConsoleMessage::Command(_) => Kind::Command,
             ConsoleMessage::EnrollResponse(_) => Kind::EnrollResponse,
             ConsoleMessage::ConsoleState(_) => Kind::ConsoleState,
+            ConsoleMessage::InventoryAck(_) => Kind::InventoryAck,
         }
     }
 
@@ -238,6 +245,7 @@ impl ConsoleMessage {
             ConsoleMessage::Command(m) => encode(m),
             ConsoleMessage::EnrollResponse(m) => encode(m),
             ConsoleMessage::ConsoleState(m) => encode(m),
+            ConsoleMessage::InventoryAck(m) => encode(m),
         }
     }
 
@@ -246,6 +254,7 @@ impl ConsoleMessage {
             Kind::Command => ConsoleMessage::Command(decode(body)?),
             Kind::EnrollResponse => ConsoleMessage::EnrollResponse(decode(body)?),
             Kind::ConsoleState => ConsoleMessage::ConsoleState(decode(body)?),
+            Kind::InventoryAck => ConsoleMessage::InventoryAck(decode(body)?),
             got => {
                 return Err(DecodeError::WrongKind {
                     expected: "console message",
@@ -288,7 +297,7 @@ mod tests {
             Kind::from_header(0x02),
             Err(DecodeError::UnsupportedVersion(0))
         );
-        assert_eq!(Kind::from_header(0x1c), Err(DecodeError::UnknownKind(12)));
+        assert_eq!(Kind::from_header(0x1d), Err(DecodeError::UnknownKind(13)));
         assert_eq!(Kind::from_header(0x1f), Err(DecodeError::UnknownKind(15)));
     }
 }
