@@ -162,6 +162,20 @@ async fn the_dashboard_works_in_a_real_browser() {
         (m["points"].as_array().map_or(0, Vec::len) >= 2).then_some(())
     })
     .await;
+    let other_id = hosts
+        .iter()
+        .filter(|a| a["hostname"].as_str().unwrap_or("").starts_with("sim-"))
+        .filter_map(|a| a["id"].as_str())
+        .find(|id| *id != sim_id)
+        .unwrap()
+        .to_string();
+    for id in [&sim_id, &other_id] {
+        wait_for(LIMIT, "the simulated inventory", || async {
+            let inv = console.get(&format!("/api/agents/{id}/inventory")).await;
+            (inv["total"].as_u64().unwrap_or(0) > 0).then_some(())
+        })
+        .await;
+    }
     let detail = console.get(&format!("/api/agents/{sim_id}")).await;
     assert!(
         !detail["apps"].as_array().unwrap().is_empty(),
@@ -173,6 +187,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         "victim": victim_id,
         "victim_pid": victim.pid(),
         "app_host": sim_id,
+        "other_host": other_id,
     });
     let url = format!("http://{}", console.http);
     run_spec("dashboard.mjs", &url, &console.api_key, &facts).await;

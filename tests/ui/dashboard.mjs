@@ -142,10 +142,51 @@ try {
   await page.click('button[data-tab="audit"]');
   await until("command audit rows", () => page.isVisible('[data-testid="audit-row"][data-action="command_result"]'));
 
-  step("inventory degrades cleanly when the API is absent");
+  step("inventory: rows, search, CSV export, compare");
   await page.click('button[data-tab="inventory"]');
-  await until("inventory notice or data", async () =>
-    (await page.isVisible('[data-testid="inventory-missing"]')) || (await page.isVisible('[data-testid="inventory"] table')));
+  const inventoryPath = `/api/agents/${facts.app_host}/inventory`;
+  const pkgNames = () => page.$$eval('[data-testid="package-row"]', (r) => r.map((x) => x.getAttribute("data-name")));
+  await until("inventory rows = API", async () => {
+    const want = (await call(`${inventoryPath}?page=1&per_page=100`)).items.map((p) => p.name);
+    const got = await pkgNames();
+    return want.length > 0 && same(want, got) ? true : { want, got };
+  });
+  const all = await pkgNames();
+  const needle = all[Math.floor(all.length / 2)];
+  await page.fill('[data-testid="inventory-search"]', needle);
+  await until("inventory search = API", async () => {
+    const want = (await call(`${inventoryPath}?page=1&per_page=100&q=${encodeURIComponent(needle)}`)).items.map((p) => p.name);
+    const got = await pkgNames();
+    return got.length < all.length && same(want, got) ? true : { want, got };
+  });
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click('[data-testid="export-csv"]')]);
+  const csvPath = join(shots, "inventory.csv");
+  await download.saveAs(csvPath);
+  const { readFileSync } = await import("node:fs");
+  const csv = readFileSync(csvPath, "utf8");
+  const direct = await (await fetch(`${base}${inventoryPath}.csv`, { headers: { Authorization: `Bearer ${key}` } })).text();
+  if (csv !== direct) throw new Error(`the exported CSV differs from GET ${inventoryPath}.csv`);
+  const installed = (await call(`${inventoryPath}?page=1&per_page=100`)).installed;
+  if (csv.trim().split("\n").length - 1 !== installed) throw new Error(`CSV has ${csv.trim().split("\n").length - 1} rows, ${installed} installed`);
+  await page.fill('[data-testid="compare-with"]', facts.other_host);
+  await page.click('[data-testid="compare"] button[type=submit]');
+  const cmp = await call(`/api/inventory/compare?a=${facts.app_host}&b=${facts.other_host}`);
+  await until("compare shows the API's diff", async () => {
+    const text = await page.textContent('[data-testid="compare-summary"]').catch(() => "");
+    const want = `${cmp.same} the same, ${cmp.differs.length} differ, ${cmp.only_a.length} only here, ${cmp.only_b.length} only on`;
+    const rows = (await page.$$('[data-testid="differs-row"]')).length;
+    return text.includes(want) && rows === cmp.differs.length ? true : { text, want, rows };
+  });
+
+  step("packages page: hosts by version");
+  await page.click("a.nav-link:has-text('Packages')");
+  await page.fill('[data-testid="package-name"]', needle);
+  await page.press('[data-testid="package-name"]', "Enter");
+  const pkg = await call(`/api/packages?name=${encodeURIComponent(needle)}`);
+  await until("package summary = API", async () => {
+    const text = await page.textContent('[data-testid="package-summary"]').catch(() => "");
+    return text.includes(`installed on ${pkg.hosts} hosts in ${pkg.versions.length} versions`) ? true : text;
+  });
 
   step("audit log page: entries and the chain check");
   await page.click("a.nav-link:has-text('Audit log')");

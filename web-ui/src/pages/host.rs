@@ -8,7 +8,7 @@ use edgefleet_codec::api::{
 };
 use leptos::prelude::*;
 
-use super::{route_missing, ErrorBox, Remote, StatusBadge};
+use super::{ErrorBox, Remote, StatusBadge};
 use crate::api;
 use crate::chart::{self, Frame, Scale};
 use crate::format;
@@ -327,7 +327,7 @@ fn Chart(
 }
 
 /// Command states after which nothing changes.
-fn is_final(state: &str) -> bool {
+pub(super) fn is_final(state: &str) -> bool {
     matches!(
         state,
         "succeeded" | "failed" | "rolled_back" | "rejected" | "expired"
@@ -544,24 +544,7 @@ fn AppsTab(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> imp
 
 #[component]
 fn InventoryTab(id: String) -> impl IntoView {
-    let inventory = Remote::<serde_json::Value>::new();
-    inventory.load(format!(
-        "/api/agents/{}/inventory",
-        crate::query::encode(&id)
-    ));
-    view! {
-        <section class="panel" data-testid="inventory">
-            <h2>"Inventory"</h2>
-            {move || match (inventory.data.get(), inventory.error.get()) {
-                (_, Some(e)) if route_missing(&e) => view! {
-                    <p class="notice" data-testid="inventory-missing">"Inventory is not available on this console yet."</p>
-                }.into_any(),
-                (_, Some(e)) => view! { <div class="error" role="alert">{e.to_string()}</div> }.into_any(),
-                (None, None) => view! { <div class="loading">"Loading…"</div> }.into_any(),
-                (Some(v), None) => super::packages::json_table(v).into_any(),
-            }}
-        </section>
-    }
+    view! { <super::inventory::Inventory id=id /> }
 }
 
 #[component]

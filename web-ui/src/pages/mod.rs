@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod host;
 pub mod hosts;
+pub mod inventory;
 pub mod login;
 pub mod packages;
 
