@@ -142,7 +142,7 @@ try {
   await page.click('button[data-tab="audit"]');
   await until("command audit rows", () => page.isVisible('[data-testid="audit-row"][data-action="command_result"]'));
 
-  step("inventory: rows, search, CSV export, compare");
+  step("inventory: rows, search, CSV export, compare, rescan");
   await page.click('button[data-tab="inventory"]');
   const inventoryPath = `/api/agents/${facts.app_host}/inventory`;
   const pkgNames = () => page.$$eval('[data-testid="package-row"]', (r) => r.map((x) => x.getAttribute("data-name")));
@@ -177,6 +177,13 @@ try {
     const rows = (await page.$$('[data-testid="differs-row"]')).length;
     return text.includes(want) && rows === cmp.differs.length ? true : { text, want, rows };
   });
+
+  await page.click('[data-testid="rescan"]');
+  await until("rescan followed to success", async () => {
+    const t = (await page.textContent('[data-testid="rescan-state"]').catch(() => "")) || "";
+    if (/failed|rejected|expired/.test(t)) throw new Error(t);
+    return t.includes("succeeded") ? true : t;
+  }, 30000);
 
   step("packages page: hosts by version");
   await page.click("a.nav-link:has-text('Packages')");

@@ -16,6 +16,8 @@ pub struct Live {
     pub connected: RwSignal<bool>,
     /// Bumped on every presence or approval change (and on a `reset`).
     pub status: RwSignal<u64>,
+    /// The host of the latest presence change (`None` after a `reset`: all of them).
+    pub status_agent: RwSignal<Option<String>>,
     /// Bumped on every audit entry (and on a `reset`).
     pub audit: RwSignal<u64>,
     /// The latest command change.
@@ -27,6 +29,7 @@ impl Live {
         let live = Live {
             connected: RwSignal::new(false),
             status: RwSignal::new(0),
+            status_agent: RwSignal::new(None),
             audit: RwSignal::new(0),
             command: RwSignal::new(None),
         };
@@ -37,10 +40,14 @@ impl Live {
 
     fn dispatch(&self, event: LiveEvent) {
         match event.body {
-            LiveBody::Status { .. } => self.status.update(|n| *n += 1),
+            LiveBody::Status { agent, .. } => {
+                self.status_agent.set(Some(agent));
+                self.status.update(|n| *n += 1);
+            }
             LiveBody::Audit { .. } => self.audit.update(|n| *n += 1),
             LiveBody::Command { command } => self.command.set(Some(command)),
             LiveBody::Reset => {
+                self.status_agent.set(None);
                 self.status.update(|n| *n += 1);
                 self.audit.update(|n| *n += 1);
             }

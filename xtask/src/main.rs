@@ -150,6 +150,14 @@ fn screenshot() -> Result<()> {
         .arg("screenshot.mjs")
         .arg(format!("http://127.0.0.1:{port}"))
         .arg(root.join("docs/overview.png")));
+    // SIGTERM, so the console stops its simulated agents (SIGKILL would orphan them).
+    let _ = Command::new("kill")
+        .args(["-TERM", &console.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while console.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let _ = console.kill();
     let _ = console.wait();
     let _ = std::fs::remove_dir_all(&dir);

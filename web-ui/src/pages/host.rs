@@ -39,9 +39,16 @@ pub fn HostPage(id: String) -> impl IntoView {
     });
     {
         let path = path.clone();
+        let id = id.clone();
+        // Reload on this host's presence changes (or after a reset), not the fleet's.
         Effect::new(move |_| {
             live.status.track();
-            detail.load(path.clone());
+            let ours = live
+                .status_agent
+                .with_untracked(|a| a.as_ref().is_none_or(|a| *a == id));
+            if ours {
+                detail.load(path.clone());
+            }
         });
     }
     {

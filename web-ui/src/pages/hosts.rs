@@ -41,14 +41,32 @@ pub fn HostsPage() -> impl IntoView {
         pending.load(PENDING_PATH.into());
         alerts.load(ALERTS_PATH.into());
     };
-    // The list follows the URL state and every presence change.
-    Effect::new(move |_| {
+    // The list follows the URL state.
+    Effect::new(move |_| list.load(query.get().api_path()));
+    // Presence changes refresh everything, at most once a second: a large fleet can send
+    // many status events at once (a site losing its link).
+    let scheduled = RwSignal::new(false);
+    Effect::new(move |prev: Option<()>| {
         live.status.track();
-        list.load(query.get().api_path());
-    });
-    Effect::new(move |_| {
-        live.status.track();
-        refresh_side();
+        if prev.is_none() {
+            refresh_side();
+            return;
+        }
+        if scheduled.get_untracked() {
+            return;
+        }
+        scheduled.set(true);
+        set_timeout(
+            move || {
+                // The page may be gone by now.
+                if scheduled.try_set(false).is_some() {
+                    return;
+                }
+                refresh_side();
+                list.load(query.get_untracked().api_path());
+            },
+            Duration::from_millis(1000),
+        );
     });
     if let Ok(handle) = set_interval_with_handle(
         move || {
