@@ -69,6 +69,27 @@ pub fn connect_password(data: &[u8]) {
     }
 }
 
+/// A snapshot chunk's compressed package list (zlib, then CBOR), and a delta applied to a
+/// small set: neither may panic or inflate without bound.
+pub fn inventory_chunk(data: &[u8]) {
+    let chunk = crate::InventoryChunk {
+        bd_seq: 0,
+        seq: 0,
+        scan_id: 0,
+        index: 0,
+        is_last: true,
+        source: String::new(),
+        digest: None,
+        packages_z: data.to_vec(),
+    };
+    if let Ok(packages) = chunk.packages() {
+        let _ = crate::inventory_digest(&packages);
+    }
+    if let Ok(crate::AgentMessage::InventoryDelta(d)) = crate::AgentMessage::from_stored(data) {
+        let _ = d.apply(&d.added);
+    }
+}
+
 /// Every target, by name, for the stable test that runs them all.
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
@@ -83,4 +104,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token", token),
     ("topic", topic),
     ("connect_password", connect_password),
+    ("inventory_chunk", inventory_chunk),
 ];
