@@ -22,6 +22,8 @@ pub struct Remote<T: Send + Sync + 'static> {
     pub error: RwSignal<Option<ApiError>>,
     pub loading: RwSignal<bool>,
     seq: RwSignal<u64>,
+    /// Taken when the page is built: the async answer runs outside the reactive owner.
+    auth: Option<crate::app::Auth>,
 }
 
 impl<T: Send + Sync + 'static> Clone for Remote<T> {
@@ -39,6 +41,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Remote<T> {
             error: RwSignal::new(None),
             loading: RwSignal::new(false),
             seq: RwSignal::new(0),
+            auth: use_context::<crate::app::Auth>(),
         }
     }
 
@@ -59,8 +62,9 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Remote<T> {
                     me.error.set(None);
                 }
                 Err(e) => {
+                    // The key was deleted or the console's keys were reset: back to login.
                     if e.status == 401 {
-                        if let Some(auth) = use_context::<crate::app::Auth>() {
+                        if let Some(auth) = me.auth {
                             auth.log_out();
                         }
                     }
