@@ -512,6 +512,7 @@ impl Session {
             if link.approved {
                 self.announce(link);
                 self.heartbeats.connected(Instant::now());
+                self.resend_unacknowledged_inventory();
                 self.pump_queue(link);
             } else {
                 self.request_enrollment(link);
@@ -1234,6 +1235,38 @@ impl Session {
                     None => self.inventory.next_scan = Instant::now(),
                 }
             }
+        }
+    }
+
+    /// The console never acknowledged what it was last sent, and nothing is left in the
+    /// queue: the broker took it but the console lost it (it crashed before applying it).
+    /// Send the whole inventory again rather than wait for the next scheduled scan.
+    fn resend_unacknowledged_inventory(&mut self) {
+        let sync = &self.inventory.sync;
+        let unacked = sync
+            .sent
+            .as_ref()
+            .is_some_and(|s| Some(s.digest) != sync.acked);
+        if !unacked || !self.cfg.storage.queue.is_empty() {
+            return;
+        }
+        if self
+            .inventory
+            .last_resync
+            .is_some_and(|t| t.elapsed() < RESYNC_MIN_GAP)
+        {
+            return;
+        }
+        self.inventory.last_resync = Some(Instant::now());
+        if let Some(chunks) = self.inventory.sync.resync() {
+            tracing::info!(
+                chunks = chunks.len(),
+                "the console never acknowledged the inventory; sending it again"
+            );
+            for c in chunks {
+                let _ = self.push(AgentMessage::InventoryChunk(c));
+            }
+            self.save_inventory();
         }
     }
 

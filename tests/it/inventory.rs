@@ -459,3 +459,59 @@ async fn compare_and_fleet_wide_search_match_brute_force_over_200_simulated_host
     }
     drop(sim);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_restart_in_the_middle_of_a_snapshot_resyncs_cleanly() {
+    use edgefleet_tests::proxy::{FaultProxy, Shaping};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    // A slow link (2 KB/s) stretches a 4-chunk snapshot over several seconds.
+    let proxy = FaultProxy::start(console.mqtt).await.unwrap();
+    let inv = SimInventory::generated(11, 2000);
+    let dir = tmp.path().join("a");
+    let config = edgefleet_config::AgentConfig {
+        console_urls: vec![format!("mqtt://{}", proxy.addr())],
+        data_dir: dir.clone(),
+        token: Some(console.token.clone()),
+        ..Default::default()
+    };
+    let mut opts = AgentOptions::new(config, SimProbe::new(11));
+    opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
+    opts.collector = Some(Arc::new(inv.clone()));
+    proxy.set_shaping(Shaping {
+        rate: Some(2_000),
+        ..Default::default()
+    });
+    let agent = edgefleet_agent::spawn(opts).await.unwrap();
+    let id = agent.agent_id().to_string();
+
+    // Restart the console after the first chunk is in and before the last.
+    wait_for(Duration::from_secs(60), "first chunk ingested", || async {
+        (metric(&console, CHUNKS).await >= 1).then_some(())
+    })
+    .await;
+    let (page, _) = try_rows(&console, &id, false).await.unwrap_or_default();
+    assert_ne!(
+        page["installed"], 2000,
+        "the snapshot must still be incomplete when the console restarts"
+    );
+    console.kill_and_restart().await.unwrap();
+    proxy.set_shaping(Shaping::default());
+
+    // The rest of the old snapshot has no start on the new console: it asks for all of
+    // it again, and the stored inventory ends complete and exact, never partial.
+    let page = wait_for(Duration::from_secs(60), "complete inventory", || async {
+        let (page, rows) = try_rows(&console, &id, false).await?;
+        (rows.len() == 2000).then_some(page)
+    })
+    .await;
+    assert_eq!(page["installed"], 2000);
+    synced(&console, &id, &inv).await;
+    assert!(
+        metric(&console, CHUNKS).await >= 4,
+        "the restarted console got a whole snapshot again"
+    );
+    agent.shutdown().await;
+}
