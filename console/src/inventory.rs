@@ -314,7 +314,10 @@ impl Inventory {
     pub fn list(&self, host: &str, q: &ListQuery, now: u64) -> Result<InventoryPage, StoreError> {
         let h = self.host(host)?;
         let all = self.records(host)?;
+        // Counted from the same read as the rows, so they agree even while a scan is being
+        // applied (the per-host record is written after the packages).
         let removed = all.iter().filter(|p| p.removed).count();
+        let installed = all.len() - removed;
         let needle = q.q.as_deref().map(str::to_lowercase);
         let mut rows: Vec<PackageView> = all
             .into_iter()
@@ -338,7 +341,7 @@ impl Inventory {
             total,
             page: q.page.max(1),
             per_page,
-            installed: h.installed,
+            installed,
             removed,
             stale_scan: stale(&h, now),
             source: h.source,

@@ -421,7 +421,8 @@ impl Session {
                     }
                     return End::Shutdown;
                 }
-                req = self.requests.recv() => match req {
+                // Requests wait for the ConnAck for the same reason (see below).
+                req = self.requests.recv(), if link.connected => match req {
                     Some(req) => self.request(req, Some(&mut link)),
                     None => {
                         if link.connected {
@@ -432,9 +433,13 @@ impl Session {
                 },
                 _ = at(live), if link.approved => self.live_heartbeat(&mut link, false),
                 // An app changed state or version: tell the console now, not at the next tick.
-                _ = self.app_watch.changed(), if link.approved => self.live_heartbeat(&mut link, false),
+                // Only once connected: a branch that wins while rumqttc is still connecting
+                // drops its poll mid-handshake, and rumqttc then reconnects with the same
+                // client id (and so the same will sequence), which the console must refuse
+                // as a replay.
+                _ = self.app_watch.changed(), if link.can_send() => self.live_heartbeat(&mut link, false),
                 _ = tokio::time::sleep_until(self.inventory.next_scan),
-                    if link.approved && !self.inventory.running && self.cfg.collector.is_some() => self.start_scan(),
+                    if link.can_send() && !self.inventory.running && self.cfg.collector.is_some() => self.start_scan(),
                 _ = at(link.enroll_due) => self.request_enrollment(&mut link),
                 _ = tokio::time::sleep_until(history), if !link.can_send() => self.history_sample(),
                 event = eventloop.poll() => match event {
@@ -507,6 +512,7 @@ impl Session {
             if link.approved {
                 self.announce(link);
                 self.heartbeats.connected(Instant::now());
+                self.resend_unacknowledged_inventory();
                 self.pump_queue(link);
             } else {
                 self.request_enrollment(link);
@@ -1229,6 +1235,38 @@ impl Session {
                     None => self.inventory.next_scan = Instant::now(),
                 }
             }
+        }
+    }
+
+    /// The console never acknowledged what it was last sent, and nothing is left in the
+    /// queue: the broker took it but the console lost it (it crashed before applying it).
+    /// Send the whole inventory again rather than wait for the next scheduled scan.
+    fn resend_unacknowledged_inventory(&mut self) {
+        let sync = &self.inventory.sync;
+        let unacked = sync
+            .sent
+            .as_ref()
+            .is_some_and(|s| Some(s.digest) != sync.acked);
+        if !unacked || !self.cfg.storage.queue.is_empty() {
+            return;
+        }
+        if self
+            .inventory
+            .last_resync
+            .is_some_and(|t| t.elapsed() < RESYNC_MIN_GAP)
+        {
+            return;
+        }
+        self.inventory.last_resync = Some(Instant::now());
+        if let Some(chunks) = self.inventory.sync.resync() {
+            tracing::info!(
+                chunks = chunks.len(),
+                "the console never acknowledged the inventory; sending it again"
+            );
+            for c in chunks {
+                let _ = self.push(AgentMessage::InventoryChunk(c));
+            }
+            self.save_inventory();
         }
     }
 

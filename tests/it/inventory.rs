@@ -459,3 +459,165 @@ async fn compare_and_fleet_wide_search_match_brute_force_over_200_simulated_host
     }
     drop(sim);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_restart_in_the_middle_of_a_snapshot_resyncs_cleanly() {
+    use edgefleet_tests::proxy::{FaultProxy, Shaping};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    // A slow link (2 KB/s) stretches a 4-chunk snapshot over several seconds.
+    let proxy = FaultProxy::start(console.mqtt).await.unwrap();
+    let inv = SimInventory::generated(11, 2000);
+    let dir = tmp.path().join("a");
+    let config = edgefleet_config::AgentConfig {
+        console_urls: vec![format!("mqtt://{}", proxy.addr())],
+        data_dir: dir.clone(),
+        token: Some(console.token.clone()),
+        ..Default::default()
+    };
+    let mut opts = AgentOptions::new(config, SimProbe::new(11));
+    opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
+    opts.collector = Some(Arc::new(inv.clone()));
+    proxy.set_shaping(Shaping {
+        rate: Some(2_000),
+        ..Default::default()
+    });
+    let agent = edgefleet_agent::spawn(opts).await.unwrap();
+    let id = agent.agent_id().to_string();
+
+    // Restart the console after the first chunk is in and before the last.
+    wait_for(Duration::from_secs(60), "first chunk ingested", || async {
+        (metric(&console, CHUNKS).await >= 1).then_some(())
+    })
+    .await;
+    let (page, _) = try_rows(&console, &id, false).await.unwrap_or_default();
+    assert_ne!(
+        page["installed"], 2000,
+        "the snapshot must still be incomplete when the console restarts"
+    );
+    console.kill_and_restart().await.unwrap();
+    proxy.set_shaping(Shaping::default());
+
+    // The rest of the old snapshot has no start on the new console: it asks for all of
+    // it again, and the stored inventory ends complete and exact, never partial.
+    let page = wait_for(Duration::from_secs(60), "complete inventory", || async {
+        let (page, rows) = try_rows(&console, &id, false).await?;
+        (rows.len() == 2000).then_some(page)
+    })
+    .await;
+    assert_eq!(page["installed"], 2000);
+    synced(&console, &id, &inv).await;
+    assert!(
+        metric(&console, CHUNKS).await >= 4,
+        "the restarted console got a whole snapshot again"
+    );
+    agent.shutdown().await;
+}
+
+/// A host without a supported package manager.
+#[derive(Debug)]
+struct NoPackageManager;
+
+impl edgefleet_agent::inventory::Collector for NoPackageManager {
+    fn scan(&self) -> Result<edgefleet_agent::inventory::Scan, String> {
+        Err("no supported package manager found (dpkg, rpm, pacman, apk)".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_package_manager_is_reported_not_an_empty_inventory_and_the_cli_searches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let dir = tmp.path().join("bare");
+    let config = edgefleet_config::AgentConfig {
+        console_urls: vec![console.mqtt_url()],
+        data_dir: dir.clone(),
+        token: Some(console.token.clone()),
+        ..Default::default()
+    };
+    let mut opts = AgentOptions::new(config, SimProbe::new(21));
+    opts.services = Some(Arc::new(Simulated::new(dir.join("apps"))));
+    opts.collector = Some(Arc::new(NoPackageManager));
+    let bare = edgefleet_agent::spawn(opts).await.unwrap();
+    let bare_id = bare.agent_id().to_string();
+    let page = wait_for(LIMIT, "the console knows why", || async {
+        let (page, _) = try_rows(&console, &bare_id, false).await?;
+        page["error"].is_string().then_some(page)
+    })
+    .await;
+    assert!(
+        page["error"]
+            .as_str()
+            .unwrap()
+            .contains("no supported package manager"),
+        "{page}"
+    );
+    assert_eq!(page["last_scan"], Value::Null, "{page}");
+    // The rescan command fails with the reason.
+    let c = console
+        .send("POST", &format!("/api/agents/{bare_id}/rescan"), "")
+        .await;
+    let cid = c["id"].as_str().unwrap().to_string();
+    let failed = wait_for(LIMIT, "rescan fails", || async {
+        let v = console.get(&format!("/api/commands/{cid}")).await;
+        (v["state"] == "failed").then_some(v)
+    })
+    .await;
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("package manager"),
+        "{failed}"
+    );
+
+    // Two hosts with inventories: compare and search through the CLI.
+    let (inv_a, inv_b) = (
+        SimInventory::generated(0, 40),
+        SimInventory::generated(1, 40),
+    );
+    let a = spawn(&tmp.path().join("a"), &console, 22, &inv_a).await;
+    let b = spawn(&tmp.path().join("b"), &console, 23, &inv_b).await;
+    let (ida, idb) = (a.agent_id().to_string(), b.agent_id().to_string());
+    synced(&console, &ida, &inv_a).await;
+    synced(&console, &idb, &inv_b).await;
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let cli = crate::cli::Cli::new("edgefleet", &home);
+    let url = format!("http://{}", console.http);
+    let base = [
+        "--console",
+        url.as_str(),
+        "--api-key",
+        console.api_key.as_str(),
+    ];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let cli = cli.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli.run_async(&args, None).await
+        }
+    };
+    let out = run(&["packages", "openssl", "--json"]).await;
+    let found: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(found["hosts"], 2, "{found}");
+    assert_eq!(found["versions"].as_array().unwrap().len(), 2, "{found}");
+    let out = run(&["inventory", "compare", &ida, &idb]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("~ openssl"), "{out:?}");
+    let out = run(&["inventory", "compare", &ida, "nosuchagent"]).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("Agent 'nosuchagent' not found"),
+        "{out:?}"
+    );
+    for h in [bare, a, b] {
+        h.shutdown().await;
+    }
+}

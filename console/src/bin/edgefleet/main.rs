@@ -345,7 +345,12 @@ struct Ctx {
 impl Ctx {
     /// Resolves the console and key: flags and environment first, then the login profile.
     fn new(args: &Args) -> Result<Ctx> {
-        let saved = profile::load()?;
+        // Flags and environment alone need no profile (a broken one must not get in the way).
+        let saved = if args.api_key.is_some() && args.console.is_some() {
+            None
+        } else {
+            profile::load()?
+        };
         let Some(key) = args
             .api_key
             .clone()
