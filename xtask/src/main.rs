@@ -176,7 +176,8 @@ fn install_deps() -> Result<()> {
     Ok(())
 }
 
-fn install_system_deps() -> Result<()> {
+/// The UI build needs the wasm target; `demo` and `ui` call this without the rest.
+fn ensure_wasm_target() -> Result<()> {
     let targets = capture(Command::new("rustup").args(["target", "list", "--installed"]))?;
     if !targets
         .lines()
@@ -184,6 +185,11 @@ fn install_system_deps() -> Result<()> {
     {
         run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
     }
+    Ok(())
+}
+
+fn install_system_deps() -> Result<()> {
+    ensure_wasm_target()?;
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .filter(|(bin, _)| !on_path(bin))

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub fn build(root: &Path) -> Result<()> {
     let started = Instant::now();
+    super::ensure_wasm_target()?;
     super::run(super::cargo().args([
         "build",
         "--locked",
