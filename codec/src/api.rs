@@ -145,6 +145,11 @@ pub struct MetricPoint {
     pub cpu: f32,
     pub mem: f32,
     pub disk: f32,
+    /// Mean bytes per second received and sent over the point's interval.
+    #[serde(default)]
+    pub rx_bps: f32,
+    #[serde(default)]
+    pub tx_bps: f32,
 }
 
 /// `GET /api/agents/{id}/metrics?range=`.

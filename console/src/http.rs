@@ -1688,6 +1688,8 @@ pub fn downsample(
         e.cpu_sum += s.cpu_sum;
         e.mem_sum += s.mem_sum;
         e.disk_sum += s.disk_sum;
+        e.rx_sum += s.rx_sum;
+        e.tx_sum += s.tx_sum;
     }
     slots
         .into_iter()
@@ -1696,6 +1698,8 @@ pub fn downsample(
             cpu: Sample::avg(s.cpu_sum, s.count),
             mem: Sample::avg(s.mem_sum, s.count),
             disk: Sample::avg(s.disk_sum, s.count),
+            rx_bps: Sample::avg_rate(s.rx_sum, s.count),
+            tx_bps: Sample::avg_rate(s.tx_sum, s.count),
         })
         .collect()
 }

@@ -108,6 +108,7 @@ pub struct Sample {
     pub disk_sum: u32,
     pub load_sum: u32,
     pub rx_sum: u64,
+    pub tx_sum: u64,
 }
 
 impl Sample {
@@ -119,6 +120,7 @@ impl Sample {
             disk_sum: v.disk_pct.into(),
             load_sum: v.load_centi.into(),
             rx_sum: v.rx_bps.into(),
+            tx_sum: v.tx_bps.into(),
         }
     }
 
@@ -129,32 +131,52 @@ impl Sample {
         self.disk_sum += other.disk_sum;
         self.load_sum += other.load_sum;
         self.rx_sum += other.rx_sum;
+        self.tx_sum += other.tx_sum;
     }
 
-    fn to_bytes(self) -> [u8; 26] {
-        let mut b = [0u8; 26];
+    /// 32 bytes: count and four u32 sums, then rx and tx sums as 48-bit integers (a day of
+    /// 1-minute samples at 4 Gbit/s still fits).
+    fn to_bytes(self) -> [u8; 32] {
+        let mut b = [0u8; 32];
         b[0..4].copy_from_slice(&self.count.to_be_bytes());
         b[4..8].copy_from_slice(&self.cpu_sum.to_be_bytes());
         b[8..12].copy_from_slice(&self.mem_sum.to_be_bytes());
         b[12..16].copy_from_slice(&self.disk_sum.to_be_bytes());
         b[16..20].copy_from_slice(&self.load_sum.to_be_bytes());
         b[20..26].copy_from_slice(&self.rx_sum.to_be_bytes()[2..]);
+        b[26..32].copy_from_slice(&self.tx_sum.to_be_bytes()[2..]);
         b
     }
 
+    /// Reads the 32-byte form, and the older 26-byte one (no tx: read as 0).
     fn from_bytes(b: &[u8]) -> Option<Sample> {
-        let b: &[u8; 26] = b.try_into().ok()?;
+        if b.len() != 26 && b.len() != 32 {
+            return None;
+        }
         let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let mut rx = [0u8; 8];
-        rx[2..].copy_from_slice(&b[20..26]);
+        let u48_at = |i: usize| {
+            let mut v = [0u8; 8];
+            v[2..].copy_from_slice(&b[i..i + 6]);
+            u64::from_be_bytes(v)
+        };
         Some(Sample {
             count: u32_at(0),
             cpu_sum: u32_at(4),
             mem_sum: u32_at(8),
             disk_sum: u32_at(12),
             load_sum: u32_at(16),
-            rx_sum: u64::from_be_bytes(rx),
+            rx_sum: u48_at(20),
+            tx_sum: if b.len() == 32 { u48_at(26) } else { 0 },
         })
+    }
+
+    /// The mean of a 48-bit rate sum.
+    pub fn avg_rate(sum: u64, count: u32) -> f32 {
+        if count == 0 {
+            0.0
+        } else {
+            (sum as f64 / f64::from(count)) as f32
+        }
     }
 
     pub fn avg(sum: u32, count: u32) -> f32 {
@@ -469,8 +491,12 @@ mod tests {
             disk_sum: 2,
             load_sum: 3,
             rx_sum: 1 << 40,
+            tx_sum: 12345,
         };
         assert_eq!(Sample::from_bytes(&s.to_bytes()), Some(s));
         assert_eq!(Sample::from_bytes(&[1, 2, 3]), None);
+        // Records written before tx was stored still read, with tx 0.
+        let old = Sample::from_bytes(&s.to_bytes()[..26]).unwrap();
+        assert_eq!((old.rx_sum, old.tx_sum), (1 << 40, 0));
     }
 }

@@ -128,6 +128,13 @@ try {
   const box = await page.locator('[data-testid="chart-cpu"] svg').boundingBox();
   await page.mouse.move(box.x + box.width * 0.97, box.y + box.height / 2);
   await until("hover readout", async () => ((await page.textContent('[data-testid="chart-cpu"] [data-testid="readout"]')) || "").includes("%"));
+  // Network charts: points, and an axis scaled to the data with bit/s labels.
+  for (const dir of ["in", "out"]) {
+    const sel = `[data-testid="chart-network-${dir}"]`;
+    await until(`network ${dir} points`, async () => Number(await page.getAttribute(sel, "data-points")) >= 2);
+    const labels = await page.$$eval(`${sel} text.tick`, (t) => t.map((x) => x.textContent));
+    if (!labels.some((l) => /^[0-9.]+[kMG]?$/.test(l) && l !== "0")) throw new Error(`network ${dir}: no rate axis labels in ${labels}`);
+  }
 
   step("apps tab: restart an app, followed to success");
   await page.click('button[data-tab="apps"]');

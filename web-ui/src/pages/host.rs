@@ -241,15 +241,36 @@ fn MetricsTab(id: String) -> impl IntoView {
                         <Chart title="CPU" unit="%" start=start end=end points=pick(|p| p.cpu) />
                         <Chart title="Memory" unit="%" start=start end=end points=pick(|p| p.mem) />
                         <Chart title="Disk" unit="%" start=start end=end points=pick(|p| p.disk) />
+                        <Chart title="Network in (bit/s)" unit="rate" start=start end=end points=pick(|p| p.rx_bps) />
+                        <Chart title="Network out (bit/s)" unit="rate" start=start end=end points=pick(|p| p.tx_bps) />
                     </div>
-                    <p class="muted small">"Network throughput is shown as current vitals on the Overview tab; the metrics API has no network series yet."</p>
                 }
             })}
         </section>
     }
 }
 
-/// A percentage line chart with time and value axes and a hover readout.
+/// An axis label for a rate in bytes per second, as bits: `0`, `800`, `1.6k`, `2M`.
+fn compact_bits(bytes_per_s: f64) -> String {
+    let bits = bytes_per_s * 8.0;
+    let (v, suffix) = if bits >= 1e9 {
+        (bits / 1e9, "G")
+    } else if bits >= 1e6 {
+        (bits / 1e6, "M")
+    } else if bits >= 1e3 {
+        (bits / 1e3, "k")
+    } else {
+        (bits, "")
+    };
+    if v >= 10.0 || v.fract() == 0.0 {
+        format!("{v:.0}{suffix}")
+    } else {
+        format!("{v:.1}{suffix}")
+    }
+}
+
+/// A line chart with time and value axes and a hover readout. `unit` is `%` (axis 0-100)
+/// or `rate` (bytes per second, axis scaled to the data, labels in bit/s).
 #[component]
 fn Chart(
     title: &'static str,
@@ -259,16 +280,29 @@ fn Chart(
     points: Vec<(u64, f64)>,
 ) -> impl IntoView {
     let frame = Frame::METRIC;
+    let is_rate = unit == "rate";
+    let max = if is_rate {
+        chart::nice_max(points.iter().map(|p| p.1).fold(0.0, f64::max), 128.0)
+    } else {
+        100.0
+    };
+    let label = move |v: f64| {
+        if is_rate {
+            format::rate(v.round().clamp(0.0, f64::from(u32::MAX)) as u32)
+        } else {
+            format!("{v:.1} {unit}")
+        }
+    };
     let scale = Scale {
         frame,
         start,
         end,
-        max: 100.0,
+        max,
     };
     let path = chart::line_path(&scale, &points, chart::gap_for(&points));
     let dates = chart::ticks_show_dates(start, end);
     let x_ticks = chart::time_ticks(start, end, 7);
-    let y_ticks = chart::value_ticks(100.0);
+    let y_ticks = chart::value_ticks(max);
     let hover = RwSignal::new(None::<usize>);
     let count = points.len();
     let pts = StoredValue::new(points);
@@ -289,12 +323,12 @@ fn Chart(
         hover.set(pts.with_value(|p| chart::nearest(p, at)));
     };
     view! {
-        <figure class="chart" data-testid=format!("chart-{}", title.to_lowercase()) data-points=count>
+        <figure class="chart" data-testid=format!("chart-{}", title.split(" (").next().unwrap_or(title).to_lowercase().replace(' ', "-")) data-points=count>
             <figcaption>
                 <span>{title}</span>
                 <span class="readout" data-testid="readout">
                     {move || hover.get().and_then(|i| pts.with_value(|p| p.get(i).copied())).map(|(at, v)| {
-                        format!("{:.1} {unit} at {}", v, format::timestamp(at))
+                        format!("{} at {}", label(v), format::timestamp(at))
                     })}
                 </span>
             </figcaption>
@@ -309,7 +343,7 @@ fn Chart(
                     let y = scale.y(v);
                     view! {
                         <line class="grid" x1=frame.left x2=frame.width - frame.right y1=y y2=y />
-                        <text class="tick" x=frame.left - 6.0 y=y + 4.0 text-anchor="end">{format!("{v:.0}")}</text>
+                        <text class="tick" x=frame.left - 6.0 y=y + 4.0 text-anchor="end">{if is_rate { compact_bits(v) } else { format!("{v:.0}") }}</text>
                     }
                 }).collect_view()}
                 {x_ticks.into_iter().map(|t| {
