@@ -83,6 +83,9 @@ pub struct AgentSummary {
     /// For a pending agent: an existing host it collides with (same hostname or IP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<String>,
+    /// Alerts firing on this host now.
+    #[serde(default)]
+    pub alerts: usize,
 }
 
 /// `GET /api/agents`.

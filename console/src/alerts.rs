@@ -453,6 +453,22 @@ impl Alerts {
         })
     }
 
+    /// Firing alerts per host.
+    pub fn firing_counts(&self) -> HashMap<String, usize> {
+        let engine = self.engine.lock().expect("engine lock");
+        let mut counts = HashMap::new();
+        for (host, _) in engine.open.keys() {
+            *counts.entry(host.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Firing alerts on one host.
+    pub fn firing_for(&self, host: &str) -> usize {
+        let engine = self.engine.lock().expect("engine lock");
+        engine.open.keys().filter(|(h, _)| h == host).count()
+    }
+
     pub fn firing_hosts(&self) -> usize {
         self.engine
             .lock()

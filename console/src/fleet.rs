@@ -1434,7 +1434,14 @@ impl Fleet {
     }
 
     pub fn summary_of(&self, host: &HostRecord, now: u64) -> api::AgentSummary {
+        self.summary_counted(host, now, self.alerts.firing_for(&host.id))
+    }
+
+    /// [`Fleet::summary_of`] with the host's firing-alert count already known (the host
+    /// list counts them for all hosts at once).
+    pub fn summary_counted(&self, host: &HostRecord, now: u64, alerts: usize) -> api::AgentSummary {
         api::AgentSummary {
+            alerts,
             id: host.id.clone(),
             hostname: host.hostname.clone(),
             display_name: host.hostname.clone(),

@@ -1502,9 +1502,10 @@ impl ListQuery {
 
 /// Filters, sorts (nulls last in both orders, ties by id) and pages the host list.
 pub fn list_agents(fleet: &Fleet, hosts: &[HostRecord], q: &ListQuery, now: u64) -> AgentPage {
+    let alerts = fleet.alerts.firing_counts();
     let mut rows: Vec<api::AgentSummary> = hosts
         .iter()
-        .map(|h| fleet.summary_of(h, now))
+        .map(|h| fleet.summary_counted(h, now, alerts.get(&h.id).copied().unwrap_or(0)))
         .filter(|a| q.status.is_none_or(|s| a.status == s))
         .filter(|a| q.os.as_ref().is_none_or(|os| a.os.as_ref() == Some(os)))
         .filter(|a| {

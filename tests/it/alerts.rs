@@ -184,6 +184,10 @@ async fn a_reconnect_within_grace_and_ten_flaps_give_no_offline_webhook_and_one_
     );
     let firing = console.get("/api/alerts?state=firing").await;
     assert_eq!(firing["total"], 1, "{firing}");
+    // The host list and the host itself carry the count.
+    let list = console.get("/api/agents").await;
+    assert_eq!(list["items"][0]["alerts"], 1, "{list}");
+    assert_eq!(console.get(&format!("/api/agents/{id}")).await["alerts"], 1);
     a.shutdown().await;
 }
 

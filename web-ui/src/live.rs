@@ -20,6 +20,8 @@ pub struct Live {
     pub status_agent: RwSignal<Option<String>>,
     /// Bumped on every audit entry (and on a `reset`).
     pub audit: RwSignal<u64>,
+    /// Bumped on every alert firing or resolving (and on a `reset`).
+    pub alerts: RwSignal<u64>,
     /// The latest command change.
     pub command: RwSignal<Option<CommandView>>,
 }
@@ -31,6 +33,7 @@ impl Live {
             status: RwSignal::new(0),
             status_agent: RwSignal::new(None),
             audit: RwSignal::new(0),
+            alerts: RwSignal::new(0),
             command: RwSignal::new(None),
         };
         provide_context(live);
@@ -46,12 +49,14 @@ impl Live {
             }
             LiveBody::Audit { .. } => self.audit.update(|n| *n += 1),
             LiveBody::Command { command } => self.command.set(Some(command)),
+            LiveBody::Alert { .. } => self.alerts.update(|n| *n += 1),
             LiveBody::Reset => {
                 self.status_agent.set(None);
                 self.status.update(|n| *n += 1);
                 self.audit.update(|n| *n += 1);
+                self.alerts.update(|n| *n += 1);
             }
-            LiveBody::Vitals { .. } | LiveBody::Alert { .. } => {}
+            LiveBody::Vitals { .. } => {}
         }
     }
 }

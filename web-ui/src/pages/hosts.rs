@@ -3,10 +3,9 @@
 //! the URL query; the data refreshes on live status events and every 30 s (10 s while the
 //! live stream is down).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use edgefleet_codec::api::{AgentPage, AgentStatus, AgentSummary, AlertPage, FleetSummary};
+use edgefleet_codec::api::{AgentPage, AgentStatus, AgentSummary, FleetSummary};
 use leptos::prelude::*;
 
 use super::{ErrorBox, Pager, Remote, StatusBadge};
@@ -16,8 +15,6 @@ use crate::live::use_live;
 use crate::query::{HostQuery, PAGE_SIZES};
 use crate::route::{use_router, Link};
 
-/// Firing alerts fetched to count them per host (the API has no per-host count yet).
-const ALERTS_PATH: &str = "/api/alerts?state=firing&per_page=200";
 const PENDING_PATH: &str = "/api/agents?status=pending&per_page=25&sort=last_seen&order=desc";
 
 #[component]
@@ -32,22 +29,22 @@ pub fn HostsPage() -> impl IntoView {
     let summary = Remote::<FleetSummary>::new();
     let list = Remote::<AgentPage>::new();
     let pending = Remote::<AgentPage>::new();
-    let alerts = Remote::<AlertPage>::new();
     let last_refresh = RwSignal::new(0u64);
 
     let refresh_side = move || {
         last_refresh.set(api::now());
         summary.load("/api/fleet/summary".into());
         pending.load(PENDING_PATH.into());
-        alerts.load(ALERTS_PATH.into());
     };
     // The list follows the URL state.
     Effect::new(move |_| list.load(query.get().api_path()));
-    // Presence changes refresh everything, at most once a second: a large fleet can send
-    // many status events at once (a site losing its link).
+    // Presence and alert changes refresh everything (rows carry their firing-alert
+    // counts), at most once a second: a large fleet can send many events at once (a site
+    // losing its link).
     let scheduled = RwSignal::new(false);
     Effect::new(move |prev: Option<()>| {
         live.status.track();
+        live.alerts.track();
         if prev.is_none() {
             refresh_side();
             return;
@@ -92,7 +89,7 @@ pub fn HostsPage() -> impl IntoView {
     view! {
         <Overview summary=summary query=query set_query=set_query />
         <PendingPanel pending=pending on_changed=on_changed />
-        <HostTable list=list alerts=alerts summary=summary query=query set_query=set_query />
+        <HostTable list=list summary=summary query=query set_query=set_query />
     }
 }
 
@@ -299,7 +296,6 @@ fn PendingPanel(pending: Remote<AgentPage>, on_changed: Callback<()>) -> impl In
 #[component]
 fn HostTable(
     list: Remote<AgentPage>,
-    alerts: Remote<AlertPage>,
     summary: Remote<FleetSummary>,
     query: Memo<HostQuery>,
     set_query: Callback<(HostQuery, bool)>,
@@ -331,15 +327,6 @@ fn HostTable(
             Duration::from_millis(300),
         );
     };
-    let alert_counts = Memo::new(move |_| {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        if let Some(page) = alerts.data.get() {
-            for a in page.items {
-                *counts.entry(a.agent).or_default() += 1;
-            }
-        }
-        counts
-    });
     let header = move |key: &'static str, label: &'static str| {
         let sorted = move || query.with(|q| q.sort == key);
         let arrow = move || match query.with(|q| (q.sort == key, q.desc)) {
@@ -452,7 +439,6 @@ fn HostTable(
                     </thead>
                     <tbody>
                         {move || {
-                            let counts = alert_counts.get();
                             let now = api::now();
                             match list.data.get() {
                                 None => view! { <tr><td colspan="9" class="muted">"Loading hosts…"</td></tr> }.into_any(),
@@ -460,7 +446,7 @@ fn HostTable(
                                     <tr><td colspan="9" class="muted" data-testid="empty">"No host matches."</td></tr>
                                 }.into_any(),
                                 Some(page) => page.items.into_iter().map(|a| {
-                                    let n = counts.get(&a.id).copied().unwrap_or(0);
+                                    let n = a.alerts;
                                     host_row(a, n, now)
                                 }).collect_view().into_any(),
                             }
