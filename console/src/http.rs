@@ -721,6 +721,7 @@ fn build_action(
     Ok(match action {
         "restart-app" => CommandAction::RestartApp { app: app()? },
         "request-heartbeat" => CommandAction::RequestHeartbeat,
+        "rescan-inventory" => CommandAction::RescanInventory,
         "push-config" => {
             let app = app()?;
             if req.values.is_empty() {
@@ -784,23 +785,36 @@ fn build_action(
         }
         other => {
             return Err(ApiError::BadRequest(format!(
-                "action must be restart-app, push-config, update-app, request-heartbeat or run-script, got {other:?}"
+                "action must be restart-app, push-config, update-app, request-heartbeat, rescan-inventory or run-script, got {other:?}"
             )))
         }
     })
 }
 
-async fn restart_app(
-    State(fleet): State<Arc<Fleet>>,
-    Extension(key): Extension<KeyRecord>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
-    let (req, ttl) = command_request(&body)?;
-    let action = build_action("restart-app", req)?;
-    if let (Some(host), edgefleet_codec::CommandAction::RestartApp { app }) =
-        (fleet.host(&id), &action)
-    {
+type CommandAnswer = Result<(StatusCode, Json<api::CommandView>), ApiError>;
+
+/// One command to one agent, for every `POST /api/agents/{id}/<action>` route: the body
+/// is a [`api::CommandRequest`] (`expires` and the action's fields), and an app command
+/// naming an app the agent does not report is a 404 before anything is signed.
+async fn agent_command(
+    action: &'static str,
+    fleet: Arc<Fleet>,
+    key: KeyRecord,
+    id: String,
+    body: &[u8],
+) -> CommandAnswer {
+    if action == "run-script" {
+        // Scripts are the one command beyond the fixed set, so they take an admin key.
+        require(&key, Role::Admin)?;
+    }
+    let (req, ttl) = command_request(body)?;
+    let action = build_action(action, req)?;
+    use edgefleet_codec::CommandAction as A;
+    let app = match &action {
+        A::RestartApp { app } | A::PushConfig { app, .. } | A::UpdateApp { app, .. } => Some(app),
+        A::RequestHeartbeat | A::RescanInventory | A::RunScript { .. } => None,
+    };
+    if let (Some(host), Some(app)) = (fleet.host(&id), app) {
         if !host.apps.is_empty() && !host.apps.iter().any(|a| a.id == *app) {
             return Err(ApiError::NotFound(format!(
                 "agent {id} has no managed app {app:?} (it reports: {})",
@@ -815,27 +829,26 @@ async fn restart_app(
     send_command(fleet, key, id, action, ttl).await
 }
 
-async fn push_config(
-    State(fleet): State<Arc<Fleet>>,
-    Extension(key): Extension<KeyRecord>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
-    let (req, ttl) = command_request(&body)?;
-    let action = build_action("push-config", req)?;
-    send_command(fleet, key, id, action, ttl).await
+/// The per-action routes: each names its action for [`agent_command`].
+macro_rules! command_route {
+    ($name:ident, $action:literal) => {
+        async fn $name(
+            State(fleet): State<Arc<Fleet>>,
+            Extension(key): Extension<KeyRecord>,
+            Path(id): Path<String>,
+            body: axum::body::Bytes,
+        ) -> CommandAnswer {
+            agent_command($action, fleet, key, id, &body).await
+        }
+    };
 }
 
-async fn update_app(
-    State(fleet): State<Arc<Fleet>>,
-    Extension(key): Extension<KeyRecord>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
-    let (req, ttl) = command_request(&body)?;
-    let action = build_action("update-app", req)?;
-    send_command(fleet, key, id, action, ttl).await
-}
+command_route!(restart_app, "restart-app");
+command_route!(push_config, "push-config");
+command_route!(update_app, "update-app");
+command_route!(request_heartbeat, "request-heartbeat");
+command_route!(rescan, "rescan-inventory");
+command_route!(run_script, "run-script");
 
 /// `POST /api/commands/bulk`: the same command for a list of hosts or every active host
 /// matching a filter; one command (or one error) per host.
@@ -1107,23 +1120,6 @@ async fn inventory_csv(
         .into_response())
 }
 
-async fn rescan(
-    State(fleet): State<Arc<Fleet>>,
-    Extension(key): Extension<KeyRecord>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
-    let (_, ttl) = command_request(&body)?;
-    send_command(
-        fleet,
-        key,
-        id,
-        edgefleet_codec::CommandAction::RescanInventory,
-        ttl,
-    )
-    .await
-}
-
 async fn inventory_compare(
     State(fleet): State<Arc<Fleet>>,
     Query(params): Query<HashMap<String, String>>,
@@ -1161,36 +1157,6 @@ async fn package_search(
         }
         Ok(Json(found))
     })
-    .await
-}
-
-/// Scripts are the one command beyond the fixed set, so they take an admin key.
-async fn run_script(
-    State(fleet): State<Arc<Fleet>>,
-    Extension(key): Extension<KeyRecord>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
-    require(&key, Role::Admin)?;
-    let (req, ttl) = command_request(&body)?;
-    let action = build_action("run-script", req)?;
-    send_command(fleet, key, id, action, ttl).await
-}
-
-async fn request_heartbeat(
-    State(fleet): State<Arc<Fleet>>,
-    Extension(key): Extension<KeyRecord>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<api::CommandView>), ApiError> {
-    let (_, ttl) = command_request(&body)?;
-    send_command(
-        fleet,
-        key,
-        id,
-        edgefleet_codec::CommandAction::RequestHeartbeat,
-        ttl,
-    )
     .await
 }
 

@@ -45,7 +45,6 @@ pub struct HostInventory {
     pub source: Option<String>,
     pub last_scan: Option<u64>,
     pub interval_s: Option<u64>,
-    pub installed: usize,
     pub error: Option<String>,
 }
 
@@ -276,15 +275,17 @@ impl Inventory {
             batch.insert(k.as_slice(), serde_json::to_vec(&r).expect("serializes"));
             index.insert(index_key(host, p), &[]);
         }
-        self.pkgs.apply_batch(batch)?;
-        self.index.apply_batch(index)?;
+        // The host record first: a reader who sees the new packages sees their scan too. If
+        // a batch then fails, the digest names rows that are not there, so the next delta
+        // fails its digest check and the agent is asked for everything.
         let mut h = self.host(host)?;
         h.digest = Some(digest);
         h.source = Some(source.to_string());
         h.last_scan = Some(now);
-        h.installed = wanted.len();
         h.error = None;
         self.put_host(host, &h)?;
+        self.pkgs.apply_batch(batch)?;
+        self.index.apply_batch(index)?;
         Ok(())
     }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::identity::hex;
+
 /// A script that runs longer is killed and reported failed.
 pub const TIMEOUT: Duration = Duration::from_secs(600);
 /// The result message keeps the end of the output, where errors usually are.
@@ -123,10 +125,6 @@ fn tail(text: &str, max: usize) -> String {
         start += 1;
     }
     format!("...{}", &text[start..])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

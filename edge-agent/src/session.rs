@@ -1574,10 +1574,7 @@ async fn update_app(
         .await
         .map_err(|e| (CommandOutcome::Failed, e))?;
         report
-            .step(format!(
-                "verified sha256 {}",
-                crate::update::hex(&spec.sha256)
-            ))
+            .step(format!("verified sha256 {}", hex(&spec.sha256)))
             .await;
         report.step(format!("stopping {unit}")).await;
         let (s, u) = (services.clone(), unit.clone());

@@ -18,9 +18,7 @@ pub const ATTEMPTS: u32 = 6;
 /// A connection that sends nothing for this long is dropped and resumed.
 pub const STALL: Duration = Duration::from_secs(30);
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::identity::hex;
 
 /// Called with the download's percentage each time it crosses a 10 % step (progress goes
 /// over metered links, so it is coarse on purpose).
