@@ -159,22 +159,38 @@ async fn a_restart_succeeds_a_failing_one_fails_and_both_are_audited() {
     let listed = console.get(&format!("/api/agents/{id}/commands")).await;
     assert_eq!(listed.as_array().unwrap().len(), 2);
 
-    // Bad requests: no app, an app the agent does not have, a nonsense expiry.
-    for (body, code) in [
-        ("{}", 400),
-        (r#"{"app":"no-such-app"}"#, 404),
-        (&*format!(r#"{{"app":"{app}","expires":"soon"}}"#), 400),
+    // Bad requests: no app, an app the agent does not have (for every app command), a
+    // nonsense expiry.
+    let sha = "00".repeat(32);
+    for (action, body, code) in [
+        ("restart-app", "{}".to_string(), 400),
+        ("restart-app", r#"{"app":"no-such-app"}"#.to_string(), 404),
+        (
+            "push-config",
+            r#"{"app":"no-such-app","values":{"a":1}}"#.to_string(),
+            404,
+        ),
+        (
+            "update-app",
+            format!(r#"{{"app":"no-such-app","url":"http://x/a","version":"2","sha256":"{sha}"}}"#),
+            404,
+        ),
+        (
+            "restart-app",
+            format!(r#"{{"app":"{app}","expires":"soon"}}"#),
+            400,
+        ),
     ] {
         let (status, text) = crate::harness::http_request(
             console.http,
             "POST",
-            &format!("/api/agents/{id}/restart-app"),
+            &format!("/api/agents/{id}/{action}"),
             Some(&console.api_key),
-            body,
+            &body,
         )
         .await
         .unwrap();
-        assert_eq!(status, code, "{body}: {text}");
+        assert_eq!(status, code, "{action} {body}: {text}");
     }
     a.shutdown().await;
 }
