@@ -190,10 +190,7 @@ async fn run(cfg: AgentConfig) -> Result<()> {
     if cfg.allow_scripts {
         tracing::warn!(allowlist = ?cfg.script_allowlist, "allow_scripts = true: the console may run the scripts whose SHA-256 is on the allow-list");
     }
-    let probe = SysinfoProbe::new(
-        cfg.disk_mounts.clone(),
-        cfg.apps.iter().map(|a| a.id.clone()).collect(),
-    );
+    let probe = SysinfoProbe::new(cfg.disk_mounts.clone());
     let agent = edgefleet_agent::spawn(AgentOptions::new(cfg, probe)).await?;
     let mut watch = agent.watch();
     let stopped = async move { while watch.changed().await.is_ok() {} };

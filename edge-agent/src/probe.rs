@@ -25,7 +25,9 @@ pub trait Probe: Send {
     fn facts(&mut self) -> SystemFacts;
     /// A sample for a heartbeat; rates are averaged since the previous call.
     fn vitals(&mut self) -> Vitals;
-    /// Managed apps and their state.
+    /// Apps the probe brings itself (the simulator's). A real device declares its apps in
+    /// its config; their status and version come from the service manager
+    /// (`service::AppWatch`), which also sets `apps_digest` in heartbeats.
     fn apps(&mut self) -> Vec<AppState>;
 }
 
@@ -36,14 +38,13 @@ pub struct SysinfoProbe {
     networks: sysinfo::Networks,
     disks: sysinfo::Disks,
     mounts: Vec<PathBuf>,
-    apps: Vec<String>,
     /// Total bytes received and sent (all interfaces but loopback) at the last sample.
     last_net: (u64, u64, Instant),
 }
 
 impl SysinfoProbe {
-    /// `mounts`: the fullest of these is reported as disk %; `apps`: managed app ids.
-    pub fn new(mounts: Vec<PathBuf>, apps: Vec<String>) -> SysinfoProbe {
+    /// `mounts`: the fullest of these is reported as disk %.
+    pub fn new(mounts: Vec<PathBuf>) -> SysinfoProbe {
         let mut system = sysinfo::System::new();
         system.refresh_cpu_usage();
         system.refresh_memory();
@@ -54,7 +55,6 @@ impl SysinfoProbe {
             networks,
             disks: sysinfo::Disks::new_with_refreshed_list(),
             mounts,
-            apps,
             last_net: (rx, tx, Instant::now()),
         }
     }
@@ -143,21 +143,13 @@ impl Probe for SysinfoProbe {
             uptime_s: sysinfo::System::uptime(),
             rx_bps: (rx as f64 / elapsed).min(f64::from(u32::MAX)) as u32,
             tx_bps: (tx as f64 / elapsed).min(f64::from(u32::MAX)) as u32,
-            apps_digest: edgefleet_codec::apps_digest(&self.apps()),
+            // Set by the session from the app watch.
+            apps_digest: 0,
         }
     }
 
     fn apps(&mut self) -> Vec<AppState> {
-        // systemd status comes with the remote-operations work; until then apps are listed
-        // with status unknown rather than a made-up one.
-        self.apps
-            .iter()
-            .map(|id| AppState {
-                id: id.clone(),
-                status: AppStatus::Unknown,
-                version: None,
-            })
-            .collect()
+        Vec::new()
     }
 }
 
@@ -312,13 +304,16 @@ mod tests {
 
     #[test]
     fn the_real_probe_reads_this_machine() {
-        let mut p = SysinfoProbe::new(vec![PathBuf::from("/")], vec!["web".into()]);
+        let mut p = SysinfoProbe::new(vec![PathBuf::from("/")]);
         let f = p.facts();
         assert!(!f.hostname.is_empty() && !f.os.is_empty() && !f.arch.is_empty());
         assert!(f.boot_time > 1_500_000_000);
         let v = p.vitals();
         assert!(v.mem_pct > 0 && v.mem_pct <= 100, "{v:?}");
         assert!(v.disk_pct > 0, "root fs has some data: {v:?}");
-        assert_eq!(p.apps()[0].status, AppStatus::Unknown);
+        assert!(
+            p.apps().is_empty(),
+            "a real device's apps come from its config"
+        );
     }
 }
