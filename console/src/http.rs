@@ -604,13 +604,10 @@ async fn audit(
     State(fleet): State<Arc<Fleet>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<api::AuditPage>, ApiError> {
-    for key in params.keys() {
-        if !["page", "per_page", "agent", "action", "since", "last"].contains(&key.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown query parameter `{key}`; allowed: page, per_page, agent, action, since, last"
-            )));
-        }
-    }
+    only_params(
+        &params,
+        &["page", "per_page", "agent", "action", "since", "last"],
+    )?;
     let q = ListQuery::parse(
         &params
             .iter()
@@ -1196,13 +1193,7 @@ async fn alerts(
     State(fleet): State<Arc<Fleet>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<api::AlertPage>, ApiError> {
-    for key in params.keys() {
-        if !["page", "per_page", "agent", "state"].contains(&key.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown query parameter `{key}`; allowed: page, per_page, state, agent"
-            )));
-        }
-    }
+    only_params(&params, &["page", "per_page", "state", "agent"])?;
     let state = match params.get("state").map(String::as_str) {
         None => None,
         Some("firing") => Some(api::AlertState::Firing),
@@ -1400,13 +1391,10 @@ pub struct ListQuery {
 
 impl ListQuery {
     pub fn parse(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
-        for key in params.keys() {
-            if !["page", "per_page", "q", "status", "os", "sort", "order"].contains(&key.as_str()) {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter `{key}`; allowed: page, per_page, q, status, os, sort, order"
-                )));
-            }
-        }
+        only_params(
+            params,
+            &["page", "per_page", "q", "status", "os", "sort", "order"],
+        )?;
         let page = match params.get("page") {
             None => 1,
             Some(p) => p.parse::<usize>().ok().filter(|p| *p >= 1).ok_or_else(|| {
