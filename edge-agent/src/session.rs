@@ -441,7 +441,9 @@ impl Session {
                 _ = tokio::time::sleep_until(self.inventory.next_scan),
                     if link.can_send() && !self.inventory.running && self.cfg.collector.is_some() => self.start_scan(),
                 _ = at(link.enroll_due) => self.request_enrollment(&mut link),
-                _ = tokio::time::sleep_until(history), if !link.can_send() => self.history_sample(),
+                // Connected but not yet able to send (pinning, enrollment): keep history.
+                // Not during the handshake: backoff's `wait_offline` samples around it.
+                _ = tokio::time::sleep_until(history), if link.connected && !link.can_send() => self.history_sample(),
                 event = eventloop.poll() => match event {
                     Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code != ConnectReturnCode::Success {
