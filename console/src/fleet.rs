@@ -774,9 +774,11 @@ impl Fleet {
         let mut progress = Vec::new();
         let mut finished = Vec::new();
         let mut inventory: Vec<(String, AgentId, InventoryWork)> = Vec::new();
+        // The write lock is held until the round is in sled: a reader that sees a
+        // new status must also find its transition in the store.
+        let mut hosts = self.hosts.write().expect("hosts lock");
         {
             let keys = self.keys.read().expect("keys lock");
-            let mut hosts = self.hosts.write().expect("hosts lock");
             for msg in batch {
                 let (id, channel) = match self.topics.parse(&msg.topic) {
                     Ok(Topic::Agent { id, channel }) => (id, channel),
@@ -913,7 +915,6 @@ impl Fleet {
                 }
             }
         }
-        let hosts = self.hosts.read().expect("hosts lock");
         let round = Round {
             hosts: changed.keys().filter_map(|id| hosts.get(id)).collect(),
             transitions: round_transitions,
