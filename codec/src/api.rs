@@ -86,6 +86,11 @@ pub struct AgentSummary {
     /// Alerts firing on this host now.
     #[serde(default)]
     pub alerts: usize,
+    /// Effective labels (operator labels over the agent's own).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceView>,
 }
 
 /// `GET /api/agents`.
@@ -140,6 +145,15 @@ pub struct AgentDetail {
     pub apps: Vec<AppView>,
     /// Newest first, at most 100.
     pub status_history: Vec<StatusChange>,
+    #[serde(default)]
+    pub label_sources: LabelsView,
+    /// Ids of the groups this agent is in.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Operator settings on this agent alone (they beat its groups').
+    #[serde(default)]
+    pub settings: ScopedSettings,
+    pub effective: Option<EffectiveSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +342,9 @@ pub struct SilenceCreate {
     /// A host id, or every host when absent.
     #[serde(default)]
     pub agent: Option<String>,
+    /// Only the members of this group (at the time an alert fires).
+    #[serde(default)]
+    pub group: Option<String>,
     /// A rule name, or every rule when absent.
     #[serde(default)]
     pub rule: Option<String>,
@@ -348,6 +365,8 @@ pub enum SilenceUntil {
 pub struct SilenceView {
     pub id: u64,
     pub agent: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
     pub rule: Option<String>,
     pub until: u64,
     pub reason: Option<String>,
@@ -408,6 +427,12 @@ pub struct BulkCommand {
     /// Substring of hostname or IP, as in the host list.
     #[serde(default)]
     pub q: Option<String>,
+    /// Members of this group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// A label selector (docs/api.md, "Selectors").
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 /// One target of a bulk command: its command, or why it got none.
@@ -608,4 +633,235 @@ pub struct PackageSearch {
     /// Distinct hosts that have it.
     pub hosts: usize,
     pub versions: Vec<PackageVersion>,
+}
+
+// ----- Labels, groups, maintenance and rollouts -----
+
+/// `PUT /api/agents/{id}/labels`: operator labels to set and operator labels to drop.
+/// Operator labels win over the agent's own (from its config, reported in its birth).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsUpdate {
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// An agent's labels: the effective set, and where each came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelsView {
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Reported by the agent (its config).
+    pub agent: std::collections::BTreeMap<String, String>,
+    /// Set through the API; these win.
+    pub operator: std::collections::BTreeMap<String, String>,
+}
+
+/// Settings a group (or one agent) scopes. Absent fields inherit: agent > group > global.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedSettings {
+    /// Heartbeat interval pushed to the agents, in seconds (5 to 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_s: Option<u32>,
+    /// Seconds offline before `agent-offline` fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_grace_s: Option<u64>,
+    /// Percent at or above which `hotspot-*` counts a value as hot (1-100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotspot_threshold: Option<u8>,
+    /// Seconds a value must stay hot before `hotspot-*` fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotspot_window_s: Option<u64>,
+}
+
+/// One resolved setting and where its value comes from: `agent`, `group:<id>` or `global`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveSetting {
+    pub value: u64,
+    pub source: String,
+}
+
+/// The settings that apply to one agent after precedence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveSettings {
+    /// `None`: nothing is pushed, the agent keeps its own configured interval.
+    pub heartbeat_interval_s: Option<EffectiveSetting>,
+    pub offline_grace_s: EffectiveSetting,
+    pub hotspot_threshold: EffectiveSetting,
+    pub hotspot_window_s: EffectiveSetting,
+}
+
+/// `POST /api/groups` and `PUT /api/groups/{id}`. A group has either `members` (static)
+/// or `selector` (dynamic), never both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// 1-64 characters of a-z, 0-9, `-` and `_`. Taken from the path on PUT.
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub members: Option<Vec<String>>,
+    /// A label selector such as `site in (ferry-*), hw=pi4` (docs/api.md, "Selectors").
+    #[serde(default)]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub settings: ScopedSettings,
+    /// When an agent is in several groups that set the same field, the lowest priority
+    /// number wins (ties: the group id that sorts first).
+    #[serde(default)]
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// `static` or `dynamic`.
+    pub kind: String,
+    pub members: Option<Vec<String>>,
+    pub selector: Option<String>,
+    pub settings: ScopedSettings,
+    pub priority: i32,
+    /// Agents in the group now.
+    pub agents: usize,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// `POST /api/agents/{id}/maintenance` (and `/api/groups/{id}/maintenance`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub reason: String,
+    /// When maintenance ends by itself: a duration such as `2h`, or unix milliseconds.
+    #[serde(default)]
+    pub until: Option<SilenceUntil>,
+    /// Command actions still allowed during maintenance, e.g. `["request-heartbeat"]`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceView {
+    pub reason: String,
+    pub since: u64,
+    pub until: Option<u64>,
+    pub by: String,
+    pub allow: Vec<String>,
+}
+
+/// `POST /api/rollouts`: an update-app or push-config applied in waves, each gated on
+/// the fleet's health.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutCreate {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `update-app` or `push-config`.
+    pub action: String,
+    #[serde(flatten)]
+    pub request: CommandRequest,
+    /// The target: exactly one of a group id, a label selector or a list of host ids.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub agents: Option<Vec<String>>,
+    /// Hosts in the canary wave (0: no canary). Default 1.
+    #[serde(default)]
+    pub canary: Option<usize>,
+    /// Cumulative percentages of the target after the canary, ending at 100. Default
+    /// `[100]`.
+    #[serde(default)]
+    pub waves: Option<Vec<u8>>,
+    /// How long a wave's updated hosts must stay healthy before the next wave, e.g. `5m`
+    /// (the default).
+    #[serde(default)]
+    pub soak: Option<String>,
+    /// The gate fails when failed and rolled-back hosts exceed this share of the
+    /// executed ones (default 5.0).
+    #[serde(default)]
+    pub max_failure_pct: Option<f32>,
+    /// A gate needs at least this many executed hosts to judge the failure rate
+    /// (default 1; capped at the hosts updated so far).
+    #[serde(default)]
+    pub min_executed: Option<usize>,
+    /// At most this many hosts start per minute (default: no limit).
+    #[serde(default)]
+    pub rate_per_minute: Option<u32>,
+}
+
+/// The verdict of one wave's health gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateView {
+    pub at: u64,
+    pub passed: bool,
+    /// Hosts with a final result so far (all waves up to this one).
+    pub executed: usize,
+    /// Failed or rolled back, of `executed`.
+    pub failed: usize,
+    pub failure_pct: f32,
+    /// Updated hosts that were not healthy during the soak, with why.
+    pub unhealthy: Vec<String>,
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaveView {
+    pub index: usize,
+    /// `canary` or the cumulative percentage, e.g. `20%`.
+    pub label: String,
+    pub hosts: usize,
+    /// `waiting`, `running`, `soaking`, `passed`, `failed` or `overridden`.
+    pub state: String,
+    pub started_at: Option<u64>,
+    pub soak_until: Option<u64>,
+    pub gate: Option<GateView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutHostView {
+    pub agent: String,
+    pub hostname: Option<String>,
+    pub wave: usize,
+    /// `waiting`, `queued` (the agent is offline: the command waits for it), `running`,
+    /// `succeeded`, `failed`, `rolled-back`, `expired`, `reverting`, `reverted` or
+    /// `revert-failed`.
+    pub state: String,
+    pub command: Option<String>,
+    pub message: Option<String>,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub id: String,
+    pub name: Option<String>,
+    pub action: String,
+    pub app: Option<String>,
+    pub version: Option<String>,
+    /// `running`, `paused`, `aborting`, `aborted` or `completed`.
+    pub state: String,
+    /// Why it is paused or aborted.
+    pub reason: Option<String>,
+    pub created_by: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub current_wave: usize,
+    pub canary: usize,
+    pub percents: Vec<u8>,
+    pub soak_s: u64,
+    pub max_failure_pct: f32,
+    pub min_executed: usize,
+    pub rate_per_minute: Option<u32>,
+    pub waves: Vec<WaveView>,
+    pub hosts: Vec<RolloutHostView>,
 }

@@ -137,6 +137,7 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         services: services
             .unwrap_or_else(|| std::sync::Arc::new(crate::service::Systemd::default())),
         downloads: dir.join("downloads"),
+        labels: config.labels.clone(),
         scripts: crate::script::ScriptPolicy::from_config(&config),
         collector: Some(
             collector.unwrap_or_else(|| std::sync::Arc::new(crate::inventory::SystemCollector)),

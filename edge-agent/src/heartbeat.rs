@@ -71,6 +71,14 @@ impl Pacer {
     pub fn interval(&self) -> Duration {
         self.interval
     }
+
+    /// A new interval; a heartbeat already scheduled moves to at most one new interval away.
+    pub fn set_interval(&mut self, interval: Duration, now: Instant) {
+        self.interval = interval.max(Duration::from_millis(10));
+        if let Some(next) = self.next {
+            self.next = Some(next.min(now + self.interval));
+        }
+    }
 }
 
 impl History {
@@ -139,6 +147,10 @@ impl Heartbeats {
 
     pub fn interval(&self) -> Duration {
         self.pacer.interval()
+    }
+
+    pub fn set_interval(&mut self, interval: Duration, now: Instant) {
+        self.pacer.set_interval(interval, now);
     }
 }
 

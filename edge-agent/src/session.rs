@@ -58,6 +58,9 @@ pub const ENROLL_RETRY: Duration = Duration::from_secs(30);
 pub const RESTART_SETTLE: Duration = Duration::from_millis(500);
 /// How long an agent the console rejected waits before it tries again (jittered up to 2x).
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
+/// The range of heartbeat intervals the console may push.
+pub const MIN_PUSHED_INTERVAL_S: u32 = 1;
+pub const MAX_PUSHED_INTERVAL_S: u32 = 3600;
 
 /// Everything one session needs, already loaded: the lower-level way to start an agent
 /// ([`crate::spawn_session`]), used by the simulator to share one database among many
@@ -89,6 +92,8 @@ pub struct SessionConfig {
     /// Where the software inventory comes from (`None`: no inventory at all).
     pub collector: Option<std::sync::Arc<dyn crate::inventory::Collector>>,
     pub inventory_interval: Duration,
+    /// The agent's own labels, reported in every birth.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -214,8 +219,12 @@ impl Session {
         pinned: Option<PublicKey>,
     ) -> Session {
         let id = cfg.identity.agent_id();
-        let heartbeats =
-            Heartbeats::new(cfg.heartbeat_interval, Deadband::default(), Instant::now());
+        // An interval the console pushed outlives restarts; the config's is the fallback.
+        let interval = cfg
+            .storage
+            .interval_override()
+            .map_or(cfg.heartbeat_interval, |s| Duration::from_secs(s.into()));
+        let heartbeats = Heartbeats::new(interval, Deadband::default(), Instant::now());
         let enrollment = cfg.enrollment.load();
         status.send_modify(|s| {
             s.agent_id = id.to_string();
@@ -599,6 +608,7 @@ impl Session {
                 .collector
                 .is_some()
                 .then_some(self.cfg.inventory_interval.as_secs()),
+            labels: self.cfg.labels.clone(),
         });
         self.publish(
             link,
@@ -1090,6 +1100,29 @@ impl Session {
                     ),
                 }
             }
+            CommandAction::SetHeartbeatInterval { seconds } => {
+                self.set_interval(*seconds)
+            }
+            CommandAction::RollbackApp { app } => match self.cfg.apps.iter().find(|a| a.id == *app)
+            {
+                Some(managed) if managed.binary_dir.is_some() => {
+                    tokio::spawn(rollback_app(
+                        self.cfg.services.clone(),
+                        self.requests_tx.clone(),
+                        cmd.id,
+                        managed.clone(),
+                    ));
+                    return;
+                }
+                Some(_) => (
+                    CommandOutcome::Failed,
+                    format!("app {app:?} has no binary_dir in the agent config"),
+                ),
+                None => (
+                    CommandOutcome::Failed,
+                    format!("no managed app {app:?} on this agent"),
+                ),
+            },
             CommandAction::RescanInventory if self.cfg.collector.is_some() => {
                 self.inventory.waiting.push(cmd.id);
                 self.inventory.next_scan = Instant::now();
@@ -1121,6 +1154,33 @@ impl Session {
         if self.push(result).is_ok() {
             self.pump_queue(link);
         }
+    }
+
+    /// `set-heartbeat-interval`: 0 goes back to the configured interval.
+    fn set_interval(&mut self, seconds: u32) -> (CommandOutcome, String) {
+        if seconds != 0 && !(MIN_PUSHED_INTERVAL_S..=MAX_PUSHED_INTERVAL_S).contains(&seconds) {
+            return (
+                CommandOutcome::Rejected,
+                format!("heartbeat interval {seconds} s is outside {MIN_PUSHED_INTERVAL_S}-{MAX_PUSHED_INTERVAL_S} s"),
+            );
+        }
+        if let Err(e) = self.cfg.storage.set_interval_override(seconds) {
+            return (
+                CommandOutcome::Failed,
+                format!("cannot store the interval: {e}"),
+            );
+        }
+        let interval = if seconds == 0 {
+            self.cfg.heartbeat_interval
+        } else {
+            Duration::from_secs(seconds.into())
+        };
+        self.heartbeats.set_interval(interval, Instant::now());
+        tracing::info!(seconds = interval.as_secs(), "heartbeat interval set by the console");
+        (
+            CommandOutcome::Succeeded,
+            format!("heartbeat interval {} s", interval.as_secs()),
+        )
     }
 
     /// Runs the collector off the session task; the result comes back as a request.
@@ -1633,6 +1693,46 @@ async fn update_app(
         Err(e) => e,
     };
     report.finish("update-app", &app.id, outcome, message).await;
+}
+
+/// rollback-app: stop, put the previous directory back, start, check.
+async fn rollback_app(
+    services: std::sync::Arc<dyn ServiceManager>,
+    requests: mpsc::Sender<Request>,
+    command_id: [u8; 16],
+    app: crate::service::ManagedApp,
+) {
+    let report = Reporter {
+        requests,
+        command_id,
+    };
+    let dir = app.binary_dir.clone().expect("checked by the caller");
+    let unit = app.unit.clone();
+    let run = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or_else(|e| Err(format!("task failed: {e}")))
+    };
+    let result: Result<String, String> = async {
+        report.step(format!("stopping {unit}")).await;
+        let (s, u) = (services.clone(), unit.clone());
+        run(Box::new(move || s.stop(&u))).await?;
+        report.step("restoring the previous version".into()).await;
+        let d = dir.clone();
+        run(Box::new(move || crate::update::rollback(&d))).await?;
+        report.step(format!("starting {unit}")).await;
+        let (s, u) = (services.clone(), unit.clone());
+        run(Box::new(move || s.start(&u))).await?;
+        tokio::time::sleep(RESTART_SETTLE).await;
+        check(&services, &unit, app.health_url.as_deref()).await?;
+        Ok(format!("{} rolled back to the previous version", app.id))
+    }
+    .await;
+    let (outcome, message) = match result {
+        Ok(m) => (CommandOutcome::Succeeded, m),
+        Err(m) => (CommandOutcome::Failed, m),
+    };
+    report.finish("rollback-app", &app.id, outcome, message).await;
 }
 
 /// `is-active` and the optional health URL.

@@ -1,6 +1,7 @@
 //! `edgefleet-agent simulate`: many virtual agents in one process, each with its own key,
 //! MQTT connection and [`SimProbe`], running the same session code as a real agent.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -10,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::ConsolePin;
-use crate::probe::SimProbe;
+use crate::probe::{Probe, SimProbe};
 use crate::session::SessionConfig;
 use crate::state::Storage;
 
@@ -48,6 +49,58 @@ pub fn apps_of(probe: &mut dyn crate::probe::Probe) -> Vec<crate::service::Manag
             version: a.version.map(crate::service::VersionSource::Fixed),
         })
         .collect()
+}
+
+/// The app every simulated device runs, so a fleet-wide rollout has a common target.
+pub const SIM_COMMON_APP: &str = "sensor-hub";
+
+/// A simulated device's managed apps: the probe's plus [`SIM_COMMON_APP`], each installed
+/// in `<agent_dir>/opt/<app>` with a `VERSION` file, so update-app and rollback-app work
+/// on them for real (download, verify, swap the directory, restart via
+/// [`crate::service::Simulated`]).
+pub fn sim_apps(index: usize, agent_dir: &Path) -> std::io::Result<Vec<crate::service::ManagedApp>> {
+    let mut apps = apps_of(&mut SimProbe::new(index));
+    apps.push(crate::service::ManagedApp {
+        unit: format!("{SIM_COMMON_APP}.service"),
+        id: SIM_COMMON_APP.to_string(),
+        config: None,
+        health_url: None,
+        binary_dir: None,
+        version: Some(crate::service::VersionSource::Fixed("1.0.0".into())),
+    });
+    for app in &mut apps {
+        let dir = agent_dir.join("opt").join(&app.id);
+        let file = dir.join("VERSION");
+        if !file.exists() {
+            let initial = match &app.version {
+                Some(crate::service::VersionSource::Fixed(v)) => v.clone(),
+                _ => "1.0.0".to_string(),
+            };
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&file, format!("{initial}\n"))?;
+        }
+        app.binary_dir = Some(dir);
+        app.version = Some(crate::service::VersionSource::File(file));
+    }
+    Ok(apps)
+}
+
+/// A simulated device's own labels: its site and hardware.
+pub fn sim_labels(index: usize) -> std::collections::BTreeMap<String, String> {
+    let facts = SimProbe::new(index).facts();
+    let site = facts
+        .hostname
+        .rsplit('-')
+        .next()
+        .unwrap_or("site")
+        .to_string();
+    let hw = if facts.arch == "aarch64" { "pi4" } else { "nuc" };
+    [
+        ("site".to_string(), format!("{site}-{}", index % 7)),
+        ("hw".to_string(), hw.to_string()),
+    ]
+    .into_iter()
+    .collect()
 }
 
 /// Runs the virtual agents until `shutdown`, then stops them all gracefully (each sends
@@ -88,7 +141,9 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             storage,
             pin: ConsolePin::in_dir(&agent_dir),
             enrollment: crate::enrollment::EnrollmentFile::in_dir(&agent_dir),
-            apps: apps_of(&mut SimProbe::new(i)),
+            apps: sim_apps(i, &agent_dir)
+                .with_context(|| format!("preparing the apps of simulated agent {i}"))?,
+            labels: sim_labels(i),
             services: std::sync::Arc::new(crate::service::Simulated::new(agent_dir.join("apps"))),
             downloads: agent_dir.join("downloads"),
             scripts: crate::script::ScriptPolicy::default(),

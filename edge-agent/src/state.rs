@@ -11,6 +11,7 @@ const BD_SEQ: &[u8] = b"bd_seq";
 const EVENT_ID: &[u8] = b"event_id";
 const RECENT_SEQ: &[u8] = b"recent_seq";
 const INVENTORY: &[u8] = b"inventory";
+const INTERVAL: &[u8] = b"heartbeat_interval";
 /// How many command ids are remembered for duplicate detection.
 const RECENT_COMMANDS: usize = 256;
 
@@ -122,6 +123,27 @@ impl Storage {
     pub fn set_inventory(&self, sync: &crate::inventory::SyncState) -> Result<(), QueueError> {
         let bytes = serde_json::to_vec(sync).expect("the sync state serializes");
         self.state.insert(INVENTORY, bytes)?;
+        Ok(())
+    }
+
+    /// The heartbeat interval the console pushed (`set-heartbeat-interval`), if any.
+    pub fn interval_override(&self) -> Option<u32> {
+        self.state
+            .get(INTERVAL)
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok())
+            .map(u32::from_be_bytes)
+            .filter(|s| *s > 0)
+    }
+
+    /// Stores (or with 0, clears) the pushed heartbeat interval.
+    pub fn set_interval_override(&self, seconds: u32) -> Result<(), QueueError> {
+        if seconds == 0 {
+            self.state.remove(INTERVAL)?;
+        } else {
+            self.state.insert(INTERVAL, &seconds.to_be_bytes())?;
+        }
         Ok(())
     }
 

@@ -23,6 +23,10 @@ pub struct Birth {
     /// than twice this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory_interval_s: Option<u64>,
+    /// The agent's own labels (its config), e.g. `site=ferry-7`. Operators can override
+    /// them in the console.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A managed app and what the agent last saw of it.

@@ -43,6 +43,15 @@ pub enum CommandAction {
     RunScript {
         script: String,
     },
+    /// Use this heartbeat interval from now on (kept across agent restarts) until another
+    /// one arrives; 0 goes back to the agent's configured interval.
+    SetHeartbeatInterval {
+        seconds: u32,
+    },
+    /// Put back the version an update-app replaced (a rollout's abort).
+    RollbackApp {
+        app: String,
+    },
 }
 
 /// The largest script `run-script` carries (the whole command must fit one MQTT packet).
