@@ -71,6 +71,26 @@ async fn artifact(console: &Console, tmp: &Path, version: &str) -> (String, Stri
     )
 }
 
+/// Runs the `edgefleet` CLI with `--json` against `console`; panics unless it succeeds.
+async fn edgefleet_cli(console: &Console, args: &[&str]) -> Value {
+    let (addr, key) = (console.http.to_string(), console.api_key.clone());
+    let mut all: Vec<String> = ["--console", &addr, "--api-key", &key, "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        crate::cli::Cli::new("edgefleet", Path::new("/nonexistent/edgefleet-test-home"))
+            .run(&refs, None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(0), "edgefleet {args:?}: {out:?}");
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("edgefleet {args:?}: not JSON ({e}): {out:?}"))
+}
+
 async fn rollout(console: &Console, id: &str) -> Value {
     console.get(&format!("/api/rollouts/{id}")).await
 }
@@ -329,13 +349,22 @@ async fn maintenance_suppresses_the_offline_alert_refuses_commands_and_ends_on_t
         hosts[&0]["id"].as_str().unwrap().to_string(),
         hosts[&1]["id"].as_str().unwrap().to_string(),
     );
-    let m = console
-        .send(
-            "POST",
-            &format!("/api/agents/{a}/maintenance"),
-            r#"{"reason":"modem swap","until":"8s","allow":["request-heartbeat"]}"#,
-        )
-        .await;
+    let m = edgefleet_cli(
+        &console,
+        &[
+            "agents",
+            "maintenance",
+            "on",
+            &a,
+            "--reason",
+            "modem swap",
+            "--for",
+            "8s",
+            "--allow",
+            "request-heartbeat",
+        ],
+    )
+    .await;
     let until = m["until"].as_u64().unwrap();
     let listed = console.get("/api/agents?q=sim-00000").await;
     assert_eq!(listed["items"][0]["maintenance"]["reason"], "modem swap");
@@ -591,9 +620,9 @@ async fn a_failing_canary_pauses_the_rollout_at_the_first_gate_and_abort_rolls_b
         || async { (app_version(&console, &good).await.as_deref() == Some("2.0")).then_some(()) },
     )
     .await;
-    console
-        .send("POST", &format!("/api/rollouts/{id}/abort"), "")
-        .await;
+    let status = edgefleet_cli(&console, &["rollouts", "status", &id]).await;
+    assert_eq!(status["state"], "paused");
+    edgefleet_cli(&console, &["rollouts", "abort", &id]).await;
     let aborted = wait_rollout(&console, &id, "aborted", Duration::from_secs(60)).await;
     let host_state = |r: &Value, agent: &str| {
         r["hosts"]

@@ -7,6 +7,7 @@
 //! `--json`. Any failure prints `error: <message>` on stderr and exits 1.
 
 mod client;
+mod fleetops;
 mod profile;
 
 use std::io::{BufRead, IsTerminal};
@@ -69,6 +70,16 @@ enum Cmd {
     },
     /// Fleet summary.
     Fleet,
+    /// Host groups: static lists or label selectors, with scoped settings.
+    Groups {
+        #[command(subcommand)]
+        command: fleetops::GroupsCmd,
+    },
+    /// Staged rollouts in gated waves.
+    Rollouts {
+        #[command(subcommand)]
+        command: fleetops::RolloutsCmd,
+    },
     /// Enrollment tokens (admin).
     Tokens {
         #[command(subcommand)]
@@ -200,6 +211,29 @@ enum AgentsCmd {
     Revoke { id: String },
     /// Soft-delete a host: hidden, record kept for audit (admin).
     Delete { id: String },
+    /// Maintenance mode: alerts wait and commands are refused (operator).
+    Maintenance {
+        state: fleetops::OnOff,
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// When it ends by itself, e.g. 2h.
+        #[arg(long = "for")]
+        duration: Option<String>,
+        /// Command actions still allowed, comma-separated (e.g. request-heartbeat).
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+    },
+    /// Show an agent's labels, or set/remove operator labels (operator).
+    Labels {
+        id: String,
+        /// KEY=VALUE, repeatable.
+        #[arg(long)]
+        set: Vec<String>,
+        /// KEY, repeatable: drops the operator's label (the agent's own shows again).
+        #[arg(long)]
+        remove: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -458,6 +492,21 @@ fn run(args: &Args) -> Result<()> {
             let page: AgentPage = c.get(&path)?;
             ctx.emit(&page, print_agents)?;
         }
+        Cmd::Agents {
+            command:
+                AgentsCmd::Maintenance {
+                    state,
+                    id,
+                    reason,
+                    duration,
+                    allow,
+                },
+        } => fleetops::agent_maintenance(&ctx, *state, id, reason, duration, allow)?,
+        Cmd::Agents {
+            command: AgentsCmd::Labels { id, set, remove },
+        } => fleetops::agent_labels(&ctx, id, set, remove)?,
+        Cmd::Groups { command } => fleetops::groups(&ctx, command)?,
+        Cmd::Rollouts { command } => fleetops::rollouts(&ctx, command)?,
         Cmd::Agents {
             command: AgentsCmd::Status { id },
         } => {
