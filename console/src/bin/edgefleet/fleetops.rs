@@ -75,6 +75,8 @@ pub enum GroupsCmd {
     },
 }
 
+// Parsed once per process: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RolloutsCmd {
     /// Every rollout, newest first.
