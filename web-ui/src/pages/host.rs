@@ -1,14 +1,16 @@
-//! One host: tabs for the overview, metric charts, managed apps (with commands followed
-//! live to their end), the inventory and the host's audit entries.
+//! One host: tabs for the overview (with maintenance, labels, groups and effective
+//! settings), metric charts, managed apps (with commands followed live to their end), the
+//! inventory and the host's audit entries.
 
 use std::time::Duration;
 
 use edgefleet_codec::api::{
-    AgentDetail, AuditPage, CommandRequest, CommandView, ConfigScalar, MetricSeries,
+    AgentDetail, AuditPage, CommandRequest, CommandView, ConfigScalar, EffectiveSetting,
+    LabelsUpdate, LabelsView, MaintenanceRequest, MaintenanceView, MetricSeries, SilenceUntil,
 };
 use leptos::prelude::*;
 
-use super::{ErrorBox, Remote, StatusBadge};
+use super::{ErrorBox, MaintenanceBadge, Remote, StatusBadge};
 use crate::api;
 use crate::chart::{self, Frame, Scale};
 use crate::format;
@@ -70,6 +72,13 @@ pub fn HostPage(id: String) -> impl IntoView {
                 <div class="host-head">
                     <h1 data-testid="host-title">{name}</h1>
                     <StatusBadge status=d.summary.status stale=d.summary.stale />
+                    {d.summary.maintenance.clone().map(|m| {
+                        let text = super::maintenance_text(&m);
+                        view! {
+                            <MaintenanceBadge maintenance=m />
+                            <span class="muted small" data-testid="maintenance-text">{text}</span>
+                        }
+                    })}
                     <span class="muted">{d.summary.os.clone()}</span>
                 </div>
             }
@@ -97,7 +106,7 @@ pub fn HostPage(id: String) -> impl IntoView {
                 "apps" => view! { <AppsTab id=id detail=detail reload=reload /> }.into_any(),
                 "inventory" => view! { <InventoryTab id=id /> }.into_any(),
                 "audit" => view! { <HostAuditTab id=id /> }.into_any(),
-                _ => view! { <OverviewTab detail=detail /> }.into_any(),
+                _ => view! { <OverviewTab detail=detail /> <ManagePanels id=id detail=detail reload=reload /> }.into_any(),
             }
         }}
     }
@@ -182,6 +191,280 @@ fn OverviewTab(detail: Remote<AgentDetail>) -> impl IntoView {
                 </section>
             </div>
         }.into_any()
+    }
+}
+
+/// Command actions an operator may keep allowed during maintenance.
+const MAINTENANCE_ACTIONS: [&str; 7] = [
+    "request-heartbeat",
+    "rescan-inventory",
+    "restart-app",
+    "push-config",
+    "update-app",
+    "rollback-app",
+    "run-script",
+];
+
+/// Maintenance, labels, groups and effective settings: under the overview, outside its
+/// re-rendered block, so what the operator types survives the detail's refreshes.
+#[component]
+fn ManagePanels(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> impl IntoView {
+    view! {
+        <div class="grid2 manage">
+            <MaintenancePanel id=id.clone() detail=detail reload=reload />
+            <LabelsPanel id=id detail=detail reload=reload />
+            <GroupsSettingsPanel detail=detail />
+        </div>
+    }
+}
+
+#[component]
+fn MaintenancePanel(
+    id: String,
+    detail: Remote<AgentDetail>,
+    reload: Callback<()>,
+) -> impl IntoView {
+    let path = format!("/api/agents/{}/maintenance", crate::query::encode(&id));
+    let open = RwSignal::new(false);
+    let reason = RwSignal::new(String::new());
+    let until = RwSignal::new(String::new());
+    let allow = RwSignal::new(Vec::<&'static str>::new());
+    let error = RwSignal::new(None::<api::ApiError>);
+    let busy = RwSignal::new(false);
+    let p1 = path.clone();
+    let enter = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let until = until.get_untracked().trim().to_string();
+        let req = MaintenanceRequest {
+            reason: reason.get_untracked().trim().to_string(),
+            until: (!until.is_empty()).then_some(SilenceUntil::For(until)),
+            allow: allow
+                .get_untracked()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        };
+        let path = p1.clone();
+        busy.set(true);
+        error.set(None);
+        leptos::task::spawn_local(async move {
+            match api::post::<MaintenanceView>(&path, &req).await {
+                Ok(_) => {
+                    open.set(false);
+                    reason.set(String::new());
+                    reload.run(());
+                }
+                Err(e) => error.set(Some(e)),
+            }
+            busy.set(false);
+        });
+    };
+    let end = move |_| {
+        let path = path.clone();
+        busy.set(true);
+        error.set(None);
+        leptos::task::spawn_local(async move {
+            match api::delete(&path).await {
+                Ok(()) => reload.run(()),
+                Err(e) => error.set(Some(e)),
+            }
+            busy.set(false);
+        });
+    };
+    let end = StoredValue::new(end);
+    view! {
+        <section class="panel" data-testid="maintenance-panel">
+            <h2>"Maintenance"</h2>
+            <ErrorBox error=error />
+            {move || detail.data.get().map(|d| match d.summary.maintenance {
+                Some(m) => {
+                    let now = api::now();
+                    view! {
+                        <dl>
+                            {row("Reason", m.reason.clone())}
+                            {row("Since", format!("{} ({})", format::timestamp(m.since), format::ago(now, Some(m.since))))}
+                            {row("Ends", m.until.map(format::timestamp).unwrap_or_else(|| "when ended by hand".into()))}
+                            {row("By", m.by.clone())}
+                            {row("Still allowed", if m.allow.is_empty() { "no commands".to_string() } else { m.allow.join(", ") })}
+                        </dl>
+                        <p>
+                            <button class="primary" data-testid="end-maintenance" disabled=move || busy.get()
+                                on:click=move |ev| end.with_value(|f| f(ev))>"End maintenance"</button>
+                        </p>
+                    }.into_any()
+                }
+                None => view! {
+                    <p class="muted">"Not in maintenance."</p>
+                    <p>
+                        <button data-testid="enter-maintenance" disabled=move || open.get()
+                            on:click=move |_| open.set(true)>"Enter maintenance"</button>
+                    </p>
+                }.into_any(),
+            })}
+            {move || (open.get() && detail.data.with(|d| d.as_ref().is_some_and(|d| d.summary.maintenance.is_none()))).then(|| view! {
+                <form class="cmd-form" data-testid="maintenance-form" on:submit=enter.clone()>
+                    <label>"Reason"
+                        <input required data-testid="maintenance-reason" prop:value=move || reason.get()
+                            on:input=move |ev| reason.set(event_target_value(&ev)) />
+                    </label>
+                    <label>"For (e.g. 2h; empty: until ended)"
+                        <input data-testid="maintenance-until" placeholder="2h" prop:value=move || until.get()
+                            on:input=move |ev| until.set(event_target_value(&ev)) />
+                    </label>
+                    <fieldset class="checks">
+                        <legend>"Commands still allowed"</legend>
+                        {MAINTENANCE_ACTIONS.into_iter().map(|a| view! {
+                            <label class="inline">
+                                <input type="checkbox" value=a
+                                    prop:checked=move || allow.with(|l| l.contains(&a))
+                                    on:change=move |ev| {
+                                        let on = event_target_checked(&ev);
+                                        allow.update(|l| {
+                                            l.retain(|x| *x != a);
+                                            if on {
+                                                l.push(a);
+                                            }
+                                        });
+                                    } />
+                                <code>{a}</code>
+                            </label>
+                        }).collect_view()}
+                    </fieldset>
+                    <button type="submit" class="primary" data-testid="maintenance-submit" disabled=move || busy.get()>"Enter maintenance"</button>
+                    <button type="button" on:click=move |_| open.set(false)>"Cancel"</button>
+                </form>
+            })}
+        </section>
+    }
+}
+
+#[component]
+fn LabelsPanel(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> impl IntoView {
+    let path = StoredValue::new(format!("/api/agents/{}/labels", crate::query::encode(&id)));
+    let key = RwSignal::new(String::new());
+    let value = RwSignal::new(String::new());
+    let error = RwSignal::new(None::<api::ApiError>);
+    let update = move |req: LabelsUpdate| {
+        error.set(None);
+        let path = path.get_value();
+        leptos::task::spawn_local(async move {
+            match api::put::<LabelsView>(&path, &req).await {
+                Ok(_) => reload.run(()),
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    };
+    let set = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let k = key.get_untracked().trim().to_string();
+        if k.is_empty() {
+            return;
+        }
+        let mut req = LabelsUpdate::default();
+        req.set.insert(k, value.get_untracked().trim().to_string());
+        key.set(String::new());
+        value.set(String::new());
+        update(req);
+    };
+    view! {
+        <section class="panel" data-testid="labels-panel">
+            <h2>"Labels"</h2>
+            <p class="muted small">"Operator labels win over the agent's own (from its config)."</p>
+            <ErrorBox error=error />
+            {move || detail.data.get().map(|d| {
+                let sources = d.label_sources;
+                if sources.labels.is_empty() {
+                    return view! { <p class="muted">"No labels."</p> }.into_any();
+                }
+                view! {
+                    <table data-testid="labels">
+                        <thead><tr><th>"Key"</th><th>"Value"</th><th>"Source"</th><th></th></tr></thead>
+                        <tbody>
+                            {sources.labels.iter().map(|(k, v)| {
+                                let operator = sources.operator.contains_key(k);
+                                let source = match (operator, sources.agent.get(k)) {
+                                    (true, Some(own)) if own != v => format!("operator (agent says {own})"),
+                                    (true, _) => "operator".to_string(),
+                                    (false, _) => "agent".to_string(),
+                                };
+                                let k2 = k.clone();
+                                view! {
+                                    <tr data-testid="label-row" data-key=k.clone()>
+                                        <td><code>{k.clone()}</code></td>
+                                        <td><code>{v.clone()}</code></td>
+                                        <td class="muted" data-testid="label-source">{source}</td>
+                                        <td class="actions">
+                                            {operator.then(|| view! {
+                                                <button class="danger" title="Remove the operator label (the agent's own value, if any, applies again)"
+                                                    on:click=move |_| update(LabelsUpdate { remove: vec![k2.clone()], ..LabelsUpdate::default() })>"Remove"</button>
+                                            })}
+                                        </td>
+                                    </tr>
+                                }
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any()
+            })}
+            <form class="cmd-form" data-testid="label-form" on:submit=set>
+                <label>"Key"<input required data-testid="label-key" prop:value=move || key.get() on:input=move |ev| key.set(event_target_value(&ev)) /></label>
+                <label>"Value"<input data-testid="label-value-input" prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev)) /></label>
+                <button type="submit">"Set label"</button>
+            </form>
+        </section>
+    }
+}
+
+fn setting_row(
+    label: &'static str,
+    setting: Option<EffectiveSetting>,
+    unit: &'static str,
+) -> impl IntoView {
+    let (value, source) = match setting {
+        Some(s) => (format!("{}{unit}", s.value), s.source),
+        None => ("–".into(), "the agent's own config".into()),
+    };
+    view! {
+        <tr data-testid="setting-row">
+            <td>{label}</td>
+            <td class="num">{value}</td>
+            <td class="muted">{source}</td>
+        </tr>
+    }
+}
+
+#[component]
+fn GroupsSettingsPanel(detail: Remote<AgentDetail>) -> impl IntoView {
+    view! {
+        <section class="panel" data-testid="groups-panel">
+            <h2>"Groups and settings"</h2>
+            {move || detail.data.get().map(|d| view! {
+                <p data-testid="host-groups">
+                    {if d.groups.is_empty() {
+                        view! { <span class="muted">"In no group."</span> }.into_any()
+                    } else {
+                        d.groups.into_iter().map(|g| {
+                            let href = format!("/?group={}", crate::query::encode(&g));
+                            view! { <Link href=href class="chip".to_string()>{g}</Link> }
+                        }).collect_view().into_any()
+                    }}
+                </p>
+                {match d.effective {
+                    None => view! { <p class="muted">"No effective settings reported."</p> }.into_any(),
+                    Some(e) => view! {
+                        <table data-testid="settings">
+                            <thead><tr><th>"Setting"</th><th class="num">"Value"</th><th>"From"</th></tr></thead>
+                            <tbody>
+                                {setting_row("Heartbeat interval", e.heartbeat_interval_s, " s")}
+                                {setting_row("Offline grace", Some(e.offline_grace_s), " s")}
+                                {setting_row("Hotspot threshold", Some(e.hotspot_threshold), " %")}
+                                {setting_row("Hotspot window", Some(e.hotspot_window_s), " s")}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                }}
+            })}
+        </section>
     }
 }
 

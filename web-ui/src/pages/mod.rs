@@ -2,13 +2,15 @@
 //! status badges, the pager.
 
 pub mod audit;
+pub mod groups;
 pub mod host;
 pub mod hosts;
 pub mod inventory;
 pub mod login;
 pub mod packages;
+pub mod rollouts;
 
-use edgefleet_codec::api::AgentStatus;
+use edgefleet_codec::api::{AgentStatus, MaintenanceView};
 use leptos::prelude::*;
 use serde::de::DeserializeOwned;
 
@@ -118,6 +120,54 @@ pub fn StatusBadge(status: AgentStatus, #[prop(optional)] stale: bool) -> impl I
         </span>
         {stale.then(|| view! { <span class="badge stale" title="No heartbeat for 15 min">"Stale"</span> })}
     }
+}
+
+/// Who put a host in maintenance, why, and until when.
+pub fn maintenance_text(m: &MaintenanceView) -> String {
+    let until = match m.until {
+        Some(u) => format!("until {}", crate::format::timestamp(u)),
+        None => "until ended by hand".into(),
+    };
+    format!("{} (by {}, {until})", m.reason, m.by)
+}
+
+/// The "Maintenance" badge, with the reason and end time as its tooltip.
+#[component]
+pub fn MaintenanceBadge(maintenance: MaintenanceView) -> impl IntoView {
+    let text = maintenance_text(&maintenance);
+    view! {
+        <span class="badge maint" data-testid="maintenance" title=text.clone() aria-label=format!("In maintenance: {text}")>
+            "Maintenance"
+        </span>
+    }
+}
+
+/// A state word (`running`, `passed`, ...) as a badge coloured by what it means.
+pub fn state_badge(state: &str, testid: &'static str) -> impl IntoView {
+    let tone = match state {
+        "succeeded" | "passed" | "completed" => "good",
+        "failed" | "rolled-back" | "expired" | "revert-failed" | "aborted" | "aborting" => "bad",
+        "paused" | "queued" | "soaking" | "reverting" | "overridden" => "warn",
+        "running" => "busy",
+        _ => "",
+    };
+    view! { <span class=format!("badge state {tone}") data-testid=testid>{state.to_string()}</span> }
+}
+
+/// A thin bar filled to `done` of `total`, with the numbers beside it.
+pub fn progress_bar(done: usize, total: usize) -> impl IntoView {
+    let share = crate::format::share(done, total);
+    view! {
+        <span class="progress" data-done=done data-total=total title=format!("{done} of {total} hosts done")>
+            <span class="bar"><span class="fill" style=format!("width: {share}%")></span></span>
+            <span class="muted small">{format!("{done}/{total}")}</span>
+        </span>
+    }
+}
+
+/// Asks the browser's confirm dialog; false when there is no window.
+pub fn confirm(question: &str) -> bool {
+    window().confirm_with_message(question).unwrap_or(false)
 }
 
 /// Previous / next with "page x of y"; `go` gets the new page number.

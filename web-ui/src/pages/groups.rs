@@ -1,0 +1,387 @@
+//! Host groups: the list (kind, members or selector, agents, scoped settings), a form to
+//! create or edit one (static: member ids; dynamic: a label selector), delete, the host
+//! list filtered by a group, and maintenance for all of a group's hosts at once.
+
+use edgefleet_codec::api::{
+    GroupSpec, GroupView, MaintenanceRequest, ScopedSettings, SilenceUntil,
+};
+use leptos::prelude::*;
+
+use super::{confirm, ErrorBox, Remote};
+use crate::api::{self, ApiError};
+use crate::format;
+use crate::query::encode;
+use crate::route::Link;
+
+/// The group form's fields, as typed.
+#[derive(Debug, Clone, Copy)]
+struct Form {
+    /// `Some(id)` while editing that group; `None` for a new one.
+    editing: RwSignal<Option<String>>,
+    id: RwSignal<String>,
+    name: RwSignal<String>,
+    description: RwSignal<String>,
+    dynamic: RwSignal<bool>,
+    members: RwSignal<String>,
+    selector: RwSignal<String>,
+    priority: RwSignal<String>,
+    heartbeat: RwSignal<String>,
+    grace: RwSignal<String>,
+    threshold: RwSignal<String>,
+    window: RwSignal<String>,
+}
+
+impl Form {
+    fn new() -> Form {
+        Form {
+            editing: RwSignal::new(None),
+            id: RwSignal::new(String::new()),
+            name: RwSignal::new(String::new()),
+            description: RwSignal::new(String::new()),
+            dynamic: RwSignal::new(false),
+            members: RwSignal::new(String::new()),
+            selector: RwSignal::new(String::new()),
+            priority: RwSignal::new(String::new()),
+            heartbeat: RwSignal::new(String::new()),
+            grace: RwSignal::new(String::new()),
+            threshold: RwSignal::new(String::new()),
+            window: RwSignal::new(String::new()),
+        }
+    }
+
+    fn fill(&self, g: Option<&GroupView>) {
+        let text = |v: Option<String>| v.unwrap_or_default();
+        let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+        self.editing.set(g.map(|g| g.id.clone()));
+        self.id.set(text(g.map(|g| g.id.clone())));
+        self.name.set(text(g.map(|g| g.name.clone())));
+        self.description
+            .set(text(g.and_then(|g| g.description.clone())));
+        self.dynamic.set(g.is_some_and(|g| g.kind == "dynamic"));
+        self.members.set(text(
+            g.and_then(|g| g.members.clone()).map(|m| m.join("\n")),
+        ));
+        self.selector.set(text(g.and_then(|g| g.selector.clone())));
+        self.priority
+            .set(g.map(|g| g.priority.to_string()).unwrap_or_default());
+        let s = g.map(|g| g.settings.clone()).unwrap_or_default();
+        self.heartbeat
+            .set(num(s.heartbeat_interval_s.map(u64::from)));
+        self.grace.set(num(s.offline_grace_s));
+        self.threshold.set(num(s.hotspot_threshold.map(u64::from)));
+        self.window.set(num(s.hotspot_window_s));
+    }
+
+    /// The spec to send, or what is wrong with a field.
+    fn spec(&self) -> Result<GroupSpec, String> {
+        fn number<T: std::str::FromStr>(what: &str, text: &str) -> Result<Option<T>, String> {
+            let t = text.trim();
+            if t.is_empty() {
+                return Ok(None);
+            }
+            t.parse()
+                .map(Some)
+                .map_err(|_| format!("{what} must be a whole number, not {t:?}"))
+        }
+        let trimmed = |s: RwSignal<String>| {
+            let t = s.get_untracked().trim().to_string();
+            (!t.is_empty()).then_some(t)
+        };
+        let (members, selector) = if self.dynamic.get_untracked() {
+            (
+                None,
+                Some(trimmed(self.selector).ok_or("A dynamic group needs a selector.")?),
+            )
+        } else {
+            let ids: Vec<String> = self
+                .members
+                .get_untracked()
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            (Some(ids), None)
+        };
+        Ok(GroupSpec {
+            id: self.id.get_untracked().trim().to_string(),
+            name: trimmed(self.name),
+            description: trimmed(self.description),
+            members,
+            selector,
+            settings: ScopedSettings {
+                heartbeat_interval_s: number(
+                    "Heartbeat interval",
+                    &self.heartbeat.get_untracked(),
+                )?,
+                offline_grace_s: number("Offline grace", &self.grace.get_untracked())?,
+                hotspot_threshold: number("Hotspot threshold", &self.threshold.get_untracked())?,
+                hotspot_window_s: number("Hotspot window", &self.window.get_untracked())?,
+            },
+            priority: number("Priority", &self.priority.get_untracked())?.unwrap_or(0),
+        })
+    }
+}
+
+/// Scoped settings in a few words: `heartbeat 30 s, grace 60 s`, or an en dash.
+fn settings_text(s: &ScopedSettings) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = s.heartbeat_interval_s {
+        parts.push(format!("heartbeat {v} s"));
+    }
+    if let Some(v) = s.offline_grace_s {
+        parts.push(format!("offline grace {v} s"));
+    }
+    if let Some(v) = s.hotspot_threshold {
+        parts.push(format!("hotspot ≥ {v} %"));
+    }
+    if let Some(v) = s.hotspot_window_s {
+        parts.push(format!("hotspot window {v} s"));
+    }
+    if parts.is_empty() {
+        "–".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+#[component]
+pub fn GroupsPage() -> impl IntoView {
+    let groups = Remote::<Vec<GroupView>>::new();
+    let reload = move || groups.load("/api/groups".into());
+    reload();
+    let form = Form::new();
+    let show_form = RwSignal::new(false);
+    let error = RwSignal::new(None::<ApiError>);
+    let notice = RwSignal::new(None::<String>);
+    // The group whose maintenance form is open, and that form's fields.
+    let maint_for = RwSignal::new(None::<String>);
+    let maint_reason = RwSignal::new(String::new());
+    let maint_until = RwSignal::new(String::new());
+
+    let done = move |text: String| {
+        notice.set(Some(text));
+        error.set(None);
+        reload();
+    };
+    let failed = move |e: ApiError| {
+        notice.set(None);
+        error.set(Some(e));
+    };
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let spec = match form.spec() {
+            Ok(s) => s,
+            Err(message) => return failed(ApiError { status: 0, message }),
+        };
+        let editing = form.editing.get_untracked();
+        leptos::task::spawn_local(async move {
+            let result = match &editing {
+                Some(id) => {
+                    api::put::<GroupView>(&format!("/api/groups/{}", encode(id)), &spec).await
+                }
+                None => api::post::<GroupView>("/api/groups", &spec).await,
+            };
+            match result {
+                Ok(g) => {
+                    show_form.set(false);
+                    let verb = if editing.is_some() {
+                        "saved"
+                    } else {
+                        "created"
+                    };
+                    done(format!("Group {} {verb}: {} hosts.", g.id, g.agents));
+                }
+                Err(e) => failed(e),
+            }
+        });
+    };
+    let delete = move |id: String| {
+        if !confirm(&format!(
+            "Delete the group {id}? Its hosts stay; they lose its settings."
+        )) {
+            return;
+        }
+        leptos::task::spawn_local(async move {
+            match api::delete(&format!("/api/groups/{}", encode(&id))).await {
+                Ok(()) => done(format!("Group {id} deleted.")),
+                Err(e) => failed(e),
+            }
+        });
+    };
+    let start_maintenance = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let Some(id) = maint_for.get_untracked() else {
+            return;
+        };
+        let until = maint_until.get_untracked().trim().to_string();
+        let req = MaintenanceRequest {
+            reason: maint_reason.get_untracked().trim().to_string(),
+            until: (!until.is_empty()).then_some(SilenceUntil::For(until)),
+            allow: Vec::new(),
+        };
+        leptos::task::spawn_local(async move {
+            let path = format!("/api/groups/{}/maintenance", encode(&id));
+            match api::post::<serde_json::Value>(&path, &req).await {
+                Ok(v) => {
+                    maint_for.set(None);
+                    maint_reason.set(String::new());
+                    let n = v["agents"].as_u64().unwrap_or(0);
+                    done(format!("{n} hosts of {id} are in maintenance."));
+                }
+                Err(e) => failed(e),
+            }
+        });
+    };
+    let end_maintenance = move |id: String| {
+        leptos::task::spawn_local(async move {
+            match api::delete(&format!("/api/groups/{}/maintenance", encode(&id))).await {
+                Ok(()) => done(format!("Maintenance of {id} ended.")),
+                Err(e) => failed(e),
+            }
+        });
+    };
+
+    let field =
+        |label: &'static str, testid: &'static str, value: RwSignal<String>, hint: &'static str| {
+            view! {
+                <label>{label}
+                    <input data-testid=testid placeholder=hint prop:value=move || value.get()
+                        on:input=move |ev| value.set(event_target_value(&ev)) />
+                </label>
+            }
+        };
+
+    view! {
+        <h1>"Groups"</h1>
+        <section class="panel">
+            <div class="toolbar">
+                <button class="primary" data-testid="new-group" on:click=move |_| {
+                    form.fill(None);
+                    show_form.set(true);
+                }>"New group"</button>
+                <span class="muted small">
+                    "Static groups list their hosts; dynamic ones take every host whose labels match a selector."
+                </span>
+            </div>
+            {move || notice.get().map(|n| view! { <div class="notice" role="status" data-testid="groups-message">{n}</div> })}
+            <ErrorBox error=error />
+            {move || show_form.get().then(|| view! {
+                <form class="group-form" data-testid="group-form" on:submit=submit>
+                    <h2>{move || match form.editing.get() { Some(id) => format!("Edit group {id}"), None => "New group".into() }}</h2>
+                    <div class="cmd-form">
+                        <label>"Id"
+                            <input required data-testid="group-id" placeholder="pumps-north" pattern="[a-z0-9_-]{1,64}"
+                                disabled=move || form.editing.get().is_some()
+                                prop:value=move || form.id.get() on:input=move |ev| form.id.set(event_target_value(&ev)) />
+                        </label>
+                        {field("Name", "group-name", form.name, "Pumps, north side")}
+                        {field("Description", "group-description", form.description, "")}
+                        {field("Priority", "group-priority", form.priority, "0 (lowest wins)")}
+                    </div>
+                    <div class="cmd-form">
+                        <label class="inline"><input type="radio" name="kind" data-testid="kind-static"
+                            prop:checked=move || !form.dynamic.get() on:change=move |_| form.dynamic.set(false) />"Static: these hosts"</label>
+                        <label class="inline"><input type="radio" name="kind" data-testid="kind-dynamic"
+                            prop:checked=move || form.dynamic.get() on:change=move |_| form.dynamic.set(true) />"Dynamic: hosts whose labels match"</label>
+                    </div>
+                    {move || if form.dynamic.get() {
+                        view! {
+                            <label class="block">"Label selector"
+                                <input class="mono" required data-testid="group-selector" placeholder="site in (ferry-*), hw=pi4"
+                                    prop:value=move || form.selector.get() on:input=move |ev| form.selector.set(event_target_value(&ev)) />
+                            </label>
+                        }.into_any()
+                    } else {
+                        view! {
+                            <label class="block">"Host ids, separated by spaces, commas or lines"
+                                <textarea rows="3" class="mono" data-testid="group-members"
+                                    prop:value=move || form.members.get() on:input=move |ev| form.members.set(event_target_value(&ev))></textarea>
+                            </label>
+                        }.into_any()
+                    }}
+                    <fieldset>
+                        <legend>"Settings for its hosts (empty: inherited)"</legend>
+                        <div class="cmd-form">
+                            {field("Heartbeat interval (s)", "group-heartbeat", form.heartbeat, "5-3600")}
+                            {field("Offline grace (s)", "group-grace", form.grace, "")}
+                            {field("Hotspot threshold (%)", "group-threshold", form.threshold, "1-100")}
+                            {field("Hotspot window (s)", "group-window", form.window, "")}
+                        </div>
+                    </fieldset>
+                    <p>
+                        <button type="submit" class="primary" data-testid="save-group">"Save"</button>
+                        " "
+                        <button type="button" on:click=move |_| show_form.set(false)>"Cancel"</button>
+                    </p>
+                </form>
+            })}
+            <ErrorBox error=groups.error />
+            {move || match groups.data.get() {
+                None => view! { <div class="loading">"Loading groups…"</div> }.into_any(),
+                Some(list) if list.is_empty() => view! { <p class="muted" data-testid="no-groups">"No groups yet."</p> }.into_any(),
+                Some(list) => {
+                    let now = api::now();
+                    view! {
+                        <div class="table-wrap">
+                            <table data-testid="groups">
+                                <thead><tr>
+                                    <th>"Group"</th><th>"Kind"</th><th>"Members / selector"</th><th class="num">"Hosts"</th>
+                                    <th>"Settings"</th><th class="num">"Priority"</th><th>"Updated"</th><th></th>
+                                </tr></thead>
+                                <tbody>
+                                    {list.into_iter().map(|g| {
+                                        let who = match (&g.selector, &g.members) {
+                                            (Some(sel), _) => view! { <code>{sel.clone()}</code> }.into_any(),
+                                            (None, Some(m)) => view! { <span>{format!("{} listed", m.len())}</span> }.into_any(),
+                                            (None, None) => view! { <span>"–"</span> }.into_any(),
+                                        };
+                                        let (id1, id2, id3, id4, id5) = (g.id.clone(), g.id.clone(), g.id.clone(), g.id.clone(), g.id.clone());
+                                        let g2 = g.clone();
+                                        view! {
+                                            <tr data-testid="group-row" data-id=g.id.clone()>
+                                                <td>
+                                                    <strong>{g.name.clone()}</strong>
+                                                    <div class="muted small mono">{g.id.clone()}</div>
+                                                    {g.description.clone().map(|d| view! { <div class="muted small">{d}</div> })}
+                                                </td>
+                                                <td><span class="badge">{g.kind.clone()}</span></td>
+                                                <td>{who}</td>
+                                                <td class="num">
+                                                    <Link href=format!("/?group={}", encode(&g.id))>
+                                                        <span data-testid="group-agents">{g.agents}</span>
+                                                    </Link>
+                                                </td>
+                                                <td class="small">{settings_text(&g.settings)}</td>
+                                                <td class="num">{g.priority}</td>
+                                                <td title=format::timestamp(g.updated_at)>{format::ago(now, Some(g.updated_at))}</td>
+                                                <td class="actions">
+                                                    <Link href=format!("/?group={}", encode(&id1)) class="button".to_string()>"Hosts"</Link>
+                                                    <button on:click=move |_| { form.fill(Some(&g2)); show_form.set(true); }>"Edit"</button>
+                                                    <button data-testid="group-maintenance" on:click=move |_| maint_for.set(Some(id2.clone()))>"Maintenance…"</button>
+                                                    <button on:click=move |_| end_maintenance(id3.clone())>"End maintenance"</button>
+                                                    <button class="danger" on:click=move |_| delete(id4.clone())>"Delete"</button>
+                                                </td>
+                                            </tr>
+                                            {move || (maint_for.get().as_deref() == Some(id5.as_str())).then(|| view! {
+                                                <tr><td colspan="8">
+                                                    <form class="cmd-form" on:submit=start_maintenance>
+                                                        <label>"Reason"<input required prop:value=move || maint_reason.get()
+                                                            on:input=move |ev| maint_reason.set(event_target_value(&ev)) /></label>
+                                                        <label>"For (e.g. 2h; empty: until ended)"<input placeholder="2h" prop:value=move || maint_until.get()
+                                                            on:input=move |ev| maint_until.set(event_target_value(&ev)) /></label>
+                                                        <button type="submit" class="primary">"Put all its hosts in maintenance"</button>
+                                                        <button type="button" on:click=move |_| maint_for.set(None)>"Cancel"</button>
+                                                    </form>
+                                                </td></tr>
+                                            })}
+                                        }
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        </div>
+                    }.into_any()
+                }
+            }}
+        </section>
+    }
+}
