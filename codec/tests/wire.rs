@@ -84,6 +84,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                         inventory_digest,
                         heartbeat_interval_s: hb,
                         inventory_interval_s: None,
+                        labels: Default::default(),
                     })
                 }
             ),

@@ -59,6 +59,16 @@ pub struct HostFacts {
     pub active: bool,
 }
 
+/// What groups, operator settings and maintenance change for one host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostRules {
+    pub offline_grace_ms: Option<u64>,
+    pub hotspot_threshold: Option<u8>,
+    pub hotspot_window_ms: Option<u64>,
+    /// In maintenance: offline and hotspot alerts wait until it ends.
+    pub suppressed: bool,
+}
+
 /// The alert rules' memory. Every method takes `now` and returns the alerts that changed
 /// (fired or resolved), for the caller to store and notify.
 #[derive(Debug)]
@@ -71,6 +81,8 @@ pub struct Engine {
     pending_offline: HashMap<String, (u64, Cause)>,
     flaps: HashMap<String, VecDeque<u64>>,
     hot_since: HashMap<(String, &'static str), u64>,
+    /// Hosts whose rules differ from `rules`.
+    overrides: HashMap<String, HostRules>,
 }
 
 fn cause_word(c: Cause) -> &'static str {
@@ -95,6 +107,7 @@ impl Engine {
             pending_offline: HashMap::new(),
             flaps: HashMap::new(),
             hot_since: HashMap::new(),
+            overrides: HashMap::new(),
         };
         for h in hosts.iter().filter(|h| h.active) {
             let cause = h.cause.unwrap_or(Cause::Will);
@@ -115,6 +128,41 @@ impl Engine {
 
     pub fn rules(&self) -> &Rules {
         &self.rules
+    }
+
+    /// Sets (or with the default, clears) the scoped rules of one host.
+    pub fn set_host_rules(&mut self, host: &str, rules: HostRules) {
+        if rules == HostRules::default() {
+            self.overrides.remove(host);
+        } else {
+            self.overrides.insert(host.to_string(), rules);
+        }
+    }
+
+    pub fn host_rules(&self, host: &str) -> HostRules {
+        self.overrides.get(host).copied().unwrap_or_default()
+    }
+
+    fn grace(&self, host: &str) -> u64 {
+        self.host_rules(host)
+            .offline_grace_ms
+            .unwrap_or(self.rules.offline_grace_ms)
+    }
+
+    fn threshold(&self, host: &str) -> u8 {
+        self.host_rules(host)
+            .hotspot_threshold
+            .unwrap_or(self.rules.hotspot_threshold)
+    }
+
+    fn window(&self, host: &str) -> u64 {
+        self.host_rules(host)
+            .hotspot_window_ms
+            .unwrap_or(self.rules.hotspot_window_ms)
+    }
+
+    fn suppressed(&self, host: &str) -> bool {
+        self.host_rules(host).suppressed
     }
 
     /// Hosts with at least one firing alert.
@@ -203,7 +251,7 @@ impl Engine {
                         .open
                         .contains_key(&(host.to_string(), FLAPPING.to_string()))
                 {
-                    if self.rules.offline_grace_ms == 0 {
+                    if self.grace(host) == 0 && !self.suppressed(host) {
                         // No grace: fire now rather than at the next tick.
                         let text = format!("{} for 0 s", cause_word(cause));
                         out.extend(self.fire(host, hostname, OFFLINE, text, now));
@@ -247,9 +295,10 @@ impl Engine {
         now: u64,
     ) -> Vec<AlertView> {
         let mut out = Vec::new();
+        let threshold = self.threshold(host);
         for (metric, value) in values {
             let key = (host.to_string(), metric);
-            if value >= self.rules.hotspot_threshold {
+            if value >= threshold {
                 self.hot_since.entry(key).or_insert(now);
             } else {
                 self.hot_since.remove(&key);
@@ -262,20 +311,22 @@ impl Engine {
     }
 
     fn fire_hotspots(&mut self, host: &str, hostname: &Option<String>, now: u64) -> Vec<AlertView> {
+        if self.suppressed(host) {
+            return Vec::new();
+        }
+        let window = self.window(host);
         let due: Vec<&'static str> = self
             .hot_since
             .iter()
-            .filter(|((h, _), since)| {
-                h == host && now.saturating_sub(**since) >= self.rules.hotspot_window_ms
-            })
+            .filter(|((h, _), since)| h == host && now.saturating_sub(**since) >= window)
             .map(|((_, m), _)| *m)
             .collect();
         let mut out = Vec::new();
         for metric in due {
             let cause = format!(
                 "{metric} at or above {}% for {} s",
-                self.rules.hotspot_threshold,
-                self.rules.hotspot_window_ms / 1000
+                self.threshold(host),
+                window / 1000
             );
             out.extend(self.fire(host, hostname, &format!("hotspot-{metric}"), cause, now));
         }
@@ -289,7 +340,9 @@ impl Engine {
         let due: Vec<(String, u64, Cause)> = self
             .pending_offline
             .iter()
-            .filter(|(_, (since, _))| now.saturating_sub(*since) >= self.rules.offline_grace_ms)
+            .filter(|(h, (since, _))| {
+                now.saturating_sub(*since) >= self.grace(h) && !self.suppressed(h)
+            })
             .map(|(h, (since, c))| (h.clone(), *since, *c))
             .collect();
         for (host, since, cause) in due {
@@ -396,7 +449,12 @@ impl Alerts {
 
     /// Stores changed alerts (one batch, flushed: an alert must not fire twice after a
     /// crash) and marks the silenced ones. Returns the changes with `silenced` set.
-    pub fn store(&self, changes: Vec<AlertView>, now: u64) -> Result<Vec<AlertView>, StoreError> {
+    pub fn store(
+        &self,
+        changes: Vec<AlertView>,
+        now: u64,
+        in_group: &dyn Fn(&str, &str) -> bool,
+    ) -> Result<Vec<AlertView>, StoreError> {
         if changes.is_empty() {
             return Ok(changes);
         }
@@ -405,7 +463,9 @@ impl Alerts {
             let silences = self.silences.lock().expect("silences lock");
             let mut engine = self.engine.lock().expect("engine lock");
             for mut a in changes {
-                if a.state == AlertState::Firing && silences.iter().any(|s| matches(s, &a, now)) {
+                if a.state == AlertState::Firing
+                    && silences.iter().any(|s| matches(s, &a, now, in_group))
+                {
                     a.silenced = true;
                     engine.set_silenced(&a);
                 }
@@ -517,6 +577,7 @@ impl Alerts {
         let view = SilenceView {
             id,
             agent: req.agent.clone(),
+            group: req.group.clone(),
             rule: req.rule.clone(),
             until,
             reason: req.reason.clone(),
@@ -556,8 +617,14 @@ impl Alerts {
     }
 }
 
-fn matches(s: &SilenceView, a: &AlertView, now: u64) -> bool {
+fn matches(
+    s: &SilenceView,
+    a: &AlertView,
+    now: u64,
+    in_group: &dyn Fn(&str, &str) -> bool,
+) -> bool {
     s.until > now
+        && s.group.as_ref().is_none_or(|g| in_group(g, &a.agent))
         && s.agent.as_ref().is_none_or(|g| *g == a.agent)
         && s.rule.as_ref().is_none_or(|r| *r == a.rule)
 }

@@ -104,6 +104,8 @@ pub fn action_name(a: &CommandAction) -> &'static str {
         CommandAction::RequestHeartbeat => "request-heartbeat",
         CommandAction::RescanInventory => "rescan-inventory",
         CommandAction::RunScript { .. } => "run-script",
+        CommandAction::SetHeartbeatInterval { .. } => "set-heartbeat-interval",
+        CommandAction::RollbackApp { .. } => "rollback-app",
     }
 }
 
@@ -112,7 +114,8 @@ impl CommandRecord {
         let app = match &self.action {
             CommandAction::RestartApp { app }
             | CommandAction::PushConfig { app, .. }
-            | CommandAction::UpdateApp { app, .. } => Some(app.clone()),
+            | CommandAction::UpdateApp { app, .. }
+            | CommandAction::RollbackApp { app } => Some(app.clone()),
             _ => None,
         };
         CommandView {

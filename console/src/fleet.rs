@@ -28,6 +28,8 @@ use crate::notify::{Notifier, Webhook};
 use crate::presence::{Approval, HostRecord, Timings};
 use crate::store::{EventRecord, ResultRecord, Round, Sample, Store, StoreError};
 
+mod scoped;
+
 /// Failed connects allowed per agent id per minute before further attempts are refused
 /// without checking (rumqttd's auth handler does not see the client address, so there is no
 /// per-address limit at the MQTT layer).
@@ -89,6 +91,14 @@ pub enum DecisionError {
     Store(#[from] StoreError),
 }
 
+/// How [`Fleet::issue_command_with`] issues a command.
+#[derive(Debug, Clone, Copy)]
+pub struct Issue {
+    pub id: [u8; 16],
+    /// Refuse it while the host is in maintenance (unless the action is allowed).
+    pub maintenance: bool,
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -115,6 +125,7 @@ pub struct Fleet {
     pub artifacts_dir: std::sync::OnceLock<std::path::PathBuf>,
     pub notifier: std::sync::Arc<Notifier>,
     pub live: Live,
+    pub groups: crate::groups::Groups,
     /// Decisions written while the host lock was held, for alerts and the live stream to
     /// see once it is released ([`Fleet::flush_decided`]).
     decided: Mutex<Vec<(String, Option<String>, StatusChange)>>,
@@ -191,6 +202,7 @@ impl Fleet {
             &facts,
         )?;
         let commands = Commands::open(store.tree("commands")?, store.tree("agent_commands")?)?;
+        let groups = crate::groups::Groups::open(store.tree("groups")?)?;
         let inventory = Inventory::open(
             store.tree("inv_pkgs")?,
             store.tree("inv_index")?,
@@ -201,7 +213,8 @@ impl Fleet {
             settings.webhooks,
             settings.webhook_max_age,
         ));
-        Ok(Fleet {
+        let fleet = Fleet {
+            groups,
             api_keys,
             tokens,
             audit,
@@ -225,7 +238,10 @@ impl Fleet {
             hosts: RwLock::new(hosts),
             keys: RwLock::new(keys),
             log_limiter: Mutex::new(HashMap::new()),
-        })
+        };
+        // Scoped alert rules and maintenance live in memory: rebuild them.
+        fleet.apply_scoped(None);
+        Ok(fleet)
     }
 
     /// What the console wants published, in order: the console's run loop hands these to
@@ -455,7 +471,7 @@ impl Fleet {
         if changes.is_empty() {
             return;
         }
-        let stored = match self.alerts.store(changes, now) {
+        let stored = match self.alerts.store(changes, now, &|g, h| self.in_group(g, h)) {
             Ok(stored) => stored,
             Err(e) => {
                 self.metrics
@@ -503,7 +519,33 @@ impl Fleet {
         ttl: Duration,
         actor: &str,
     ) -> Result<CommandRecord, DecisionError> {
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        self.issue_command_with(
+            host_id,
+            action,
+            ttl,
+            actor,
+            Issue {
+                id,
+                maintenance: true,
+            },
+        )
+    }
+
+    /// [`Fleet::issue_command`] with a chosen command id (a rollout records the id before
+    /// it sends, so a restart never sends a second command) and, for the console's own
+    /// settings pushes, without the maintenance check.
+    pub fn issue_command_with(
+        &self,
+        host_id: &str,
+        action: edgefleet_codec::CommandAction,
+        ttl: Duration,
+        actor: &str,
+        issue: Issue,
+    ) -> Result<CommandRecord, DecisionError> {
         let now = now_ms();
+        let id = issue.id;
         let (agent_id, online) = {
             let hosts = self.hosts.read().expect("hosts lock");
             let host = live(&hosts, host_id)?;
@@ -513,14 +555,20 @@ impl Fleet {
                     host.status.as_str()
                 )));
             }
+            if let (true, Some(m)) = (issue.maintenance, &host.maintenance) {
+                let name = crate::commands::action_name(&action);
+                if !m.allow.iter().any(|a| a == name) {
+                    return Err(DecisionError::Conflict(crate::maintenance::refusal(
+                        host_id, m, name,
+                    )));
+                }
+            }
             let agent_id: AgentId = host
                 .current_agent_id()
                 .parse()
                 .map_err(|_| DecisionError::NotFound(host_id.into()))?;
             (agent_id, host.status == AgentStatus::Online)
         };
-        let mut id = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let expires_at = now + ttl.as_millis() as u64;
         let command = edgefleet_codec::Command {
             id,
@@ -709,6 +757,11 @@ impl Fleet {
         );
         if let Err(e) = self.commands.put(&r) {
             tracing::error!(error = %e, "cannot store a command result");
+        }
+        if let (edgefleet_codec::CommandAction::SetHeartbeatInterval { seconds }, true) =
+            (&r.action, r.state == CommandState::Succeeded)
+        {
+            self.interval_confirmed(host_id, *seconds);
         }
         self.command_changed(&r);
     }
@@ -954,10 +1007,17 @@ impl Fleet {
             self.inventory_work(&host, &agent, work, now);
         }
         // A birth is a new connection with fresh subscriptions: hand it what is pending.
-        for (host, _, change) in &transitions {
-            if change.cause == Cause::Birth {
-                self.redeliver(host);
-            }
+        // Its labels may have changed, and with them its groups and settings.
+        let births: Vec<String> = transitions
+            .iter()
+            .filter(|(_, _, c)| c.cause == Cause::Birth)
+            .map(|(h, _, _)| h.clone())
+            .collect();
+        if !births.is_empty() {
+            self.apply_scoped(Some(&births));
+        }
+        for host in &births {
+            self.redeliver(host);
         }
         for (id, msg) in enrollments {
             self.enroll(&id, &msg, now);
@@ -1330,6 +1390,7 @@ impl Fleet {
     /// Marks agents offline whose heartbeats stopped.
     pub fn sweep(&self) {
         let now = now_ms();
+        self.expire_maintenance(now);
         let mut transitions = Vec::new();
         let mut hosts = self.hosts.write().expect("hosts lock");
         for host in hosts.values_mut() {
@@ -1443,6 +1504,8 @@ impl Fleet {
     pub fn summary_counted(&self, host: &HostRecord, now: u64, alerts: usize) -> api::AgentSummary {
         api::AgentSummary {
             alerts,
+            labels: host.labels(),
+            maintenance: host.maintenance.clone(),
             id: host.id.clone(),
             hostname: host.hostname.clone(),
             display_name: host.hostname.clone(),

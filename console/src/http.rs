@@ -19,6 +19,8 @@ use crate::fleet::{now_ms, parse_id, Fleet};
 use crate::presence::HostRecord;
 use crate::store::{Sample, Tier};
 
+mod scoped;
+
 /// Every route: method, path, one-line description. Used to build the docs check.
 pub const ROUTES: &[(&str, &str, &str)] = &[
     (
@@ -202,6 +204,47 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/api/events",
         "Server-Sent Events: status, vitals, alerts, audit; resumes with `Last-Event-ID`.",
     ),
+    ("GET", "/api/labels", "Every label key with its values in the fleet."),
+    (
+        "PUT",
+        "/api/agents/:id/labels",
+        "Operator: set and remove operator labels (they win over the agent's).",
+    ),
+    (
+        "PUT",
+        "/api/agents/:id/settings",
+        "Operator: this agent's own scoped settings (beat its groups').",
+    ),
+    (
+        "POST",
+        "/api/agents/:id/maintenance",
+        "Operator: enter maintenance with a reason, optional end and allowed actions.",
+    ),
+    (
+        "DELETE",
+        "/api/agents/:id/maintenance",
+        "Operator: end maintenance.",
+    ),
+    ("GET", "/api/groups", "Every group with its current agent count."),
+    ("POST", "/api/groups", "Operator: create a static or dynamic group."),
+    ("GET", "/api/groups/:id", "One group."),
+    ("PUT", "/api/groups/:id", "Operator: replace a group."),
+    ("DELETE", "/api/groups/:id", "Operator: delete a group."),
+    (
+        "GET",
+        "/api/groups/:id/agents",
+        "The group's agents, paged like the host list.",
+    ),
+    (
+        "POST",
+        "/api/groups/:id/maintenance",
+        "Operator: put every current member in maintenance.",
+    ),
+    (
+        "DELETE",
+        "/api/groups/:id/maintenance",
+        "Operator: end maintenance for every current member.",
+    ),
 ];
 
 pub const PER_PAGE: [usize; 4] = [25, 50, 100, 200];
@@ -255,6 +298,7 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/agents/:id/events", get(events))
         .route("/api/agents/:id/results", get(results))
         .route("/api/fleet/summary", get(summary))
+        .merge(scoped::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             fleet.clone(),
             require_key,
@@ -809,7 +853,11 @@ async fn agent_command(
     use edgefleet_codec::CommandAction as A;
     let app = match &action {
         A::RestartApp { app } | A::PushConfig { app, .. } | A::UpdateApp { app, .. } => Some(app),
-        A::RequestHeartbeat | A::RescanInventory | A::RunScript { .. } => None,
+        A::RollbackApp { app } => Some(app),
+        A::RequestHeartbeat
+        | A::RescanInventory
+        | A::RunScript { .. }
+        | A::SetHeartbeatInterval { .. } => None,
     };
     if let (Some(host), Some(app)) = (fleet.host(&id), app) {
         if !host.apps.is_empty() && !host.apps.iter().any(|a| a.id == *app) {
@@ -872,8 +920,10 @@ async fn bulk_command(
         }
         None => {
             let q = bulk.q.as_ref().map(|q| q.trim().to_lowercase());
-            let mut ids: Vec<String> = fleet
-                .snapshot()
+            let filter =
+                scoped::HostFilter::parse(&fleet, bulk.group.as_ref(), bulk.label.as_ref())?;
+            let mut ids: Vec<String> = filter
+                .apply(fleet.snapshot())
                 .into_iter()
                 .filter(|h| h.approval == crate::presence::Approval::Active)
                 .filter(|h| bulk.status.is_none_or(|s| h.status == s))
@@ -1393,7 +1443,9 @@ impl ListQuery {
     pub fn parse(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
         only_params(
             params,
-            &["page", "per_page", "q", "status", "os", "sort", "order"],
+            &[
+                "page", "per_page", "q", "status", "os", "sort", "order", "group", "label",
+            ],
         )?;
         let page = match params.get("page") {
             None => 1,
@@ -1522,7 +1574,8 @@ async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<AgentPage>, ApiError> {
     let q = ListQuery::parse(&params)?;
-    let hosts = fleet.snapshot();
+    let filter = scoped::HostFilter::parse(&fleet, params.get("group"), params.get("label"))?;
+    let hosts = filter.apply(fleet.snapshot());
     Ok(Json(list_agents(&fleet, &hosts, &q, now_ms())))
 }
 
@@ -1560,7 +1613,22 @@ async fn detail(
             .map(|b| format!("{b:02x}"))
             .collect()
     };
+    let labels = host.labels();
+    let groups = fleet
+        .groups
+        .of(&host.id, &labels)
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
     Ok(Json(api::AgentDetail {
+        label_sources: api::LabelsView {
+            labels,
+            agent: host.agent_labels.clone(),
+            operator: host.operator_labels.clone(),
+        },
+        groups,
+        settings: host.settings.clone(),
+        effective: Some(fleet.effective_settings(&host)),
         summary: fleet.summary_of(&host, now),
         key_fingerprint: fingerprint,
         kernel: host.kernel.clone(),
@@ -1734,7 +1802,12 @@ pub fn fleet_summary(fleet: &Fleet, hosts: &[HostRecord], now: u64) -> FleetSumm
     }
 }
 
-async fn summary(State(fleet): State<Arc<Fleet>>) -> Json<FleetSummary> {
-    let hosts = fleet.snapshot();
-    Json(fleet_summary(&fleet, &hosts, now_ms()))
+async fn summary(
+    State(fleet): State<Arc<Fleet>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<FleetSummary>, ApiError> {
+    only_params(&params, &["group", "label"])?;
+    let filter = scoped::HostFilter::parse(&fleet, params.get("group"), params.get("label"))?;
+    let hosts = filter.apply(fleet.snapshot());
+    Ok(Json(fleet_summary(&fleet, &hosts, now_ms())))
 }

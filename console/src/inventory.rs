@@ -555,7 +555,7 @@ fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, StoreError> {
     })
 }
 
-fn ms_rfc3339(ms: u64) -> String {
+pub fn ms_rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 

@@ -1,6 +1,10 @@
 //! The console: broker link ingest, presence, the sled store and the REST API.
 //!
-//! - `fleet`: the in-memory index over sled, the connect policy, ingest and the sweep.
+//! - `fleet`: the in-memory index over sled, the connect policy, ingest and the sweep;
+//!   `fleet::scoped` applies labels, per-agent and group settings and maintenance.
+//! - `labels`: labels and the label selector language.
+//! - `groups`: static and dynamic host groups and settings precedence.
+//! - `maintenance`: maintenance windows and the command refusal.
 //! - `presence`: the per-agent record and the status rules (pure logic, table in the docs).
 //! - `store`: the sled trees, batched writes, rollups and retention.
 //! - `http`: the axum REST API, `/healthz` and `/metrics`.
@@ -25,9 +29,12 @@ pub mod commands;
 pub mod demo;
 pub mod enrollment;
 pub mod fleet;
+pub mod groups;
 pub mod http;
 pub mod inventory;
+pub mod labels;
 pub mod live;
+pub mod maintenance;
 pub mod metrics;
 pub mod notify;
 pub mod presence;

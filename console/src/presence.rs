@@ -16,7 +16,11 @@
 //! status for the current `bd_seq` (a last-will is sealed at connect time with a low `seq`),
 //! accepted once. Stale (no heartbeat for `stale_after`) is a flag, not a status.
 
+use std::collections::BTreeMap;
+
 use edgefleet_codec::api::{AgentStatus, Cause, StatusChange};
+
+use edgefleet_codec::api::{MaintenanceView, ScopedSettings};
 use edgefleet_codec::{AppState, Birth, Heartbeat, Status, Vitals};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +65,21 @@ pub struct HostRecord {
     /// For a pending host: the existing host it collides with, as the API shows it.
     #[serde(default)]
     pub conflict: Option<String>,
+    /// Labels from the agent's own config (its birth).
+    #[serde(default)]
+    pub agent_labels: BTreeMap<String, String>,
+    /// Labels operators set through the API; they win over the agent's.
+    #[serde(default)]
+    pub operator_labels: BTreeMap<String, String>,
+    /// Operator settings for this host alone (they beat its groups').
+    #[serde(default)]
+    pub settings: ScopedSettings,
+    #[serde(default)]
+    pub maintenance: Option<MaintenanceView>,
+    /// The heartbeat interval last sent in a `set-heartbeat-interval` command (0: back
+    /// to the agent's own); `None`: never sent.
+    #[serde(default)]
+    pub interval_requested: Option<u32>,
 }
 
 /// The operator's decision about an agent.
@@ -128,7 +147,17 @@ impl HostRecord {
             agent_id: String::new(),
             deleted_at: None,
             conflict: None,
+            agent_labels: BTreeMap::new(),
+            operator_labels: BTreeMap::new(),
+            settings: ScopedSettings::default(),
+            maintenance: None,
+            interval_requested: None,
         }
+    }
+
+    /// Effective labels: operator labels over the agent's own.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        crate::labels::effective(&self.agent_labels, &self.operator_labels)
     }
 
     /// The agent id whose key is on this record now (the MQTT topics use it).
@@ -193,6 +222,16 @@ impl HostRecord {
         self.boot_time = Some(b.boot_time);
         self.apps = b.apps.clone();
         self.heartbeat_interval_s = Some(b.heartbeat_interval_s);
+        // Labels come from a local config: keep the well-formed ones, within the cap.
+        self.agent_labels = b
+            .labels
+            .iter()
+            .filter(|(k, v)| {
+                crate::labels::check_key(k).is_ok() && crate::labels::check_value(k, v).is_ok()
+            })
+            .take(crate::labels::MAX_LABELS)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         self.last_seen = Some(now_ms);
         Ok(self.set(AgentStatus::Online, Cause::Birth, now_ms))
     }
@@ -327,6 +366,7 @@ mod tests {
             inventory_digest: None,
             heartbeat_interval_s: 30,
             inventory_interval_s: None,
+            labels: Default::default(),
         }
     }
 

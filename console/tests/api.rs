@@ -186,6 +186,7 @@ fn birth(bd_seq: u64, seq: u64, hostname: &str) -> AgentMessage {
         inventory_digest: None,
         heartbeat_interval_s: 30,
         inventory_interval_s: None,
+        labels: Default::default(),
     })
 }
 
@@ -466,6 +467,14 @@ async fn every_listed_route_is_served() {
             "test",
         )
         .unwrap();
+    let (status, body) = admin(
+        &env,
+        "POST",
+        "/api/groups",
+        r#"{"id":"every-host","selector":"!nothing"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     for (method, path, _) in edgefleet_console::http::ROUTES {
         if *method != "GET" || *path == "/api/events" || path.starts_with("/artifacts/") {
             continue; // decisions, the endless event stream and artifacts have their own tests
@@ -477,6 +486,8 @@ async fn every_listed_route_is_served() {
             format!("{path}?a={id}&b={id}")
         } else if *path == "/api/packages" {
             format!("{path}?name=openssl")
+        } else if path.starts_with("/api/groups/") {
+            path.replace(":id", "every-host")
         } else {
             path.replace(":id", id.as_str())
         };

@@ -1100,9 +1100,7 @@ impl Session {
                     ),
                 }
             }
-            CommandAction::SetHeartbeatInterval { seconds } => {
-                self.set_interval(*seconds)
-            }
+            CommandAction::SetHeartbeatInterval { seconds } => self.set_interval(*seconds),
             CommandAction::RollbackApp { app } => match self.cfg.apps.iter().find(|a| a.id == *app)
             {
                 Some(managed) if managed.binary_dir.is_some() => {
@@ -1176,7 +1174,10 @@ impl Session {
             Duration::from_secs(seconds.into())
         };
         self.heartbeats.set_interval(interval, Instant::now());
-        tracing::info!(seconds = interval.as_secs(), "heartbeat interval set by the console");
+        tracing::info!(
+            seconds = interval.as_secs(),
+            "heartbeat interval set by the console"
+        );
         (
             CommandOutcome::Succeeded,
             format!("heartbeat interval {} s", interval.as_secs()),
@@ -1732,7 +1733,9 @@ async fn rollback_app(
         Ok(m) => (CommandOutcome::Succeeded, m),
         Err(m) => (CommandOutcome::Failed, m),
     };
-    report.finish("rollback-app", &app.id, outcome, message).await;
+    report
+        .finish("rollback-app", &app.id, outcome, message)
+        .await;
 }
 
 /// `is-active` and the optional health URL.

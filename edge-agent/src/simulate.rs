@@ -58,7 +58,10 @@ pub const SIM_COMMON_APP: &str = "sensor-hub";
 /// in `<agent_dir>/opt/<app>` with a `VERSION` file, so update-app and rollback-app work
 /// on them for real (download, verify, swap the directory, restart via
 /// [`crate::service::Simulated`]).
-pub fn sim_apps(index: usize, agent_dir: &Path) -> std::io::Result<Vec<crate::service::ManagedApp>> {
+pub fn sim_apps(
+    index: usize,
+    agent_dir: &Path,
+) -> std::io::Result<Vec<crate::service::ManagedApp>> {
     let mut apps = apps_of(&mut SimProbe::new(index));
     apps.push(crate::service::ManagedApp {
         unit: format!("{SIM_COMMON_APP}.service"),
@@ -94,7 +97,11 @@ pub fn sim_labels(index: usize) -> std::collections::BTreeMap<String, String> {
         .next()
         .unwrap_or("site")
         .to_string();
-    let hw = if facts.arch == "aarch64" { "pi4" } else { "nuc" };
+    let hw = if facts.arch == "aarch64" {
+        "pi4"
+    } else {
+        "nuc"
+    };
     [
         ("site".to_string(), format!("{site}-{}", index % 7)),
         ("hw".to_string(), hw.to_string()),

@@ -133,6 +133,9 @@ enum Cmd {
     Silence {
         #[arg(long)]
         agent: Option<String>,
+        /// Only the members of this group.
+        #[arg(long)]
+        group: Option<String>,
         /// agent-offline, agent-flapping, stale, hotspot-cpu, hotspot-mem, hotspot-disk.
         #[arg(long)]
         rule: Option<String>,
@@ -774,12 +777,14 @@ fn run(args: &Args) -> Result<()> {
         }
         Cmd::Silence {
             agent,
+            group,
             rule,
             duration,
             reason,
         } => {
             let body = serde_json::to_string(&SilenceCreate {
                 agent: agent.clone(),
+                group: group.clone(),
                 rule: rule.clone(),
                 until: SilenceUntil::For(duration.clone()),
                 reason: reason.clone(),
