@@ -151,7 +151,7 @@ pub async fn put<T: DeserializeOwned>(path: &str, body: &impl Serialize) -> Resu
 
 /// A DELETE; the console answers 204 with no body.
 pub async fn delete(path: &str) -> Result<(), ApiError> {
-    call::<serde_json::Value>("DELETE", path, None)
+    call::<serde::de::IgnoredAny>("DELETE", path, None)
         .await
         .map(drop)
 }

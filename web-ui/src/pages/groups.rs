@@ -2,12 +2,10 @@
 //! create or edit one (static: member ids; dynamic: a label selector), delete, the host
 //! list filtered by a group, and maintenance for all of a group's hosts at once.
 
-use edgefleet_codec::api::{
-    GroupSpec, GroupView, MaintenanceRequest, ScopedSettings, SilenceUntil,
-};
+use edgefleet_codec::api::{GroupSpec, GroupView, MaintenanceRequest, ScopedSettings};
 use leptos::prelude::*;
 
-use super::{confirm, ErrorBox, Remote};
+use super::{confirm, text_field, ErrorBox, MaintenanceForm, Remote};
 use crate::api::{self, ApiError};
 use crate::format;
 use crate::query::encode;
@@ -122,6 +120,12 @@ impl Form {
     }
 }
 
+/// `POST /api/groups/{id}/maintenance` answers how many hosts it put in maintenance.
+#[derive(Debug, serde::Deserialize)]
+struct Entered {
+    agents: usize,
+}
+
 /// Scoped settings in a few words: `heartbeat 30 s, grace 60 s`, or an en dash.
 fn settings_text(s: &ScopedSettings) -> String {
     let mut parts = Vec::new();
@@ -153,10 +157,8 @@ pub fn GroupsPage() -> impl IntoView {
     let show_form = RwSignal::new(false);
     let error = RwSignal::new(None::<ApiError>);
     let notice = RwSignal::new(None::<String>);
-    // The group whose maintenance form is open, and that form's fields.
+    // The group whose maintenance form is open.
     let maint_for = RwSignal::new(None::<String>);
-    let maint_reason = RwSignal::new(String::new());
-    let maint_until = RwSignal::new(String::new());
 
     let done = move |text: String| {
         notice.set(Some(text));
@@ -208,30 +210,21 @@ pub fn GroupsPage() -> impl IntoView {
             }
         });
     };
-    let start_maintenance = move |ev: leptos::ev::SubmitEvent| {
-        ev.prevent_default();
+    let start_maintenance = Callback::new(move |req: MaintenanceRequest| {
         let Some(id) = maint_for.get_untracked() else {
             return;
         };
-        let until = maint_until.get_untracked().trim().to_string();
-        let req = MaintenanceRequest {
-            reason: maint_reason.get_untracked().trim().to_string(),
-            until: (!until.is_empty()).then_some(SilenceUntil::For(until)),
-            allow: Vec::new(),
-        };
         leptos::task::spawn_local(async move {
             let path = format!("/api/groups/{}/maintenance", encode(&id));
-            match api::post::<serde_json::Value>(&path, &req).await {
-                Ok(v) => {
+            match api::post::<Entered>(&path, &req).await {
+                Ok(n) => {
                     maint_for.set(None);
-                    maint_reason.set(String::new());
-                    let n = v["agents"].as_u64().unwrap_or(0);
-                    done(format!("{n} hosts of {id} are in maintenance."));
+                    done(format!("{} hosts of {id} are in maintenance.", n.agents));
                 }
                 Err(e) => failed(e),
             }
         });
-    };
+    });
     let end_maintenance = move |id: String| {
         leptos::task::spawn_local(async move {
             match api::delete(&format!("/api/groups/{}/maintenance", encode(&id))).await {
@@ -240,16 +233,6 @@ pub fn GroupsPage() -> impl IntoView {
             }
         });
     };
-
-    let field =
-        |label: &'static str, testid: &'static str, value: RwSignal<String>, hint: &'static str| {
-            view! {
-                <label>{label}
-                    <input data-testid=testid placeholder=hint prop:value=move || value.get()
-                        on:input=move |ev| value.set(event_target_value(&ev)) />
-                </label>
-            }
-        };
 
     view! {
         <h1>"Groups"</h1>
@@ -274,9 +257,9 @@ pub fn GroupsPage() -> impl IntoView {
                                 disabled=move || form.editing.get().is_some()
                                 prop:value=move || form.id.get() on:input=move |ev| form.id.set(event_target_value(&ev)) />
                         </label>
-                        {field("Name", "group-name", form.name, "Pumps, north side")}
-                        {field("Description", "group-description", form.description, "")}
-                        {field("Priority", "group-priority", form.priority, "0 (lowest wins)")}
+                        {text_field("Name", "group-name", form.name, "Pumps, north side", false)}
+                        {text_field("Description", "group-description", form.description, "", false)}
+                        {text_field("Priority", "group-priority", form.priority, "0 (lowest wins)", false)}
                     </div>
                     <div class="cmd-form">
                         <label class="inline"><input type="radio" name="kind" data-testid="kind-static"
@@ -286,10 +269,7 @@ pub fn GroupsPage() -> impl IntoView {
                     </div>
                     {move || if form.dynamic.get() {
                         view! {
-                            <label class="block">"Label selector"
-                                <input class="mono" required data-testid="group-selector" placeholder="site in (ferry-*), hw=pi4"
-                                    prop:value=move || form.selector.get() on:input=move |ev| form.selector.set(event_target_value(&ev)) />
-                            </label>
+                            <div class="block">{text_field("Label selector", "group-selector", form.selector, "site in (ferry-*), hw=pi4", true)}</div>
                         }.into_any()
                     } else {
                         view! {
@@ -302,10 +282,10 @@ pub fn GroupsPage() -> impl IntoView {
                     <fieldset>
                         <legend>"Settings for its hosts (empty: inherited)"</legend>
                         <div class="cmd-form">
-                            {field("Heartbeat interval (s)", "group-heartbeat", form.heartbeat, "5-3600")}
-                            {field("Offline grace (s)", "group-grace", form.grace, "")}
-                            {field("Hotspot threshold (%)", "group-threshold", form.threshold, "1-100")}
-                            {field("Hotspot window (s)", "group-window", form.window, "")}
+                            {text_field("Heartbeat interval (s)", "group-heartbeat", form.heartbeat, "5-3600", false)}
+                            {text_field("Offline grace (s)", "group-grace", form.grace, "", false)}
+                            {text_field("Hotspot threshold (%)", "group-threshold", form.threshold, "1-100", false)}
+                            {text_field("Hotspot window (s)", "group-window", form.window, "", false)}
                         </div>
                     </fieldset>
                     <p>
@@ -364,14 +344,8 @@ pub fn GroupsPage() -> impl IntoView {
                                             </tr>
                                             {move || (maint_for.get().as_deref() == Some(id5.as_str())).then(|| view! {
                                                 <tr><td colspan="8">
-                                                    <form class="cmd-form" on:submit=start_maintenance>
-                                                        <label>"Reason"<input required prop:value=move || maint_reason.get()
-                                                            on:input=move |ev| maint_reason.set(event_target_value(&ev)) /></label>
-                                                        <label>"For (e.g. 2h; empty: until ended)"<input placeholder="2h" prop:value=move || maint_until.get()
-                                                            on:input=move |ev| maint_until.set(event_target_value(&ev)) /></label>
-                                                        <button type="submit" class="primary">"Put all its hosts in maintenance"</button>
-                                                        <button type="button" on:click=move |_| maint_for.set(None)>"Cancel"</button>
-                                                    </form>
+                                                    <MaintenanceForm on_submit=start_maintenance on_cancel=Callback::new(move |()| maint_for.set(None))
+                                                        busy=Signal::stored(false) submit_label="Put all its hosts in maintenance" />
                                                 </td></tr>
                                             })}
                                         }

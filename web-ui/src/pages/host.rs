@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use edgefleet_codec::api::{
     AgentDetail, AuditPage, CommandRequest, CommandView, ConfigScalar, EffectiveSetting,
-    LabelsUpdate, LabelsView, MaintenanceRequest, MaintenanceView, MetricSeries, SilenceUntil,
+    LabelsUpdate, MaintenanceRequest, MaintenanceView, MetricSeries,
 };
 use leptos::prelude::*;
 
-use super::{ErrorBox, MaintenanceBadge, Remote, StatusBadge};
+use super::{text_field, ErrorBox, MaintenanceBadge, MaintenanceForm, Remote, StatusBadge};
 use crate::api;
 use crate::chart::{self, Frame, Scale};
 use crate::format;
@@ -194,17 +194,6 @@ fn OverviewTab(detail: Remote<AgentDetail>) -> impl IntoView {
     }
 }
 
-/// Command actions an operator may keep allowed during maintenance.
-const MAINTENANCE_ACTIONS: [&str; 7] = [
-    "request-heartbeat",
-    "rescan-inventory",
-    "restart-app",
-    "push-config",
-    "update-app",
-    "rollback-app",
-    "run-script",
-];
-
 /// Maintenance, labels, groups and effective settings: under the overview, outside its
 /// re-rendered block, so what the operator types survives the detail's refreshes.
 #[component]
@@ -226,24 +215,10 @@ fn MaintenancePanel(
 ) -> impl IntoView {
     let path = format!("/api/agents/{}/maintenance", crate::query::encode(&id));
     let open = RwSignal::new(false);
-    let reason = RwSignal::new(String::new());
-    let until = RwSignal::new(String::new());
-    let allow = RwSignal::new(Vec::<&'static str>::new());
     let error = RwSignal::new(None::<api::ApiError>);
     let busy = RwSignal::new(false);
     let p1 = path.clone();
-    let enter = move |ev: leptos::ev::SubmitEvent| {
-        ev.prevent_default();
-        let until = until.get_untracked().trim().to_string();
-        let req = MaintenanceRequest {
-            reason: reason.get_untracked().trim().to_string(),
-            until: (!until.is_empty()).then_some(SilenceUntil::For(until)),
-            allow: allow
-                .get_untracked()
-                .into_iter()
-                .map(String::from)
-                .collect(),
-        };
+    let enter = Callback::new(move |req: MaintenanceRequest| {
         let path = p1.clone();
         busy.set(true);
         error.set(None);
@@ -251,14 +226,13 @@ fn MaintenancePanel(
             match api::post::<MaintenanceView>(&path, &req).await {
                 Ok(_) => {
                     open.set(false);
-                    reason.set(String::new());
                     reload.run(());
                 }
                 Err(e) => error.set(Some(e)),
             }
             busy.set(false);
         });
-    };
+    });
     let end = move |_| {
         let path = path.clone();
         busy.set(true);
@@ -302,37 +276,7 @@ fn MaintenancePanel(
                 }.into_any(),
             })}
             {move || (open.get() && detail.data.with(|d| d.as_ref().is_some_and(|d| d.summary.maintenance.is_none()))).then(|| view! {
-                <form class="cmd-form" data-testid="maintenance-form" on:submit=enter.clone()>
-                    <label>"Reason"
-                        <input required data-testid="maintenance-reason" prop:value=move || reason.get()
-                            on:input=move |ev| reason.set(event_target_value(&ev)) />
-                    </label>
-                    <label>"For (e.g. 2h; empty: until ended)"
-                        <input data-testid="maintenance-until" placeholder="2h" prop:value=move || until.get()
-                            on:input=move |ev| until.set(event_target_value(&ev)) />
-                    </label>
-                    <fieldset class="checks">
-                        <legend>"Commands still allowed"</legend>
-                        {MAINTENANCE_ACTIONS.into_iter().map(|a| view! {
-                            <label class="inline">
-                                <input type="checkbox" value=a
-                                    prop:checked=move || allow.with(|l| l.contains(&a))
-                                    on:change=move |ev| {
-                                        let on = event_target_checked(&ev);
-                                        allow.update(|l| {
-                                            l.retain(|x| *x != a);
-                                            if on {
-                                                l.push(a);
-                                            }
-                                        });
-                                    } />
-                                <code>{a}</code>
-                            </label>
-                        }).collect_view()}
-                    </fieldset>
-                    <button type="submit" class="primary" data-testid="maintenance-submit" disabled=move || busy.get()>"Enter maintenance"</button>
-                    <button type="button" on:click=move |_| open.set(false)>"Cancel"</button>
-                </form>
+                <MaintenanceForm on_submit=enter on_cancel=Callback::new(move |()| open.set(false)) busy=busy submit_label="Enter maintenance" />
             })}
         </section>
     }
@@ -348,7 +292,8 @@ fn LabelsPanel(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) ->
         error.set(None);
         let path = path.get_value();
         leptos::task::spawn_local(async move {
-            match api::put::<LabelsView>(&path, &req).await {
+            // The answer is the new labels; the detail is reloaded for them and the rest.
+            match api::put::<serde::de::IgnoredAny>(&path, &req).await {
                 Ok(_) => reload.run(()),
                 Err(e) => error.set(Some(e)),
             }
@@ -407,8 +352,8 @@ fn LabelsPanel(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) ->
                 }.into_any()
             })}
             <form class="cmd-form" data-testid="label-form" on:submit=set>
-                <label>"Key"<input required data-testid="label-key" prop:value=move || key.get() on:input=move |ev| key.set(event_target_value(&ev)) /></label>
-                <label>"Value"<input data-testid="label-value-input" prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev)) /></label>
+                {text_field("Key", "label-key", key, "site", true)}
+                {text_field("Value", "label-value-input", value, "", false)}
                 <button type="submit">"Set label"</button>
             </form>
         </section>

@@ -10,7 +10,7 @@ pub mod login;
 pub mod packages;
 pub mod rollouts;
 
-use edgefleet_codec::api::{AgentStatus, MaintenanceView};
+use edgefleet_codec::api::{AgentStatus, MaintenanceRequest, MaintenanceView, SilenceUntil};
 use leptos::prelude::*;
 use serde::de::DeserializeOwned;
 
@@ -162,6 +162,105 @@ pub fn progress_bar(done: usize, total: usize) -> impl IntoView {
             <span class="bar"><span class="fill" style=format!("width: {share}%")></span></span>
             <span class="muted small">{format!("{done}/{total}")}</span>
         </span>
+    }
+}
+
+/// A labelled text box bound to `value`. Every form's text fields go through this one
+/// function: each distinct view shape costs its own copy of the rendering code in the wasm.
+pub fn text_field(
+    label: &'static str,
+    testid: &'static str,
+    value: RwSignal<String>,
+    placeholder: &'static str,
+    required: bool,
+) -> AnyView {
+    view! {
+        <label>
+            {label}
+            <input
+                data-testid=testid
+                placeholder=placeholder
+                required=required
+                prop:value=move || value.get()
+                on:input=move |ev| value.set(event_target_value(&ev))
+            />
+        </label>
+    }
+    .into_any()
+}
+
+/// Command actions an operator may keep allowed during maintenance.
+const MAINTENANCE_ACTIONS: [&str; 7] = [
+    "request-heartbeat",
+    "rescan-inventory",
+    "restart-app",
+    "push-config",
+    "update-app",
+    "rollback-app",
+    "run-script",
+];
+
+/// Reason, optional duration and the commands still allowed: for one host or a group.
+#[component]
+pub fn MaintenanceForm(
+    on_submit: Callback<MaintenanceRequest>,
+    on_cancel: Callback<()>,
+    #[prop(into)] busy: Signal<bool>,
+    submit_label: &'static str,
+) -> impl IntoView {
+    let reason = RwSignal::new(String::new());
+    let until = RwSignal::new(String::new());
+    let allow = RwSignal::new(Vec::<&'static str>::new());
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let until = until.get_untracked().trim().to_string();
+        on_submit.run(MaintenanceRequest {
+            reason: reason.get_untracked().trim().to_string(),
+            until: (!until.is_empty()).then_some(SilenceUntil::For(until)),
+            allow: allow
+                .get_untracked()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        });
+    };
+    view! {
+        <form class="cmd-form" data-testid="maintenance-form" on:submit=submit>
+            {text_field("Reason", "maintenance-reason", reason, "", true)}
+            {text_field("For (empty: until ended)", "maintenance-until", until, "2h", false)}
+            <fieldset class="checks">
+                <legend>"Commands still allowed"</legend>
+                {MAINTENANCE_ACTIONS
+                    .into_iter()
+                    .map(|a| {
+                        view! {
+                            <label class="inline">
+                                <input
+                                    type="checkbox"
+                                    value=a
+                                    on:change=move |ev| {
+                                        let on = event_target_checked(&ev);
+                                        allow.update(|l| {
+                                            l.retain(|x| *x != a);
+                                            if on {
+                                                l.push(a);
+                                            }
+                                        });
+                                    }
+                                />
+                                <code>{a}</code>
+                            </label>
+                        }
+                    })
+                    .collect_view()}
+            </fieldset>
+            <button type="submit" class="primary" data-testid="maintenance-submit" disabled=move || busy.get()>
+                {submit_label}
+            </button>
+            <button type="button" on:click=move |_| on_cancel.run(())>
+                "Cancel"
+            </button>
+        </form>
     }
 }
 
