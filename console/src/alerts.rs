@@ -37,6 +37,9 @@ pub struct Rules {
 pub const OFFLINE: &str = "agent-offline";
 pub const FLAPPING: &str = "agent-flapping";
 pub const STALE: &str = "stale";
+/// A rollout's health gate failed; `agent` is `rollout:<id>`. Raised and resolved by the
+/// rollout, outside the engine's host rules.
+pub const ROLLOUT_GATE: &str = "rollout-gate";
 pub const RULES: [&str; 6] = [
     OFFLINE,
     FLAPPING,
@@ -128,6 +131,21 @@ impl Engine {
 
     pub fn rules(&self) -> &Rules {
         &self.rules
+    }
+
+    /// The alerts firing on `host` now.
+    pub fn open_for(&self, host: &str) -> Vec<AlertView> {
+        self.open
+            .iter()
+            .filter(|((h, _), _)| h == host)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// A fresh alert id for an alert raised outside the host rules.
+    pub fn allocate_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
     }
 
     /// Sets (or with the default, clears) the scoped rules of one host.
@@ -431,7 +449,8 @@ impl Alerts {
         for item in tree.iter() {
             let a: AlertView = decode("alerts", &item?.1)?;
             next_id = next_id.max(a.id + 1);
-            if a.state == AlertState::Firing {
+            // Rollout alerts belong to their rollout, not to a host rule.
+            if a.state == AlertState::Firing && a.rule != ROLLOUT_GATE {
                 firing.push(a);
             }
         }

@@ -126,6 +126,7 @@ pub struct Fleet {
     pub notifier: std::sync::Arc<Notifier>,
     pub live: Live,
     pub groups: crate::groups::Groups,
+    pub rollouts: crate::rollouts::Rollouts,
     /// Decisions written while the host lock was held, for alerts and the live stream to
     /// see once it is released ([`Fleet::flush_decided`]).
     decided: Mutex<Vec<(String, Option<String>, StatusChange)>>,
@@ -203,6 +204,7 @@ impl Fleet {
         )?;
         let commands = Commands::open(store.tree("commands")?, store.tree("agent_commands")?)?;
         let groups = crate::groups::Groups::open(store.tree("groups")?)?;
+        let rollouts = crate::rollouts::Rollouts::open(store.tree("rollouts")?)?;
         let inventory = Inventory::open(
             store.tree("inv_pkgs")?,
             store.tree("inv_index")?,
@@ -215,6 +217,7 @@ impl Fleet {
         ));
         let fleet = Fleet {
             groups,
+            rollouts,
             api_keys,
             tokens,
             audit,
@@ -467,7 +470,7 @@ impl Fleet {
     }
 
     /// Stores alert changes, notifies, and tells the live stream.
-    fn emit_alerts(&self, changes: Vec<api::AlertView>, now: u64) {
+    pub fn emit_alerts(&self, changes: Vec<api::AlertView>, now: u64) {
         if changes.is_empty() {
             return;
         }
@@ -803,7 +806,7 @@ impl Fleet {
             .publish(api::LiveBody::Command { command: r.view() }, now_ms());
     }
 
-    fn audit_or_log(&self, actor: &str, action: &str, target: &str, detail: &str) {
+    pub fn audit_or_log(&self, actor: &str, action: &str, target: &str, detail: &str) {
         if let Err(e) = self.record_audit(actor, action, Some(target), detail) {
             self.metrics
                 .store_errors

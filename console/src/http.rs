@@ -19,6 +19,7 @@ use crate::fleet::{now_ms, parse_id, Fleet};
 use crate::presence::HostRecord;
 use crate::store::{Sample, Tier};
 
+mod rollouts;
 mod scoped;
 
 /// Every route: method, path, one-line description. Used to build the docs check.
@@ -244,6 +245,27 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "DELETE",
         "/api/groups/:id/maintenance",
         "Operator: end maintenance for every current member.",
+    ),    ("GET", "/api/rollouts", "Every rollout, newest first."),
+    (
+        "POST",
+        "/api/rollouts",
+        "Operator: start an update-app or push-config rollout in gated waves.",
+    ),
+    (
+        "GET",
+        "/api/rollouts/:id",
+        "One rollout: waves, gate verdicts, per-host state.",
+    ),
+    ("POST", "/api/rollouts/:id/pause", "Operator: pause a running rollout."),
+    (
+        "POST",
+        "/api/rollouts/:id/resume",
+        "Operator: resume, overriding a failed gate.",
+    ),
+    (
+        "POST",
+        "/api/rollouts/:id/abort",
+        "Operator: stop and roll back the updated hosts.",
     ),
 ];
 
@@ -299,6 +321,7 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/agents/:id/results", get(results))
         .route("/api/fleet/summary", get(summary))
         .merge(scoped::routes())
+        .merge(rollouts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             fleet.clone(),
             require_key,

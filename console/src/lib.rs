@@ -3,6 +3,7 @@
 //! - `fleet`: the in-memory index over sled, the connect policy, ingest and the sweep;
 //!   `fleet::scoped` applies labels, per-agent and group settings and maintenance.
 //! - `labels`: labels and the label selector language.
+//! - `rollouts`: staged rollouts in waves with health gates, and their driver.
 //! - `groups`: static and dynamic host groups and settings precedence.
 //! - `maintenance`: maintenance windows and the command refusal.
 //! - `presence`: the per-agent record and the status rules (pure logic, table in the docs).
@@ -38,6 +39,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod notify;
 pub mod presence;
+pub mod rollouts;
 pub mod store;
 pub mod tls;
 pub mod ui;
@@ -249,6 +251,27 @@ pub async fn run(
             }
         })
     };
+    let rollouts = {
+        let fleet = fleet.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            {
+                let fleet = fleet.clone();
+                let _ = tokio::task::spawn_blocking(move || fleet.resume_rollouts()).await;
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        let fleet = fleet.clone();
+                        // Rollout steps are flushed to disk one by one: off the workers.
+                        let _ = tokio::task::spawn_blocking(move || fleet.rollout_tick()).await;
+                    }
+                }
+            }
+        })
+    };
     let retention = {
         let fleet = fleet.clone();
         let shutdown = shutdown.clone();
@@ -322,6 +345,7 @@ pub async fn run(
         let _ = child.kill().await;
     }
     sweeper.abort();
+    rollouts.abort();
     retention.abort();
     publisher.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), delivery).await;

@@ -486,6 +486,8 @@ async fn every_listed_route_is_served() {
             format!("{path}?a={id}&b={id}")
         } else if *path == "/api/packages" {
             format!("{path}?name=openssl")
+        } else if path.starts_with("/api/rollouts/") {
+            continue; // tests/it/rollouts.rs reads rollouts made by real agents
         } else if path.starts_with("/api/groups/") {
             path.replace(":id", "every-host")
         } else {
