@@ -10,7 +10,7 @@ use edgefleet_codec::api::{
 };
 use leptos::prelude::*;
 
-use super::{text_field, ErrorBox, MaintenanceBadge, MaintenanceForm, Remote, StatusBadge};
+use super::{button, text_field, ErrorBox, MaintenanceBadge, MaintenanceForm, Remote, StatusBadge};
 use crate::api;
 use crate::chart::{self, Frame, Scale};
 use crate::format;
@@ -233,7 +233,7 @@ fn MaintenancePanel(
             busy.set(false);
         });
     });
-    let end = move |_| {
+    let end = move |()| {
         let path = path.clone();
         busy.set(true);
         error.set(None);
@@ -262,16 +262,14 @@ fn MaintenancePanel(
                             {row("Still allowed", if m.allow.is_empty() { "no commands".to_string() } else { m.allow.join(", ") })}
                         </dl>
                         <p>
-                            <button class="primary" data-testid="end-maintenance" disabled=move || busy.get()
-                                on:click=move |ev| end.with_value(|f| f(ev))>"End maintenance"</button>
+                            {button("End maintenance", "primary", Some("end-maintenance"), Callback::new(move |()| end.with_value(|f| f(()))))}
                         </p>
                     }.into_any()
                 }
                 None => view! {
                     <p class="muted">"Not in maintenance."</p>
                     <p>
-                        <button data-testid="enter-maintenance" disabled=move || open.get()
-                            on:click=move |_| open.set(true)>"Enter maintenance"</button>
+                        {button("Enter maintenance", "", Some("enter-maintenance"), Callback::new(move |()| open.set(true)))}
                     </p>
                 }.into_any(),
             })}
@@ -340,8 +338,7 @@ fn LabelsPanel(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) ->
                                         <td class="muted" data-testid="label-source">{source}</td>
                                         <td class="actions">
                                             {operator.then(|| view! {
-                                                <button class="danger" title="Remove the operator label (the agent's own value, if any, applies again)"
-                                                    on:click=move |_| update(LabelsUpdate { remove: vec![k2.clone()], ..LabelsUpdate::default() })>"Remove"</button>
+                                                {button("Remove", "danger", None, Callback::new(move |()| update(LabelsUpdate { remove: vec![k2.clone()], ..LabelsUpdate::default() })))}
                                             })}
                                         </td>
                                     </tr>

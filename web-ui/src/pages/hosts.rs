@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use edgefleet_codec::api::{AgentPage, AgentStatus, AgentSummary, FleetSummary, GroupView};
 use leptos::prelude::*;
 
-use super::{ErrorBox, MaintenanceBadge, Pager, Remote, StatusBadge};
+use super::{button, ErrorBox, MaintenanceBadge, Pager, Remote, StatusBadge};
 use crate::api;
 use crate::format;
 use crate::live::use_live;
@@ -580,15 +580,13 @@ fn LabelBar(
                     let group = q.group.clone().map(|g| view! {
                         <span class="chip active" data-testid="group-chip">
                             {format!("group: {g}")}
-                            <button class="x" aria-label=format!("Remove the group filter {g}")
-                                on:click=move |_| set_query.run((query.get_untracked().filtered(|f| f.group = None), false))>"×"</button>
+                            {button("×", "x", Some("remove-group"), Callback::new(move |()| set_query.run((query.get_untracked().filtered(|f| f.group = None), false))))}
                         </span>
                     });
                     let reqs = query::requirements(&q.label).into_iter().enumerate().map(|(i, r)| view! {
                         <span class="chip active" data-testid="label-chip" data-req=r.clone()>
                             <code>{r.clone()}</code>
-                            <button class="x" aria-label=format!("Remove the label filter {r}")
-                                on:click=move |_| set_label(query::without_requirement(&query.get_untracked().label, i))>"×"</button>
+                            {button("×", "x", Some("remove-label"), Callback::new(move |()| set_label(query::without_requirement(&query.get_untracked().label, i))))}
                         </span>
                     }).collect_view();
                     view! { {group} {reqs} }

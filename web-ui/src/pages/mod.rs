@@ -189,6 +189,22 @@ pub fn text_field(
     .into_any()
 }
 
+/// A button that runs `on`. Buttons go through this one function, with the handler
+/// behind a `Callback`, for the same reason as [`text_field`].
+pub fn button(
+    label: &'static str,
+    class: &'static str,
+    testid: Option<&'static str>,
+    on: Callback<()>,
+) -> AnyView {
+    view! {
+        <button type="button" class=class data-testid=testid on:click=move |_| on.run(())>
+            {label}
+        </button>
+    }
+    .into_any()
+}
+
 /// Command actions an operator may keep allowed during maintenance.
 const MAINTENANCE_ACTIONS: [&str; 7] = [
     "request-heartbeat",

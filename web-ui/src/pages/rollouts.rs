@@ -248,9 +248,7 @@ fn gate_view(g: GateView) -> impl IntoView {
                 {format!("{} executed, {} failed ({:.1} %)", g.executed, g.failed, g.failure_pct)}
             </div>
             {(!g.unhealthy.is_empty()).then(|| view! {
-                <ul class="unhealthy" data-testid="gate-unhealthy">
-                    {g.unhealthy.iter().map(|u| view! { <li>{u.clone()}</li> }).collect_view()}
-                </ul>
+                <p class="unhealthy small" data-testid="gate-unhealthy">{format!("Unhealthy: {}", g.unhealthy.join("; "))}</p>
             })}
         </div>
     }
