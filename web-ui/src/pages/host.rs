@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use edgefleet_codec::api::{
     AgentDetail, AuditPage, CommandRequest, CommandView, ConfigScalar, EffectiveSetting,
-    LabelsUpdate, MaintenanceRequest, MaintenanceView, MetricSeries,
+    LabelsUpdate, MaintenanceRequest, MetricSeries,
 };
 use leptos::prelude::*;
 
@@ -223,7 +223,7 @@ fn MaintenancePanel(
         busy.set(true);
         error.set(None);
         leptos::task::spawn_local(async move {
-            match api::post::<MaintenanceView>(&path, &req).await {
+            match api::post::<serde::de::IgnoredAny>(&path, &req).await {
                 Ok(_) => {
                     open.set(false);
                     reload.run(());

@@ -121,6 +121,7 @@ pub fn RolloutPage(id: String) -> impl IntoView {
     }
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
+    let reload = path.clone();
     let act = StoredValue::new(move |verb: &'static str| {
         if verb == "abort"
             && !confirm("Abort this rollout? No more hosts are started; hosts already updated keep the new version.")
@@ -130,9 +131,11 @@ pub fn RolloutPage(id: String) -> impl IntoView {
         let path = format!("{path}/{verb}");
         busy.set(true);
         error.set(None);
+        let reload = reload.clone();
         leptos::task::spawn_local(async move {
-            match api::post::<RolloutView>(&path, &serde_json::json!({})).await {
-                Ok(r) => rollout.data.set(Some(r)),
+            // The answer is the rollout; reloading it shares the one parsed type.
+            match api::post::<serde::de::IgnoredAny>(&path, &serde_json::json!({})).await {
+                Ok(_) => rollout.load(reload),
                 Err(e) => error.set(Some(e)),
             }
             busy.set(false);
