@@ -351,6 +351,28 @@ try {
   const progress = await page.getAttribute(".host-head .progress", "data-done");
   if (Number(progress) !== finished || finished === 0) throw new Error(`rollout progress ${progress}, API ${finished} hosts done`);
 
+  step("rollout page: pause, resume and abort (confirmed)");
+  const slow = await call("/api/rollouts", {
+    method: "POST",
+    body: JSON.stringify({ name: "ui test slow", action: "push-config", app: "sensor-hub", values: { "log.level": "info" }, group: groupId, canary: 1, waves: [100], soak: "1h" }),
+  });
+  await page.click("a.nav-link:has-text('Rollouts')");
+  await page.click(`[data-testid="rollout-row"][data-id="${slow.id}"] a`);
+  const shownState = () => page.textContent('.host-head [data-testid="rollout-state"]');
+  await until("running", async () => (await shownState()) === "running");
+  await page.click('[data-testid="rollout-pause"]');
+  await until("paused in the UI and the API", async () =>
+    (await shownState()) === "paused" && (await call(`/api/rollouts/${slow.id}`)).state === "paused");
+  await page.click('[data-testid="rollout-resume"]');
+  await until("running again", async () => (await shownState()) === "running");
+  page.once("dialog", (d) => d.accept());
+  await page.click('[data-testid="rollout-abort"]');
+  await until("aborted", async () => {
+    const api = (await call(`/api/rollouts/${slow.id}`)).state;
+    const shown = await shownState();
+    return ["aborting", "aborted"].includes(api) && (shown === api || shown === "aborted") ? true : { api, shown };
+  }, 30000);
+
   step("a killed agent turns Offline without a reload");
   await page.click("a.nav-link:has-text('Hosts')");
   const victim = await call(`/api/agents/${facts.victim}`);
