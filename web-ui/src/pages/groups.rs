@@ -347,7 +347,7 @@ pub fn GroupsPage() -> impl IntoView {
                                                 </td></tr>
                                             })}
                                         }
-                                    }).collect_view()}
+                                    }.into_any()).collect_view()}
                                 </tbody>
                             </table>
                         </div>

@@ -97,7 +97,7 @@ pub fn HostPage(id: String) -> impl IntoView {
                         {label}
                     </button>
                 }
-            }).collect_view()}
+            }.into_any()).collect_view()}
         </div>
         {move || {
             let id = id.clone();
@@ -185,7 +185,7 @@ fn OverviewTab(detail: Remote<AgentDetail>) -> impl IntoView {
                                     <td><StatusBadge status=c.status /></td>
                                     <td>{format!("{:?}", c.cause).to_lowercase()}</td>
                                 </tr>
-                            }).collect_view()}
+                            }.into_any()).collect_view()}
                         </tbody>
                     </table>
                 </section>
@@ -343,7 +343,7 @@ fn LabelsPanel(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) ->
                                         </td>
                                     </tr>
                                 }
-                            }).collect_view()}
+                            }.into_any()).collect_view()}
                         </tbody>
                     </table>
                 }.into_any()
@@ -388,7 +388,7 @@ fn GroupsSettingsPanel(detail: Remote<AgentDetail>) -> impl IntoView {
                         d.groups.into_iter().map(|g| {
                             let href = format!("/?group={}", crate::query::encode(&g));
                             view! { <Link href=href class="chip".to_string()>{g}</Link> }
-                        }).collect_view().into_any()
+                        }.into_any()).collect_view().into_any()
                     }}
                 </p>
                 {match d.effective {
@@ -444,7 +444,7 @@ fn MetricsTab(id: String) -> impl IntoView {
                             on:click=move |_| router.go(&format!("/hosts/{}?tab=metrics&range={r}", crate::query::encode(&id)), true)
                         >{r}</button>
                     }
-                }).collect_view()}
+                }.into_any()).collect_view()}
                 <span class="muted small">{move || series.data.get().map(|s| format!("{} points, {} resolution", s.points.len(), s.resolution))}</span>
             </div>
             <ErrorBox error=series.error />
@@ -570,14 +570,14 @@ fn Chart(
                         <line class="grid" x1=frame.left x2=frame.width - frame.right y1=y y2=y />
                         <text class="tick" x=frame.left - 6.0 y=y + 4.0 text-anchor="end">{if is_rate { compact_bits(v) } else { format!("{v:.0}") }}</text>
                     }
-                }).collect_view()}
+                }.into_any()).collect_view()}
                 {x_ticks.into_iter().map(|t| {
                     let x = scale.x(t);
                     view! {
                         <line class="grid" x1=x x2=x y1=frame.top y2=frame.height - frame.bottom />
                         <text class="tick" x=x y=frame.height - 6.0 text-anchor="middle">{format::clock(t, dates)}</text>
                     }
-                }).collect_view()}
+                }.into_any()).collect_view()}
                 <path class="line" d=path />
                 {move || hover.get().and_then(|i| pts.with_value(|p| p.get(i).copied())).map(|(at, v)| {
                     let (x, y) = (scale.x(at), scale.y(v));
@@ -737,7 +737,7 @@ fn AppsTab(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> imp
                     <ol class="steps">
                         {c.progress.iter().map(|s| view! {
                             <li>{s.step.clone()}{s.pct.map(|p| format!(" ({p} %)"))}</li>
-                        }).collect_view()}
+                        }.into_any()).collect_view()}
                     </ol>
                     {c.message.clone().map(|m| view! { <p class="muted">{m}</p> })}
                 </div>
@@ -799,7 +799,7 @@ fn AppsTab(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> imp
                                         })
                                     }}
                                 }
-                            }).collect_view()}
+                            }.into_any()).collect_view()}
                         </tbody>
                     </table>
                 }.into_any()

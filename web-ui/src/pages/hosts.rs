@@ -244,7 +244,7 @@ fn Overview(
                                                     </button>
                                                 </li>
                                             }
-                                        })
+                                        }.into_any())
                                         .collect_view()}
                                 </ul>
                             </div>
@@ -316,7 +316,7 @@ fn PendingPanel(pending: Remote<AgentPage>, on_changed: Callback<()>) -> impl In
                                             </td>
                                         </tr>
                                     }
-                                }).collect_view()}
+                                }.into_any()).collect_view()}
                             </tbody>
                         </table>
                     })}
@@ -451,14 +451,14 @@ fn HostTable(
                     <option value="">"Any status"</option>
                     {AgentStatus::ALL.into_iter().map(|s| view! {
                         <option value=s.as_str()>{super::status_label(s)}</option>
-                    }).collect_view()}
+                    }.into_any()).collect_view()}
                 </select>
                 <select aria-label="Operating system" data-testid="os-filter" on:change=select_os
                     prop:value=move || query.get().os.unwrap_or_default()>
                     <option value="">"Any OS"</option>
                     {move || os_options.get().into_iter().map(|o| view! {
                         <option value=o.clone()>{o.clone()}</option>
-                    }).collect_view()}
+                    }.into_any()).collect_view()}
                 </select>
                 <select aria-label="Group" data-testid="group-filter" on:change=select_group
                     prop:value=move || query.get().group.unwrap_or_default()>
@@ -466,13 +466,13 @@ fn HostTable(
                     {move || group_options.get().into_iter().map(|(id, name)| {
                         let text = if name == id { id.clone() } else { format!("{name} ({id})") };
                         view! { <option value=id>{text}</option> }
-                    }).collect_view()}
+                    }.into_any()).collect_view()}
                 </select>
                 <label class="inline">
                     "Per page "
                     <select aria-label="Page size" data-testid="page-size" on:change=select_size
                         prop:value=move || query.get().per_page.to_string()>
-                        {PAGE_SIZES.into_iter().map(|n| view! { <option value=n.to_string()>{n}</option> }).collect_view()}
+                        {PAGE_SIZES.into_iter().map(|n| view! { <option value=n.to_string()>{n}</option> }.into_any()).collect_view()}
                     </select>
                 </label>
                 <button
@@ -514,7 +514,7 @@ fn HostTable(
                                 Some(page) => page.items.into_iter().map(|a| {
                                     let n = a.alerts;
                                     host_row(a, n, now)
-                                }).collect_view().into_any(),
+                                }.into_any()).collect_view().into_any(),
                             }
                         }}
                     </tbody>
@@ -588,7 +588,7 @@ fn LabelBar(
                             <code>{r.clone()}</code>
                             {button("×", "x", Some("remove-label"), Callback::new(move |()| set_label(query::without_requirement(&query.get_untracked().label, i))))}
                         </span>
-                    }).collect_view();
+                    }.into_any()).collect_view();
                     view! { {group} {reqs} }
                 }}
                 <form class="selector-form" on:submit=add>
@@ -618,7 +618,7 @@ fn LabelBar(
                                     <button class="chip" data-testid="label-value" data-label=req.clone()
                                         aria-pressed=on.to_string() on:click=move |_| toggle(r.clone())>{v}</button>
                                 }
-                            }).collect_view();
+                            }.into_any()).collect_view();
                             view! {
                                 <span class="label-key">
                                     <strong>{key.clone()}</strong>
@@ -626,7 +626,7 @@ fn LabelBar(
                                     {(more > 0).then(|| view! { <span class="muted small">{format!("+{more} more")}</span> })}
                                 </span>
                             }
-                        }).collect_view()}
+                        }.into_any()).collect_view()}
                     </div>
                 }
             })}

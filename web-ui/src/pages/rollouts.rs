@@ -87,7 +87,7 @@ pub fn RolloutsPage() -> impl IntoView {
                                                 <td title=format::timestamp(r.created_at)>{format::ago(now, Some(r.created_at))}</td>
                                             </tr>
                                         }
-                                    }).collect_view()}
+                                    }.into_any()).collect_view()}
                                 </tbody>
                             </table>
                         </div>
@@ -202,7 +202,7 @@ pub fn RolloutPage(id: String) -> impl IntoView {
                                         <td>{h.finished_at.map(|t| format::ago(now, Some(t))).unwrap_or_default()}</td>
                                         <td class="detail">{h.message.clone()}</td>
                                     </tr>
-                                }}).collect_view()}
+                                }}.into_any()).collect_view()}
                             </tbody>
                         </table>
                     </div>
@@ -212,7 +212,7 @@ pub fn RolloutPage(id: String) -> impl IntoView {
     }
 }
 
-fn wave_card(r: &RolloutView, w: &WaveView, now: u64) -> impl IntoView {
+fn wave_card(r: &RolloutView, w: &WaveView, now: u64) -> AnyView {
     let (done, total) = progress(r, Some(w.index));
     let soak = w.soak_until.map(|t| {
         let when = if t > now {
@@ -237,6 +237,7 @@ fn wave_card(r: &RolloutView, w: &WaveView, now: u64) -> impl IntoView {
             {w.gate.clone().map(gate_view)}
         </div>
     }
+    .into_any()
 }
 
 fn gate_view(g: GateView) -> impl IntoView {
