@@ -351,13 +351,24 @@ try {
   const progress = await page.getAttribute(".host-head .progress", "data-done");
   if (Number(progress) !== finished || finished === 0) throw new Error(`rollout progress ${progress}, API ${finished} hosts done`);
 
-  step("rollout page: pause, resume and abort (confirmed)");
-  const slow = await call("/api/rollouts", {
-    method: "POST",
-    body: JSON.stringify({ name: "ui test slow", action: "push-config", app: "sensor-hub", values: { "log.level": "info" }, group: groupId, canary: 1, waves: [100], soak: "1h" }),
-  });
+  step("rollouts page: create one with the form");
   await page.click("a.nav-link:has-text('Rollouts')");
-  await page.click(`[data-testid="rollout-row"][data-id="${slow.id}"] a`);
+  await page.click('[data-testid="new-rollout"]');
+  await page.fill('[data-testid="rollout-name"]', "ui test slow");
+  await page.fill('[data-testid="rollout-app"]', "sensor-hub");
+  await page.fill('[data-testid="rollout-config"]', "log.level = info");
+  await until("groups in the target list", async () => (await page.$$(`[data-testid="rollout-group"] option[value="${groupId}"]`)).length === 1);
+  await page.selectOption('[data-testid="rollout-group"]', groupId);
+  await page.fill('[data-testid="rollout-waves"]', "50, 100");
+  await page.fill('[data-testid="rollout-soak"]', "1h");
+  await page.click('[data-testid="create-rollout"]');
+  await until("the new rollout's page", async () => /\/rollouts\/[^/]+$/.test(new URL(page.url()).pathname));
+  const slow = await call(`/api/rollouts/${decodeURIComponent(new URL(page.url()).pathname.split("/").pop())}`);
+  const slowHosts = slow.hosts.map((h) => h.agent).sort();
+  if (slow.name !== "ui test slow" || slow.action !== "push-config" || slow.app !== "sensor-hub" || slow.soak_s !== 3600 || !same(slow.percents, [50, 100]) || !same(slowHosts, [facts.app_host, facts.other_host].sort()))
+    throw new Error(`the form made ${JSON.stringify({ ...slow, hosts: slowHosts })}`);
+
+  step("rollout page: pause, resume and abort (confirmed)");
   const shownState = () => page.textContent('.host-head [data-testid="rollout-state"]');
   await until("running", async () => (await shownState()) === "running");
   await page.click('[data-testid="rollout-pause"]');

@@ -1,7 +1,10 @@
-//! How far a staged rollout has got, as the rollout pages draw it: which host states are
-//! final, progress of the whole rollout and of one wave, and whether to keep refreshing.
+//! Staged rollouts as the pages draw and create them: which host states are final,
+//! progress of the whole rollout and of one wave, whether to keep refreshing, and the
+//! create form's text (config lines, wave percentages) read into the API's types.
 
-use edgefleet_codec::api::RolloutView;
+use std::collections::BTreeMap;
+
+use edgefleet_codec::api::{ConfigScalar, RolloutView};
 
 /// Host states after which the rollout does nothing more with the host.
 pub fn host_done(state: &str) -> bool {
@@ -37,10 +40,61 @@ pub fn progress(rollout: &RolloutView, wave: Option<usize>) -> (usize, usize) {
         })
 }
 
+/// `dotted.key = value` lines as push-config values: `true`/`false`, whole numbers and
+/// decimals as such, anything else as text (surrounding quotes dropped). Lines without
+/// `=` are skipped.
+pub fn config_values(text: &str) -> BTreeMap<String, ConfigScalar> {
+    let mut values = BTreeMap::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        let value = if let Ok(b) = v.parse::<bool>() {
+            ConfigScalar::Bool(b)
+        } else if let Ok(i) = v.parse::<i64>() {
+            ConfigScalar::Int(i)
+        } else if let Ok(f) = v.parse::<f64>() {
+            ConfigScalar::Float(f)
+        } else {
+            ConfigScalar::Str(v.trim_matches('"').to_string())
+        };
+        values.insert(k.trim().to_string(), value);
+    }
+    values
+}
+
+/// Cumulative wave percentages as typed, `25, 50 100` or `25%,100%`. The console checks
+/// that they rise to 100; this only reads the numbers.
+pub fn wave_percents(text: &str) -> Result<Vec<u8>, String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .map(|p| p.trim().trim_end_matches('%'))
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u8>()
+                .map_err(|_| format!("waves: {p:?} is not a percentage"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use edgefleet_codec::api::RolloutHostView;
+
+    #[test]
+    fn form_text_reads_into_api_values() {
+        let v = config_values("log.level = \"debug\"\nworkers=4\nratio = 0.5\non=true\nnonsense\n");
+        assert_eq!(v["log.level"], ConfigScalar::Str("debug".into()));
+        assert_eq!(v["workers"], ConfigScalar::Int(4));
+        assert_eq!(v["ratio"], ConfigScalar::Float(0.5));
+        assert_eq!(v["on"], ConfigScalar::Bool(true));
+        assert_eq!(v.len(), 4);
+        assert_eq!(wave_percents("25, 50 100%"), Ok(vec![25, 50, 100]));
+        assert_eq!(wave_percents(" "), Ok(vec![]));
+        assert!(wave_percents("25, half").unwrap_err().contains("half"));
+        assert!(wave_percents("300").is_err());
+    }
 
     fn host(wave: usize, state: &str) -> RolloutHostView {
         RolloutHostView {

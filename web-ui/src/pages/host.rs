@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use edgefleet_codec::api::{
-    AgentDetail, AuditPage, CommandRequest, CommandView, ConfigScalar, EffectiveSetting,
-    LabelsUpdate, MaintenanceRequest, MetricSeries,
+    AgentDetail, AuditPage, CommandRequest, CommandView, EffectiveSetting, LabelsUpdate,
+    MaintenanceRequest, MetricSeries,
 };
 use leptos::prelude::*;
 
@@ -676,23 +676,7 @@ fn AppsTab(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> imp
     };
     let send = StoredValue::new(send);
     let submit_config = move |app: String| {
-        let mut values = std::collections::BTreeMap::new();
-        for line in config_text.get_untracked().lines() {
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            let v = v.trim();
-            let value = if let Ok(b) = v.parse::<bool>() {
-                ConfigScalar::Bool(b)
-            } else if let Ok(i) = v.parse::<i64>() {
-                ConfigScalar::Int(i)
-            } else if let Ok(f) = v.parse::<f64>() {
-                ConfigScalar::Float(f)
-            } else {
-                ConfigScalar::Str(v.trim_matches('"').to_string())
-            };
-            values.insert(k.trim().to_string(), value);
-        }
+        let values = crate::rollout::config_values(&config_text.get_untracked());
         if values.is_empty() {
             error.set(Some(api::ApiError {
                 status: 0,

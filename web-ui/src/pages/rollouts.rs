@@ -1,19 +1,21 @@
-//! Staged rollouts: the list (newest first) with each one's progress, and one rollout wave
-//! by wave (hosts, soak, the health gate's verdict) with its hosts, pause, resume and
-//! abort. Both refresh every 2 s while a rollout can still change by itself; rollouts send
+//! Staged rollouts: the list (newest first) with each one's progress, a form to create
+//! one, and one rollout wave by wave (hosts, soak, the health gate's verdict) with its
+//! hosts, pause, resume and abort. Both refresh every 2 s while a rollout can still change by itself; rollouts send
 //! no live events of their own.
 
 use std::time::Duration;
 
-use edgefleet_codec::api::{GateView, RolloutView, WaveView};
+use edgefleet_codec::api::{
+    CommandRequest, GateView, GroupView, RolloutCreate, RolloutView, WaveView,
+};
 use leptos::prelude::*;
 
-use super::{confirm, progress_bar, state_badge, ErrorBox, Remote};
+use super::{button, confirm, progress_bar, state_badge, text_field, ErrorBox, Remote};
 use crate::api::{self, ApiError};
 use crate::format;
 use crate::query::encode;
-use crate::rollout::{host_failed, is_live, progress};
-use crate::route::Link;
+use crate::rollout::{config_values, host_failed, is_live, progress, wave_percents};
+use crate::route::{use_router, Link};
 
 const REFRESH: Duration = Duration::from_secs(2);
 
@@ -31,6 +33,7 @@ fn target(r: &RolloutView) -> String {
 
 #[component]
 pub fn RolloutsPage() -> impl IntoView {
+    let creating = RwSignal::new(false);
     let list = Remote::<Vec<RolloutView>>::new();
     list.load("/api/rollouts".into());
     if let Ok(handle) = set_interval_with_handle(
@@ -50,10 +53,13 @@ pub fn RolloutsPage() -> impl IntoView {
     view! {
         <h1>"Rollouts"</h1>
         <section class="panel">
-            <p class="muted small">
-                "An update or config push applied in waves: a canary, then growing shares of the target, each gated on the fleet's health. Create one with "
-                <code>"edgefleet rollouts create"</code> " or " <code>"POST /api/rollouts"</code> "."
-            </p>
+            <div class="toolbar">
+                {button("New rollout", "primary", Some("new-rollout"), Callback::new(move |()| creating.update(|c| *c = !*c)))}
+                <span class="muted small">
+                    "An update or config push applied in waves: a canary, then growing shares of the target, each gated on the fleet's health."
+                </span>
+            </div>
+            {move || creating.get().then(|| view! { <CreateForm on_cancel=Callback::new(move |()| creating.set(false)) /> })}
             <ErrorBox error=list.error />
             {move || match list.data.get() {
                 None => view! { <div class="loading">"Loading rollouts…"</div> }.into_any(),
@@ -95,6 +101,166 @@ pub fn RolloutsPage() -> impl IntoView {
                 }
             }}
         </section>
+    }
+}
+
+/// The create form. What the console validates (percentages rising to 100, the target
+/// naming hosts, the update's URL) comes back as its 400 message.
+#[component]
+fn CreateForm(on_cancel: Callback<()>) -> impl IntoView {
+    let router = use_router();
+    let groups = Remote::<Vec<GroupView>>::new();
+    groups.load("/api/groups".into());
+    let name = RwSignal::new(String::new());
+    let update = RwSignal::new(false);
+    let app = RwSignal::new(String::new());
+    let config = RwSignal::new(String::new());
+    let (url, version, sha) = (
+        RwSignal::new(String::new()),
+        RwSignal::new(String::new()),
+        RwSignal::new(String::new()),
+    );
+    let target_kind = RwSignal::new("group".to_string());
+    let group = RwSignal::new(String::new());
+    let target = RwSignal::new(String::new());
+    let canary = RwSignal::new("1".to_string());
+    let waves = RwSignal::new("100".to_string());
+    let soak = RwSignal::new("5m".to_string());
+    let max_failure = RwSignal::new("5".to_string());
+    let error = RwSignal::new(None::<ApiError>);
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let text = |s: RwSignal<String>| {
+            let t = s.get_untracked().trim().to_string();
+            (!t.is_empty()).then_some(t)
+        };
+        let fail = |message: String| error.set(Some(ApiError { status: 0, message }));
+        let waves = match wave_percents(&waves.get_untracked()) {
+            Ok(w) => w,
+            Err(e) => return fail(e),
+        };
+        let Ok(canary) = canary.get_untracked().trim().parse::<usize>() else {
+            return fail("Canary must be a number of hosts.".into());
+        };
+        let Ok(max_failure_pct) = max_failure.get_untracked().trim().parse::<f32>() else {
+            return fail("Max failure % must be a number.".into());
+        };
+        let is_update = update.get_untracked();
+        let request = CommandRequest {
+            app: text(app),
+            url: if is_update { text(url) } else { None },
+            version: if is_update { text(version) } else { None },
+            sha256: if is_update { text(sha) } else { None },
+            values: if is_update {
+                Default::default()
+            } else {
+                config_values(&config.get_untracked())
+            },
+            ..CommandRequest::default()
+        };
+        let mut create = RolloutCreate {
+            name: text(name),
+            action: if is_update {
+                "update-app"
+            } else {
+                "push-config"
+            }
+            .into(),
+            request,
+            canary: Some(canary),
+            waves: (!waves.is_empty()).then_some(waves),
+            soak: text(soak),
+            max_failure_pct: Some(max_failure_pct),
+            ..RolloutCreate::default()
+        };
+        match target_kind.get_untracked().as_str() {
+            "group" => create.group = text(group),
+            "selector" => create.selector = text(target),
+            _ => {
+                create.agents = Some(
+                    target
+                        .get_untracked()
+                        .split(|c: char| c == ',' || c.is_whitespace())
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect(),
+                )
+            }
+        }
+        error.set(None);
+        leptos::task::spawn_local(async move {
+            match api::post::<RolloutView>("/api/rollouts", &create).await {
+                Ok(r) => router.go(&format!("/rollouts/{}", encode(&r.id)), false),
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    };
+    view! {
+        <form class="group-form" data-testid="rollout-form" on:submit=submit>
+            <h2>"New rollout"</h2>
+            <ErrorBox error=error />
+            <div class="cmd-form">
+                {text_field("Name", "rollout-name", name, "sensor-hub 2.1 to the ferries", false)}
+                <label>"Action"
+                    <select data-testid="rollout-action" on:change=move |ev| update.set(event_target_value(&ev) == "update-app")>
+                        <option value="push-config">"push-config"</option>
+                        <option value="update-app">"update-app"</option>
+                    </select>
+                </label>
+                {text_field("App", "rollout-app", app, "sensor-hub", true)}
+            </div>
+            {move || if update.get() {
+                view! {
+                    <div class="cmd-form">
+                        {text_field("Archive URL (.tar.gz)", "rollout-url", url, "http://…", true)}
+                        {text_field("Version", "rollout-version", version, "2.1", true)}
+                        {text_field("SHA-256 (hex)", "rollout-sha", sha, "", true)}
+                    </div>
+                }.into_any()
+            } else {
+                view! {
+                    <label class="block">"Config keys, one dotted.key = value per line"
+                        <textarea rows="3" class="mono" data-testid="rollout-config" prop:value=move || config.get()
+                            on:input=move |ev| config.set(event_target_value(&ev))></textarea>
+                    </label>
+                }.into_any()
+            }}
+            <div class="cmd-form">
+                <label>"Target"
+                    <select data-testid="rollout-target-kind" on:change=move |ev| target_kind.set(event_target_value(&ev))>
+                        <option value="group">"a group"</option>
+                        <option value="selector">"a label selector"</option>
+                        <option value="agents">"host ids"</option>
+                    </select>
+                </label>
+                {move || if target_kind.get() == "group" {
+                    view! {
+                        <label>"Group"
+                            <select data-testid="rollout-group" prop:value=move || group.get() on:change=move |ev| group.set(event_target_value(&ev))>
+                                <option value="">"Choose a group"</option>
+                                {move || groups.data.get().unwrap_or_default().into_iter().map(|g| {
+                                    let text = format!("{} ({} hosts)", g.name, g.agents);
+                                    view! { <option value=g.id>{text}</option> }.into_any()
+                                }).collect_view()}
+                            </select>
+                        </label>
+                    }.into_any()
+                } else {
+                    text_field("Selector or host ids", "rollout-target", target, "site in (ferry-*)", true)
+                }}
+            </div>
+            <div class="cmd-form">
+                {text_field("Canary hosts", "rollout-canary", canary, "1", false)}
+                {text_field("Waves (cumulative %)", "rollout-waves", waves, "25, 50, 100", false)}
+                {text_field("Soak", "rollout-soak", soak, "5m", false)}
+                {text_field("Max failure %", "rollout-max-failure", max_failure, "5", false)}
+            </div>
+            <p>
+                <button type="submit" class="primary" data-testid="create-rollout">"Start rollout"</button>
+                " "
+                {button("Cancel", "", None, on_cancel)}
+            </p>
+        </form>
     }
 }
 
