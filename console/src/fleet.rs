@@ -830,6 +830,7 @@ impl Fleet {
         let mut progress = Vec::new();
         let mut finished = Vec::new();
         let mut inventory: Vec<(String, AgentId, InventoryWork)> = Vec::new();
+        let mut births: Vec<String> = Vec::new();
         // The write lock is held until the round is in sled: a reader that sees a
         // new status must also find its transition in the store.
         let mut hosts = self.hosts.write().expect("hosts lock");
@@ -875,6 +876,7 @@ impl Fleet {
                 let kind = message.kind().name();
                 let outcome = match &message {
                     AgentMessage::Birth(b) => host.on_birth(b, now).inspect(|_| {
+                        births.push(host_id.clone());
                         inventory.push((
                             host_id.clone(),
                             id.clone(),
@@ -1009,13 +1011,9 @@ impl Fleet {
         for (host, agent, work) in inventory {
             self.inventory_work(&host, &agent, work, now);
         }
-        // A birth is a new connection with fresh subscriptions: hand it what is pending.
+        // A birth is a new connection with fresh subscriptions: hand it what is pending,
+        // also when the status did not change (a reconnect after a console restart).
         // Its labels may have changed, and with them its groups and settings.
-        let births: Vec<String> = transitions
-            .iter()
-            .filter(|(_, _, c)| c.cause == Cause::Birth)
-            .map(|(h, _, _)| h.clone())
-            .collect();
         if !births.is_empty() {
             self.apply_scoped(Some(&births));
         }

@@ -63,6 +63,10 @@ enum Cmd {
         /// Enrollment token every simulated agent enrolls with (`edgefleet tokens create`).
         #[arg(long, env = "EDGEFLEET_AGENT_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The device number of the first virtual agent: two simulators with different
+        /// ranges make different devices.
+        #[arg(long, default_value_t = 0)]
+        first_index: usize,
     },
     /// Show the local agent's identity, console, connection, last heartbeat, queue depth
     /// and pinned console key (from the state file the running agent writes).
@@ -143,6 +147,7 @@ fn main() -> Result<()> {
             interval,
             data_dir,
             token,
+            first_index,
         } => {
             init_tracing(args.log_format);
             let url = parse_mqtt_url(&console).map_err(|e| anyhow::anyhow!("--console: {e}"))?;
@@ -177,6 +182,7 @@ fn main() -> Result<()> {
                     heartbeat_interval: interval,
                     data_dir,
                     token,
+                    first_index,
                 };
                 edgefleet_agent::simulate::run(opts, shutdown).await
             })

@@ -33,6 +33,8 @@ pub struct SimulateOptions {
     pub data_dir: std::path::PathBuf,
     /// The enrollment token every virtual agent presents.
     pub token: Option<edgefleet_codec::EnrollToken>,
+    /// The device number of the first virtual agent.
+    pub first_index: usize,
 }
 
 /// The apps a probe reports, with units named `<id>.service` and no config file.
@@ -132,7 +134,7 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
     let mut agents = Vec::with_capacity(opts.count);
     let mut rng = rand::rngs::StdRng::from_entropy();
     let step_us = 1_000_000 / RAMP_PER_SEC;
-    for i in 0..opts.count {
+    for i in opts.first_index..opts.first_index + opts.count {
         let agent_dir = dir.join(format!("sim-{i}"));
         let identity = crate::identity::load_or_create(&agent_dir.join("agent.key"))?;
         let storage = Storage::in_db(&db, &format!("-{i}"), SIM_QUEUE_CAP)

@@ -470,6 +470,7 @@ async fn simulate_runs_n_agents_that_keep_their_identities_across_restarts() {
         token: Some(EnrollToken::generate(
             console.identity.public_key().fingerprint(),
         )),
+        first_index: 0,
     };
     let dirs: Vec<_> = (0..3)
         .map(|i| tmp.path().join(format!("sim-{i}")))

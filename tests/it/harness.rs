@@ -409,6 +409,18 @@ impl AgentProc {
         count: usize,
         interval: &str,
     ) -> Result<AgentProc> {
+        AgentProc::simulate_from(dir, console_url, token, 0, count, interval)
+    }
+
+    /// `edgefleet-agent simulate --first-index F --count N`: devices F to F+N-1.
+    pub fn simulate_from(
+        dir: &Path,
+        console_url: &str,
+        token: &str,
+        first: usize,
+        count: usize,
+        interval: &str,
+    ) -> Result<AgentProc> {
         std::fs::create_dir_all(dir)?;
         let log = std::fs::File::create(dir.join("simulate.log"))?;
         let child = Command::new(bin("edgefleet-agent"))
@@ -420,6 +432,7 @@ impl AgentProc {
                 console_url,
             ])
             .args(["--interval", interval])
+            .args(["--first-index", &first.to_string()])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .env("EDGEFLEET_AGENT_TOKEN", token)

@@ -11,6 +11,7 @@ mod harness;
 mod inventory;
 mod mqtt;
 mod presence;
+mod rollouts;
 mod security;
 mod tls;
 mod ui;
