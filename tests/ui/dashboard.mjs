@@ -1,6 +1,6 @@
 // The dashboard against a real console: node dashboard.mjs <url> <api key> <facts json>.
 // Facts (from tests/it/ui.rs): pending (a pending host id), victim and victim_pid (a real
-// agent process to kill), app_host (a simulated host with apps).
+// agent process to kill), app_host and other_host (simulated hosts with apps and labels).
 import { join } from "node:path";
 import { launch, until, api, step } from "./lib.mjs";
 
@@ -206,6 +206,183 @@ try {
   await page.click("a.nav-link:has-text('Audit log')");
   await until("verify banner", () => page.isVisible('[data-testid="verify"]:has-text("intact")'));
   await until("audit rows", async () => (await page.$$('[data-testid="audit-row"]')).length > 0);
+
+  step("groups page: a group made through the API, with its host count");
+  const groupId = "ui-test-pair";
+  const made = await call("/api/groups", {
+    method: "POST",
+    body: JSON.stringify({ id: groupId, name: "UI test pair", members: [facts.app_host, facts.other_host], settings: { offline_grace_s: 120 } }),
+  });
+  if (made.agents !== 2) throw new Error(`the API counts ${made.agents} hosts in ${groupId}`);
+  await page.click("a.nav-link:has-text('Groups')");
+  const groupRow = `[data-testid="group-row"][data-id="${groupId}"]`;
+  await until("the group's host count = API", async () => {
+    const got = await page.textContent(`${groupRow} [data-testid="group-agents"]`).catch(() => null);
+    const want = (await call(`/api/groups/${groupId}`)).agents;
+    return got === String(want) ? true : { got, want };
+  });
+  if (!(await page.textContent(groupRow)).includes("offline grace 120 s")) throw new Error("the group's settings are not shown");
+
+  step("groups page: create a dynamic group with the form");
+  const appLabels = (await call(`/api/agents/${facts.app_host}`)).labels;
+  const site = appLabels.site;
+  if (!site) throw new Error(`the simulated host has no site label: ${JSON.stringify(appLabels)}`);
+  await page.click('[data-testid="new-group"]');
+  await page.fill('[data-testid="group-id"]', "ui-test-site");
+  await page.fill('[data-testid="group-name"]', "UI test site");
+  await page.check('[data-testid="kind-dynamic"]');
+  await page.fill('[data-testid="group-selector"]', `site=${site}`);
+  await page.click('[data-testid="save-group"]');
+  await until("the dynamic group listed with the API's count", async () => {
+    const got = await page.textContent('[data-testid="group-row"][data-id="ui-test-site"] [data-testid="group-agents"]').catch(() => null);
+    const g = await call("/api/groups/ui-test-site").catch((e) => ({ error: String(e) }));
+    return g.selector === `site=${site}` && g.agents >= 1 && got === String(g.agents) ? true : { got, g };
+  });
+
+  step("host list: the group filter, from the group's link");
+  await page.click(`${groupRow} [data-testid="group-agents"]`);
+  await tableMatches("group filter", `/api/agents?page=1&per_page=50&sort=hostname&order=asc&group=${groupId}`);
+  if ((await names()).length !== 2) throw new Error(`the group filter shows ${(await names()).length} rows`);
+  await until("overview scoped to the group", async () => {
+    const s = await call(`/api/fleet/summary?group=${groupId}`);
+    const got = await card("total");
+    return got === s.total && s.total === 2 ? true : { got, want: s.total };
+  });
+  await page.click('[data-testid="group-chip"] button.x');
+  await tableMatches("group chip removed", "/api/agents?page=1&per_page=50&sort=hostname&order=asc");
+
+  step("host list: a label chip filters the list, and its chip removes the filter");
+  const selector = `site=${site}`;
+  await page.click(`[data-testid="label-value"][data-label="${selector}"]`);
+  const labelPath = `/api/agents?page=1&per_page=50&sort=hostname&order=asc&label=${encodeURIComponent(selector)}`;
+  await tableMatches("label filter", labelPath);
+  const labelled = await page.$$eval('[data-testid="host-row"] [data-testid="labels"]', (c) => c.map((x) => x.textContent));
+  const total = (await call("/api/agents?per_page=200")).total;
+  if (!labelled.length || labelled.length >= total || labelled.some((t) => !t.split(" · ").includes(selector)))
+    throw new Error(`the label filter shows ${JSON.stringify(labelled)} of ${total}`);
+  if (!(await page.evaluate(() => location.search)).includes("label=")) throw new Error("the label filter is not in the URL");
+  // A typed requirement narrows further: hosts with that site that are not this one's hardware.
+  await page.fill('[data-testid="label-input"]', `hw!=${appLabels.hw}`);
+  await page.press('[data-testid="label-input"]', "Enter");
+  await tableMatches("typed selector", `/api/agents?page=1&per_page=50&sort=hostname&order=asc&label=${encodeURIComponent(`${selector}, hw!=${appLabels.hw}`)}`);
+  await page.fill('[data-testid="label-input"]', "site in (");
+  await page.press('[data-testid="label-input"]', "Enter");
+  await until("a bad selector shows the console's 400", () => page.isVisible('[data-testid="error"]:has-text("HTTP 400")'));
+  while ((await page.$$('[data-testid="label-chip"] button.x')).length > 0) {
+    const before = (await page.$$('[data-testid="label-chip"]')).length;
+    await page.click('[data-testid="label-chip"] >> nth=-1 >> button.x');
+    await until("chip removed", async () => (await page.$$('[data-testid="label-chip"]')).length < before);
+  }
+  await tableMatches("label chips removed", "/api/agents?page=1&per_page=50&sort=hostname&order=asc");
+
+  step("maintenance: entered from the host page, badge in the list, ended");
+  const other = await call(`/api/agents/${facts.other_host}`);
+  await page.fill('[data-testid="search"]', other.hostname);
+  await until("the host row", () => page.isVisible(`tr[data-id="${facts.other_host}"] a`));
+  if (await page.isVisible(`tr[data-id="${facts.other_host}"] [data-testid="maintenance"]`)) throw new Error("maintenance badge before maintenance");
+  await page.click(`tr[data-id="${facts.other_host}"] a`);
+  await page.click('[data-testid="enter-maintenance"]');
+  await page.fill('[data-testid="maintenance-reason"]', "swapping the modem");
+  await page.fill('[data-testid="maintenance-until"]', "2h");
+  await page.check('[data-testid="maintenance-form"] input[value="request-heartbeat"]');
+  await page.click('[data-testid="maintenance-submit"]');
+  await until("maintenance badge on the host page", () => page.isVisible('.host-head [data-testid="maintenance"]'));
+  const m = (await call(`/api/agents/${facts.other_host}`)).maintenance;
+  if (!m || m.reason !== "swapping the modem" || !m.until || !same(m.allow, ["request-heartbeat"])) throw new Error(`API maintenance: ${JSON.stringify(m)}`);
+  const headText = await page.textContent('[data-testid="maintenance-text"]');
+  if (!headText.includes("swapping the modem") || !headText.includes("until ")) throw new Error(`maintenance text: ${headText}`);
+  // The groups panel lists the static group.
+  await until("the host's groups", async () => ((await page.textContent('[data-testid="host-groups"]')) || "").includes(groupId));
+  await page.click("a.nav-link:has-text('Hosts')");
+  await page.fill('[data-testid="search"]', other.hostname);
+  await until("maintenance badge in the list, reason in its tooltip", async () => {
+    const title = await page.getAttribute(`tr[data-id="${facts.other_host}"] [data-testid="maintenance"]`, "title").catch(() => null);
+    return title && title.includes("swapping the modem") ? true : title;
+  });
+  await page.click(`tr[data-id="${facts.other_host}"] a`);
+  await page.click('[data-testid="end-maintenance"]');
+  await until("maintenance ended", async () => (await call(`/api/agents/${facts.other_host}`)).maintenance == null && !(await page.isVisible('.host-head [data-testid="maintenance"]')));
+
+  step("host page: an operator label wins over the agent's, and is removed again");
+  await page.fill('[data-testid="label-key"]', "site");
+  await page.fill('[data-testid="label-value-input"]', "bench");
+  await page.click('[data-testid="label-form"] button[type=submit]');
+  await until("operator label shown with its source", async () => {
+    const t = await page.textContent('[data-testid="label-row"][data-key="site"]').catch(() => "");
+    return t.includes("bench") && t.includes("operator") ? true : t;
+  });
+  if ((await call(`/api/agents/${facts.other_host}`)).labels.site !== "bench") throw new Error("the API did not get the label");
+  await page.click('[data-testid="label-row"][data-key="site"] button:has-text("Remove")');
+  await until("the agent's own label back", async () => {
+    const t = await page.textContent('[data-testid="label-row"][data-key="site"] [data-testid="label-source"]').catch(() => "");
+    return t === "agent" ? true : t;
+  });
+
+  step("rollouts page: a rollout's waves, followed without a reload");
+  const rollout = await call("/api/rollouts", {
+    method: "POST",
+    body: JSON.stringify({ name: "ui test push", action: "push-config", app: "sensor-hub", values: { "log.level": "debug" }, group: groupId, canary: 1, waves: [100], soak: "1s" }),
+  });
+  await page.click("a.nav-link:has-text('Rollouts')");
+  const rolloutRow = `[data-testid="rollout-row"][data-id="${rollout.id}"]`;
+  await until("the rollout listed", () => page.isVisible(rolloutRow));
+  await page.click(`${rolloutRow} a`);
+  const waveLabels = () => page.$$eval('[data-testid="wave"] [data-testid="wave-label"]', (w) => w.map((x) => x.textContent));
+  await until("waves = API", async () => {
+    const r = await call(`/api/rollouts/${rollout.id}`);
+    const got = await waveLabels();
+    const want = r.waves.map((w) => w.label);
+    return want.length === 2 && same(got, want) ? true : { got, want };
+  });
+  const hostRows = await page.$$eval('[data-testid="rollout-host"]', (r) => r.map((x) => x.getAttribute("data-id")).sort());
+  if (!same(hostRows, [facts.app_host, facts.other_host].sort())) throw new Error(`rollout hosts ${hostRows}`);
+  await until("the rollout finishes and the page follows it", async () => {
+    const r = await call(`/api/rollouts/${rollout.id}`);
+    const state = await page.textContent('.host-head [data-testid="rollout-state"]');
+    const waves = await page.$$eval('[data-testid="wave"]', (w) => w.map((x) => x.getAttribute("data-state")));
+    const gates = (await page.$$('[data-testid="gate"]')).length;
+    const done = !["running", "aborting"].includes(r.state);
+    return done && state === r.state && same(waves, r.waves.map((w) => w.state)) && gates === r.waves.filter((w) => w.gate).length && gates > 0
+      ? true
+      : { api: r.state, state, waves, gates };
+  }, 60000);
+  const final = ["succeeded", "failed", "rolled-back", "expired", "reverted", "revert-failed"];
+  const finished = (await call(`/api/rollouts/${rollout.id}`)).hosts.filter((h) => final.includes(h.state)).length;
+  const progress = await page.getAttribute(".host-head .progress", "data-done");
+  if (Number(progress) !== finished || finished === 0) throw new Error(`rollout progress ${progress}, API ${finished} hosts done`);
+
+  step("rollouts page: create one with the form");
+  await page.click("a.nav-link:has-text('Rollouts')");
+  await page.click('[data-testid="new-rollout"]');
+  await page.fill('[data-testid="rollout-name"]', "ui test slow");
+  await page.fill('[data-testid="rollout-app"]', "sensor-hub");
+  await page.fill('[data-testid="rollout-config"]', "log.level = info");
+  await until("groups in the target list", async () => (await page.$$(`[data-testid="rollout-group"] option[value="${groupId}"]`)).length === 1);
+  await page.selectOption('[data-testid="rollout-group"]', groupId);
+  await page.fill('[data-testid="rollout-waves"]', "50, 100");
+  await page.fill('[data-testid="rollout-soak"]', "1h");
+  await page.click('[data-testid="create-rollout"]');
+  await until("the new rollout's page", async () => /\/rollouts\/[^/]+$/.test(new URL(page.url()).pathname));
+  const slow = await call(`/api/rollouts/${decodeURIComponent(new URL(page.url()).pathname.split("/").pop())}`);
+  const slowHosts = slow.hosts.map((h) => h.agent).sort();
+  if (slow.name !== "ui test slow" || slow.action !== "push-config" || slow.app !== "sensor-hub" || slow.soak_s !== 3600 || !same(slow.percents, [50, 100]) || !same(slowHosts, [facts.app_host, facts.other_host].sort()))
+    throw new Error(`the form made ${JSON.stringify({ ...slow, hosts: slowHosts })}`);
+
+  step("rollout page: pause, resume and abort (confirmed)");
+  const shownState = () => page.textContent('.host-head [data-testid="rollout-state"]');
+  await until("running", async () => (await shownState()) === "running");
+  await page.click('[data-testid="rollout-pause"]');
+  await until("paused in the UI and the API", async () =>
+    (await shownState()) === "paused" && (await call(`/api/rollouts/${slow.id}`)).state === "paused");
+  await page.click('[data-testid="rollout-resume"]');
+  await until("running again", async () => (await shownState()) === "running");
+  page.once("dialog", (d) => d.accept());
+  await page.click('[data-testid="rollout-abort"]');
+  await until("aborted", async () => {
+    const api = (await call(`/api/rollouts/${slow.id}`)).state;
+    const shown = await shownState();
+    return ["aborting", "aborted"].includes(api) && (shown === api || shown === "aborted") ? true : { api, shown };
+  }, 30000);
 
   step("a killed agent turns Offline without a reload");
   await page.click("a.nav-link:has-text('Hosts')");

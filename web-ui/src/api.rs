@@ -144,6 +144,18 @@ pub async fn post<T: DeserializeOwned>(path: &str, body: &impl Serialize) -> Res
     call("POST", path, Some(body)).await
 }
 
+pub async fn put<T: DeserializeOwned>(path: &str, body: &impl Serialize) -> Result<T, ApiError> {
+    let body = serde_json::to_string(body).expect("request types serialize");
+    call("PUT", path, Some(body)).await
+}
+
+/// A DELETE; the console answers 204 with no body.
+pub async fn delete(path: &str) -> Result<(), ApiError> {
+    call::<serde::de::IgnoredAny>("DELETE", path, None)
+        .await
+        .map(drop)
+}
+
 /// Milliseconds since the epoch, from the browser clock.
 pub fn now() -> u64 {
     js_sys::Date::now() as u64

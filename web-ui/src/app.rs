@@ -59,6 +59,8 @@ fn Shell() -> impl IntoView {
             <div class="brand">"EdgeFleet"</div>
             <nav aria-label="Main">
                 {nav("/", "Hosts", |p| matches!(p, Page::Hosts | Page::Host { .. }))}
+                {nav("/groups", "Groups", |p| matches!(p, Page::Groups))}
+                {nav("/rollouts", "Rollouts", |p| matches!(p, Page::Rollouts | Page::Rollout { .. }))}
                 {nav("/audit", "Audit log", |p| matches!(p, Page::Audit))}
                 {nav("/packages", "Packages", |p| matches!(p, Page::Packages))}
             </nav>
@@ -81,6 +83,9 @@ fn Shell() -> impl IntoView {
                 Page::Host { id } => view! { <pages::host::HostPage id=id /> }.into_any(),
                 Page::Audit => view! { <pages::audit::AuditPage /> }.into_any(),
                 Page::Packages => view! { <pages::packages::PackagesPage /> }.into_any(),
+                Page::Groups => view! { <pages::groups::GroupsPage /> }.into_any(),
+                Page::Rollouts => view! { <pages::rollouts::RolloutsPage /> }.into_any(),
+                Page::Rollout { id } => view! { <pages::rollouts::RolloutPage id=id /> }.into_any(),
                 Page::NotFound => {
                     view! {
                         <section class="panel">

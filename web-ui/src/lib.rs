@@ -4,6 +4,7 @@
 //! - `format`: numbers, percentages, rates and times as the tables show them.
 //! - `query`: page state in the URL query string, and the API paths it asks for.
 //! - `chart`: scales, ticks and SVG paths of the metric charts.
+//! - `rollout`: a staged rollout's progress, overall and per wave.
 //!
 //! The views exist only in the wasm32 build (`cargo xtask ui`):
 //! - `api`: fetch with the API key, typed with `edgefleet_codec::api`, errors as text.
@@ -14,6 +15,7 @@
 pub mod chart;
 pub mod format;
 pub mod query;
+pub mod rollout;
 
 #[cfg(target_arch = "wasm32")]
 mod api;

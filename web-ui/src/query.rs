@@ -26,6 +26,10 @@ pub struct HostQuery {
     pub desc: bool,
     pub page: usize,
     pub per_page: usize,
+    /// A group id (`/api/agents?group=`).
+    pub group: Option<String>,
+    /// A label selector as typed (`/api/agents?label=`, docs/api.md "Selectors").
+    pub label: String,
 }
 
 impl Default for HostQuery {
@@ -38,6 +42,8 @@ impl Default for HostQuery {
             desc: false,
             page: 1,
             per_page: 50,
+            group: None,
+            label: String::new(),
         }
     }
 }
@@ -52,6 +58,8 @@ impl HostQuery {
                 "q" => q.q = value,
                 "status" => q.status = AgentStatus::parse(&value),
                 "os" if !value.is_empty() => q.os = Some(value),
+                "group" if !value.is_empty() => q.group = Some(value),
+                "label" => q.label = value,
                 "sort" => {
                     if let Some(k) = SORT_KEYS.into_iter().find(|k| *k == value) {
                         q.sort = k;
@@ -86,6 +94,12 @@ impl HostQuery {
         if let Some(os) = &self.os {
             out.push(("os", os.clone()));
         }
+        if let Some(g) = &self.group {
+            out.push(("group", g.clone()));
+        }
+        if !self.label.is_empty() {
+            out.push(("label", self.label.clone()));
+        }
         if self.sort != d.sort {
             out.push(("sort", self.sort.to_string()));
         }
@@ -119,7 +133,31 @@ impl HostQuery {
         if let Some(os) = &self.os {
             params.push(("os", os.clone()));
         }
+        params.extend(self.scope());
         format!("/api/agents{}", search_string(&params))
+    }
+
+    /// The `/api/fleet/summary` path: the overview counts the same group and labels as the
+    /// list (the console's summary takes no other filter).
+    pub fn summary_path(&self) -> String {
+        format!("/api/fleet/summary{}", search_string(&self.scope()))
+    }
+
+    fn scope(&self) -> Vec<(&'static str, String)> {
+        let mut params = Vec::new();
+        if let Some(g) = &self.group {
+            params.push(("group", g.clone()));
+        }
+        let label = self.label.trim();
+        if !label.is_empty() {
+            params.push(("label", label.to_string()));
+        }
+        params
+    }
+
+    /// Whether the list (and the overview) is narrowed to a group or by labels.
+    pub fn is_scoped(&self) -> bool {
+        self.group.is_some() || !self.label.trim().is_empty()
     }
 
     /// A click on a column header: ascending first, then descending; back to page 1.
@@ -151,7 +189,7 @@ impl HostQuery {
     }
 
     pub fn has_filters(&self) -> bool {
-        !self.q.trim().is_empty() || self.status.is_some() || self.os.is_some()
+        !self.q.trim().is_empty() || self.status.is_some() || self.os.is_some() || self.is_scoped()
     }
 
     /// The last page that has rows for `total` hosts (at least 1).
@@ -212,6 +250,47 @@ impl AuditQuery {
         }
         format!("/api/audit{}", search_string(&params))
     }
+}
+
+/// The requirements of a label selector: the parts between commas outside parentheses
+/// (`site in (a, b), hw=pi4` has two), trimmed, empty ones dropped.
+pub fn requirements(selector: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                out.push(selector[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(selector[start..].trim().to_string());
+    out.retain(|r| !r.is_empty());
+    out
+}
+
+/// The selector with `requirement` added at the end, unless it is already there.
+pub fn with_requirement(selector: &str, requirement: &str) -> String {
+    let mut reqs = requirements(selector);
+    for r in requirements(requirement) {
+        if !reqs.contains(&r) {
+            reqs.push(r);
+        }
+    }
+    reqs.join(", ")
+}
+
+/// The selector without its requirement number `index`.
+pub fn without_requirement(selector: &str, index: usize) -> String {
+    let mut reqs = requirements(selector);
+    if index < reqs.len() {
+        reqs.remove(index);
+    }
+    reqs.join(", ")
 }
 
 /// `?a=1&b=x%20y`, or an empty string for no pairs.
@@ -303,6 +382,8 @@ mod tests {
             desc: true,
             page: 3,
             per_page: 200,
+            group: Some("ferries".into()),
+            label: "site in (ferry-*, dock), !retired".into(),
         };
         let search = q.to_search();
         assert!(search.starts_with("?q=pump%207%2F%C3%A4&status=offline&os=Debian%20GNU"));
@@ -310,8 +391,43 @@ mod tests {
         assert_eq!(
             q.api_path(),
             "/api/agents?page=3&per_page=200&sort=cpu&order=desc&q=pump%207%2F%C3%A4\
-             &status=offline&os=Debian%20GNU%2FLinux%2012%20%28bookworm%29"
+             &status=offline&os=Debian%20GNU%2FLinux%2012%20%28bookworm%29\
+             &group=ferries&label=site%20in%20%28ferry-%2A%2C%20dock%29%2C%20%21retired"
         );
+        assert_eq!(
+            q.summary_path(),
+            "/api/fleet/summary?group=ferries&label=site%20in%20%28ferry-%2A%2C%20dock%29%2C%20%21retired"
+        );
+        assert_eq!(HostQuery::default().summary_path(), "/api/fleet/summary");
+    }
+
+    #[test]
+    fn group_and_label_are_filters_that_clear() {
+        let q = HostQuery::parse("?group=pumps&label=hw%3Dpi4&page=3");
+        assert_eq!(q.group.as_deref(), Some("pumps"));
+        assert!(q.has_filters() && q.is_scoped());
+        let cleared = q.cleared();
+        assert!(!cleared.has_filters());
+        assert_eq!(cleared.api_path(), HostQuery::default().api_path());
+        // Blank values are no filter.
+        assert!(!HostQuery::parse("?group=&label=%20").has_filters());
+    }
+
+    #[test]
+    fn selectors_split_at_commas_outside_parentheses() {
+        assert_eq!(
+            requirements(" site in (a, b*) ,hw=pi4,, !retired "),
+            ["site in (a, b*)", "hw=pi4", "!retired"]
+        );
+        assert!(requirements("  ").is_empty());
+        let s = with_requirement("", "site=ferry-1");
+        assert_eq!(s, "site=ferry-1");
+        let s = with_requirement(&s, "hw=pi4");
+        assert_eq!(s, "site=ferry-1, hw=pi4");
+        assert_eq!(with_requirement(&s, "hw=pi4"), s, "no duplicates");
+        assert_eq!(without_requirement(&s, 0), "hw=pi4");
+        assert_eq!(without_requirement(&s, 7), s);
+        assert_eq!(without_requirement("hw=pi4", 0), "");
     }
 
     #[test]

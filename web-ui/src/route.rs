@@ -18,6 +18,9 @@ pub enum Page {
     Host { id: String },
     Audit,
     Packages,
+    Groups,
+    Rollouts,
+    Rollout { id: String },
     NotFound,
 }
 
@@ -39,6 +42,11 @@ impl Loc {
             },
             ["audit"] => Page::Audit,
             ["packages"] => Page::Packages,
+            ["groups"] => Page::Groups,
+            ["rollouts"] => Page::Rollouts,
+            ["rollouts", id] => Page::Rollout {
+                id: crate::query::decode(id),
+            },
             _ => Page::NotFound,
         }
     }

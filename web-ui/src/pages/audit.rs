@@ -104,7 +104,7 @@ pub fn audit_table(items: Vec<AuditEntry>) -> impl IntoView {
                             })}</td>
                             <td class="detail">{e.detail.clone()}</td>
                         </tr>
-                    }).collect_view()}
+                    }.into_any()).collect_view()}
                 </tbody>
             </table>
         </div>

@@ -1,14 +1,16 @@
-//! One host: tabs for the overview, metric charts, managed apps (with commands followed
-//! live to their end), the inventory and the host's audit entries.
+//! One host: tabs for the overview (with maintenance, labels, groups and effective
+//! settings), metric charts, managed apps (with commands followed live to their end), the
+//! inventory and the host's audit entries.
 
 use std::time::Duration;
 
 use edgefleet_codec::api::{
-    AgentDetail, AuditPage, CommandRequest, CommandView, ConfigScalar, MetricSeries,
+    AgentDetail, AuditPage, CommandRequest, CommandView, EffectiveSetting, LabelsUpdate,
+    MaintenanceRequest, MetricSeries,
 };
 use leptos::prelude::*;
 
-use super::{ErrorBox, Remote, StatusBadge};
+use super::{button, text_field, ErrorBox, MaintenanceBadge, MaintenanceForm, Remote, StatusBadge};
 use crate::api;
 use crate::chart::{self, Frame, Scale};
 use crate::format;
@@ -70,6 +72,13 @@ pub fn HostPage(id: String) -> impl IntoView {
                 <div class="host-head">
                     <h1 data-testid="host-title">{name}</h1>
                     <StatusBadge status=d.summary.status stale=d.summary.stale />
+                    {d.summary.maintenance.clone().map(|m| {
+                        let text = super::maintenance_text(&m);
+                        view! {
+                            <MaintenanceBadge maintenance=m />
+                            <span class="muted small" data-testid="maintenance-text">{text}</span>
+                        }
+                    })}
                     <span class="muted">{d.summary.os.clone()}</span>
                 </div>
             }
@@ -88,7 +97,7 @@ pub fn HostPage(id: String) -> impl IntoView {
                         {label}
                     </button>
                 }
-            }).collect_view()}
+            }.into_any()).collect_view()}
         </div>
         {move || {
             let id = id.clone();
@@ -97,7 +106,7 @@ pub fn HostPage(id: String) -> impl IntoView {
                 "apps" => view! { <AppsTab id=id detail=detail reload=reload /> }.into_any(),
                 "inventory" => view! { <InventoryTab id=id /> }.into_any(),
                 "audit" => view! { <HostAuditTab id=id /> }.into_any(),
-                _ => view! { <OverviewTab detail=detail /> }.into_any(),
+                _ => view! { <OverviewTab detail=detail /> <ManagePanels id=id detail=detail reload=reload /> }.into_any(),
             }
         }}
     }
@@ -176,12 +185,228 @@ fn OverviewTab(detail: Remote<AgentDetail>) -> impl IntoView {
                                     <td><StatusBadge status=c.status /></td>
                                     <td>{format!("{:?}", c.cause).to_lowercase()}</td>
                                 </tr>
-                            }).collect_view()}
+                            }.into_any()).collect_view()}
                         </tbody>
                     </table>
                 </section>
             </div>
         }.into_any()
+    }
+}
+
+/// Maintenance, labels, groups and effective settings: under the overview, outside its
+/// re-rendered block, so what the operator types survives the detail's refreshes.
+#[component]
+fn ManagePanels(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> impl IntoView {
+    view! {
+        <div class="grid2 manage">
+            <MaintenancePanel id=id.clone() detail=detail reload=reload />
+            <LabelsPanel id=id detail=detail reload=reload />
+            <GroupsSettingsPanel detail=detail />
+        </div>
+    }
+}
+
+#[component]
+fn MaintenancePanel(
+    id: String,
+    detail: Remote<AgentDetail>,
+    reload: Callback<()>,
+) -> impl IntoView {
+    let path = format!("/api/agents/{}/maintenance", crate::query::encode(&id));
+    let open = RwSignal::new(false);
+    let error = RwSignal::new(None::<api::ApiError>);
+    let busy = RwSignal::new(false);
+    let p1 = path.clone();
+    let enter = Callback::new(move |req: MaintenanceRequest| {
+        let path = p1.clone();
+        busy.set(true);
+        error.set(None);
+        leptos::task::spawn_local(async move {
+            match api::post::<serde::de::IgnoredAny>(&path, &req).await {
+                Ok(_) => {
+                    open.set(false);
+                    reload.run(());
+                }
+                Err(e) => error.set(Some(e)),
+            }
+            busy.set(false);
+        });
+    });
+    let end = move |()| {
+        let path = path.clone();
+        busy.set(true);
+        error.set(None);
+        leptos::task::spawn_local(async move {
+            match api::delete(&path).await {
+                Ok(()) => reload.run(()),
+                Err(e) => error.set(Some(e)),
+            }
+            busy.set(false);
+        });
+    };
+    let end = StoredValue::new(end);
+    view! {
+        <section class="panel" data-testid="maintenance-panel">
+            <h2>"Maintenance"</h2>
+            <ErrorBox error=error />
+            {move || detail.data.get().map(|d| match d.summary.maintenance {
+                Some(m) => {
+                    let now = api::now();
+                    view! {
+                        <dl>
+                            {row("Reason", m.reason.clone())}
+                            {row("Since", format!("{} ({})", format::timestamp(m.since), format::ago(now, Some(m.since))))}
+                            {row("Ends", m.until.map(format::timestamp).unwrap_or_else(|| "when ended by hand".into()))}
+                            {row("By", m.by.clone())}
+                            {row("Still allowed", if m.allow.is_empty() { "no commands".to_string() } else { m.allow.join(", ") })}
+                        </dl>
+                        <p>
+                            {button("End maintenance", "primary", Some("end-maintenance"), Callback::new(move |()| end.with_value(|f| f(()))))}
+                        </p>
+                    }.into_any()
+                }
+                None => view! {
+                    <p class="muted">"Not in maintenance."</p>
+                    <p>
+                        {button("Enter maintenance", "", Some("enter-maintenance"), Callback::new(move |()| open.set(true)))}
+                    </p>
+                }.into_any(),
+            })}
+            {move || (open.get() && detail.data.with(|d| d.as_ref().is_some_and(|d| d.summary.maintenance.is_none()))).then(|| view! {
+                <MaintenanceForm on_submit=enter on_cancel=Callback::new(move |()| open.set(false)) busy=busy submit_label="Enter maintenance" />
+            })}
+        </section>
+    }
+}
+
+#[component]
+fn LabelsPanel(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> impl IntoView {
+    let path = StoredValue::new(format!("/api/agents/{}/labels", crate::query::encode(&id)));
+    let key = RwSignal::new(String::new());
+    let value = RwSignal::new(String::new());
+    let error = RwSignal::new(None::<api::ApiError>);
+    let update = move |req: LabelsUpdate| {
+        error.set(None);
+        let path = path.get_value();
+        leptos::task::spawn_local(async move {
+            // The answer is the new labels; the detail is reloaded for them and the rest.
+            match api::put::<serde::de::IgnoredAny>(&path, &req).await {
+                Ok(_) => reload.run(()),
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    };
+    let set = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let k = key.get_untracked().trim().to_string();
+        if k.is_empty() {
+            return;
+        }
+        let mut req = LabelsUpdate::default();
+        req.set.insert(k, value.get_untracked().trim().to_string());
+        key.set(String::new());
+        value.set(String::new());
+        update(req);
+    };
+    view! {
+        <section class="panel" data-testid="labels-panel">
+            <h2>"Labels"</h2>
+            <p class="muted small">"Operator labels win over the agent's own (from its config)."</p>
+            <ErrorBox error=error />
+            {move || detail.data.get().map(|d| {
+                let sources = d.label_sources;
+                if sources.labels.is_empty() {
+                    return view! { <p class="muted">"No labels."</p> }.into_any();
+                }
+                view! {
+                    <table data-testid="labels">
+                        <thead><tr><th>"Key"</th><th>"Value"</th><th>"Source"</th><th></th></tr></thead>
+                        <tbody>
+                            {sources.labels.iter().map(|(k, v)| {
+                                let operator = sources.operator.contains_key(k);
+                                let source = match (operator, sources.agent.get(k)) {
+                                    (true, Some(own)) if own != v => format!("operator (agent says {own})"),
+                                    (true, _) => "operator".to_string(),
+                                    (false, _) => "agent".to_string(),
+                                };
+                                let k2 = k.clone();
+                                view! {
+                                    <tr data-testid="label-row" data-key=k.clone()>
+                                        <td><code>{k.clone()}</code></td>
+                                        <td><code>{v.clone()}</code></td>
+                                        <td class="muted" data-testid="label-source">{source}</td>
+                                        <td class="actions">
+                                            {operator.then(|| view! {
+                                                {button("Remove", "danger", None, Callback::new(move |()| update(LabelsUpdate { remove: vec![k2.clone()], ..LabelsUpdate::default() })))}
+                                            })}
+                                        </td>
+                                    </tr>
+                                }
+                            }.into_any()).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any()
+            })}
+            <form class="cmd-form" data-testid="label-form" on:submit=set>
+                {text_field("Key", "label-key", key, "site", true)}
+                {text_field("Value", "label-value-input", value, "", false)}
+                <button type="submit">"Set label"</button>
+            </form>
+        </section>
+    }
+}
+
+fn setting_row(
+    label: &'static str,
+    setting: Option<EffectiveSetting>,
+    unit: &'static str,
+) -> impl IntoView {
+    let (value, source) = match setting {
+        Some(s) => (format!("{}{unit}", s.value), s.source),
+        None => ("–".into(), "the agent's own config".into()),
+    };
+    view! {
+        <tr data-testid="setting-row">
+            <td>{label}</td>
+            <td class="num">{value}</td>
+            <td class="muted">{source}</td>
+        </tr>
+    }
+}
+
+#[component]
+fn GroupsSettingsPanel(detail: Remote<AgentDetail>) -> impl IntoView {
+    view! {
+        <section class="panel" data-testid="groups-panel">
+            <h2>"Groups and settings"</h2>
+            {move || detail.data.get().map(|d| view! {
+                <p data-testid="host-groups">
+                    {if d.groups.is_empty() {
+                        view! { <span class="muted">"In no group."</span> }.into_any()
+                    } else {
+                        d.groups.into_iter().map(|g| {
+                            let href = format!("/?group={}", crate::query::encode(&g));
+                            view! { <Link href=href class="chip".to_string()>{g}</Link> }
+                        }.into_any()).collect_view().into_any()
+                    }}
+                </p>
+                {match d.effective {
+                    None => view! { <p class="muted">"No effective settings reported."</p> }.into_any(),
+                    Some(e) => view! {
+                        <table data-testid="settings">
+                            <thead><tr><th>"Setting"</th><th class="num">"Value"</th><th>"From"</th></tr></thead>
+                            <tbody>
+                                {setting_row("Heartbeat interval", e.heartbeat_interval_s, " s")}
+                                {setting_row("Offline grace", Some(e.offline_grace_s), " s")}
+                                {setting_row("Hotspot threshold", Some(e.hotspot_threshold), " %")}
+                                {setting_row("Hotspot window", Some(e.hotspot_window_s), " s")}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                }}
+            })}
+        </section>
     }
 }
 
@@ -219,7 +444,7 @@ fn MetricsTab(id: String) -> impl IntoView {
                             on:click=move |_| router.go(&format!("/hosts/{}?tab=metrics&range={r}", crate::query::encode(&id)), true)
                         >{r}</button>
                     }
-                }).collect_view()}
+                }.into_any()).collect_view()}
                 <span class="muted small">{move || series.data.get().map(|s| format!("{} points, {} resolution", s.points.len(), s.resolution))}</span>
             </div>
             <ErrorBox error=series.error />
@@ -345,14 +570,14 @@ fn Chart(
                         <line class="grid" x1=frame.left x2=frame.width - frame.right y1=y y2=y />
                         <text class="tick" x=frame.left - 6.0 y=y + 4.0 text-anchor="end">{if is_rate { compact_bits(v) } else { format!("{v:.0}") }}</text>
                     }
-                }).collect_view()}
+                }.into_any()).collect_view()}
                 {x_ticks.into_iter().map(|t| {
                     let x = scale.x(t);
                     view! {
                         <line class="grid" x1=x x2=x y1=frame.top y2=frame.height - frame.bottom />
                         <text class="tick" x=x y=frame.height - 6.0 text-anchor="middle">{format::clock(t, dates)}</text>
                     }
-                }).collect_view()}
+                }.into_any()).collect_view()}
                 <path class="line" d=path />
                 {move || hover.get().and_then(|i| pts.with_value(|p| p.get(i).copied())).map(|(at, v)| {
                     let (x, y) = (scale.x(at), scale.y(v));
@@ -451,23 +676,7 @@ fn AppsTab(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> imp
     };
     let send = StoredValue::new(send);
     let submit_config = move |app: String| {
-        let mut values = std::collections::BTreeMap::new();
-        for line in config_text.get_untracked().lines() {
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            let v = v.trim();
-            let value = if let Ok(b) = v.parse::<bool>() {
-                ConfigScalar::Bool(b)
-            } else if let Ok(i) = v.parse::<i64>() {
-                ConfigScalar::Int(i)
-            } else if let Ok(f) = v.parse::<f64>() {
-                ConfigScalar::Float(f)
-            } else {
-                ConfigScalar::Str(v.trim_matches('"').to_string())
-            };
-            values.insert(k.trim().to_string(), value);
-        }
+        let values = crate::rollout::config_values(&config_text.get_untracked());
         if values.is_empty() {
             error.set(Some(api::ApiError {
                 status: 0,
@@ -512,7 +721,7 @@ fn AppsTab(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> imp
                     <ol class="steps">
                         {c.progress.iter().map(|s| view! {
                             <li>{s.step.clone()}{s.pct.map(|p| format!(" ({p} %)"))}</li>
-                        }).collect_view()}
+                        }.into_any()).collect_view()}
                     </ol>
                     {c.message.clone().map(|m| view! { <p class="muted">{m}</p> })}
                 </div>
@@ -574,7 +783,7 @@ fn AppsTab(id: String, detail: Remote<AgentDetail>, reload: Callback<()>) -> imp
                                         })
                                     }}
                                 }
-                            }).collect_view()}
+                            }.into_any()).collect_view()}
                         </tbody>
                     </table>
                 }.into_any()

@@ -1,18 +1,21 @@
 //! The hosts page: the fleet overview (cards, hotspots, OS breakdown), the pending
 //! approval panel and the server-side paged, filtered, sorted host list. All state is in
 //! the URL query; the data refreshes on live status events and every 30 s (10 s while the
-//! live stream is down).
+//! live stream is down). A group and a label selector scope both the list and the
+//! overview (the console's summary takes the same two filters).
 
 use std::time::Duration;
 
-use edgefleet_codec::api::{AgentPage, AgentStatus, AgentSummary, FleetSummary};
+use std::collections::BTreeMap;
+
+use edgefleet_codec::api::{AgentPage, AgentStatus, AgentSummary, FleetSummary, GroupView};
 use leptos::prelude::*;
 
-use super::{ErrorBox, Pager, Remote, StatusBadge};
+use super::{button, ErrorBox, MaintenanceBadge, Pager, Remote, StatusBadge};
 use crate::api;
 use crate::format;
 use crate::live::use_live;
-use crate::query::{HostQuery, PAGE_SIZES};
+use crate::query::{self, HostQuery, PAGE_SIZES};
 use crate::route::{use_router, Link};
 
 const PENDING_PATH: &str = "/api/agents?status=pending&per_page=25&sort=last_seen&order=desc";
@@ -29,15 +32,28 @@ pub fn HostsPage() -> impl IntoView {
     let summary = Remote::<FleetSummary>::new();
     let list = Remote::<AgentPage>::new();
     let pending = Remote::<AgentPage>::new();
+    let groups = Remote::<Vec<GroupView>>::new();
+    let labels = Remote::<BTreeMap<String, Vec<String>>>::new();
     let last_refresh = RwSignal::new(0u64);
+    let summary_path = Memo::new(move |_| query.get().summary_path());
 
     let refresh_side = move || {
         last_refresh.set(api::now());
-        summary.load("/api/fleet/summary".into());
+        summary.load(summary_path.get_untracked());
         pending.load(PENDING_PATH.into());
     };
-    // The list follows the URL state.
+    // The list follows the URL state, and so does the overview when the scope changes.
     Effect::new(move |_| list.load(query.get().api_path()));
+    Effect::new(move |prev: Option<String>| {
+        let path = summary_path.get();
+        if prev.is_some_and(|p| p != path) {
+            summary.load(path.clone());
+        }
+        path
+    });
+    // What the filter bar offers changes rarely: read once per visit.
+    groups.load("/api/groups".into());
+    labels.load("/api/labels".into());
     // Presence and alert changes refresh everything (rows carry their firing-alert
     // counts), at most once a second: a large fleet can send many events at once (a site
     // losing its link).
@@ -89,7 +105,7 @@ pub fn HostsPage() -> impl IntoView {
     view! {
         <Overview summary=summary query=query set_query=set_query />
         <PendingPanel pending=pending on_changed=on_changed />
-        <HostTable list=list summary=summary query=query set_query=set_query />
+        <HostTable list=list summary=summary groups=groups labels=labels query=query set_query=set_query />
     }
 }
 
@@ -126,6 +142,23 @@ fn Overview(
     };
     view! {
         <section class="overview" aria-label="Fleet overview">
+            {move || {
+                let q = query.get();
+                q.is_scoped().then(|| {
+                    let mut parts = Vec::new();
+                    if let Some(g) = &q.group {
+                        parts.push(format!("group {g}"));
+                    }
+                    if !q.label.trim().is_empty() {
+                        parts.push(format!("labels {}", q.label.trim()));
+                    }
+                    view! {
+                        <p class="scope" data-testid="overview-scope">
+                            {format!("Counting only the hosts in {}.", parts.join(" with "))}
+                        </p>
+                    }
+                })
+            }}
             <ErrorBox error=summary.error />
             {move || match summary.data.get() {
                 None => view! { <div class="loading">"Loading the fleet summary…"</div> }.into_any(),
@@ -211,7 +244,7 @@ fn Overview(
                                                     </button>
                                                 </li>
                                             }
-                                        })
+                                        }.into_any())
                                         .collect_view()}
                                 </ul>
                             </div>
@@ -283,7 +316,7 @@ fn PendingPanel(pending: Remote<AgentPage>, on_changed: Callback<()>) -> impl In
                                             </td>
                                         </tr>
                                     }
-                                }).collect_view()}
+                                }.into_any()).collect_view()}
                             </tbody>
                         </table>
                     })}
@@ -297,6 +330,8 @@ fn PendingPanel(pending: Remote<AgentPage>, on_changed: Callback<()>) -> impl In
 fn HostTable(
     list: Remote<AgentPage>,
     summary: Remote<FleetSummary>,
+    groups: Remote<Vec<GroupView>>,
+    labels: Remote<BTreeMap<String, Vec<String>>>,
     query: Memo<HostQuery>,
     set_query: Callback<(HostQuery, bool)>,
 ) -> impl IntoView {
@@ -358,6 +393,28 @@ fn HostTable(
         let q = query.get_untracked();
         set_query.run((q.filtered(|f| f.os = (!v.is_empty()).then_some(v)), false));
     };
+    let select_group = move |ev| {
+        let v = event_target_value(&ev);
+        let q = query.get_untracked();
+        set_query.run((
+            q.filtered(|f| f.group = (!v.is_empty()).then_some(v)),
+            false,
+        ));
+    };
+    let group_options = Memo::new(move |_| {
+        let mut ids: Vec<(String, String)> = groups
+            .data
+            .get()
+            .map(|gs| gs.into_iter().map(|g| (g.id, g.name)).collect())
+            .unwrap_or_default();
+        // A bookmarked group that is gone still shows what the list is filtered by.
+        if let Some(current) = query.get().group {
+            if !ids.iter().any(|(id, _)| *id == current) {
+                ids.push((current.clone(), current));
+            }
+        }
+        ids
+    });
     let select_size = move |ev| {
         let v = event_target_value(&ev).parse().unwrap_or(50);
         let q = query.get_untracked();
@@ -394,20 +451,28 @@ fn HostTable(
                     <option value="">"Any status"</option>
                     {AgentStatus::ALL.into_iter().map(|s| view! {
                         <option value=s.as_str()>{super::status_label(s)}</option>
-                    }).collect_view()}
+                    }.into_any()).collect_view()}
                 </select>
                 <select aria-label="Operating system" data-testid="os-filter" on:change=select_os
                     prop:value=move || query.get().os.unwrap_or_default()>
                     <option value="">"Any OS"</option>
                     {move || os_options.get().into_iter().map(|o| view! {
                         <option value=o.clone()>{o.clone()}</option>
-                    }).collect_view()}
+                    }.into_any()).collect_view()}
+                </select>
+                <select aria-label="Group" data-testid="group-filter" on:change=select_group
+                    prop:value=move || query.get().group.unwrap_or_default()>
+                    <option value="">"Any group"</option>
+                    {move || group_options.get().into_iter().map(|(id, name)| {
+                        let text = if name == id { id.clone() } else { format!("{name} ({id})") };
+                        view! { <option value=id>{text}</option> }
+                    }.into_any()).collect_view()}
                 </select>
                 <label class="inline">
                     "Per page "
                     <select aria-label="Page size" data-testid="page-size" on:change=select_size
                         prop:value=move || query.get().per_page.to_string()>
-                        {PAGE_SIZES.into_iter().map(|n| view! { <option value=n.to_string()>{n}</option> }).collect_view()}
+                        {PAGE_SIZES.into_iter().map(|n| view! { <option value=n.to_string()>{n}</option> }.into_any()).collect_view()}
                     </select>
                 </label>
                 <button
@@ -421,6 +486,7 @@ fn HostTable(
                     {move || if list.loading.get() { "Loading…" } else { "" }}
                 </span>
             </div>
+            <LabelBar labels=labels query=query set_query=set_query />
             <ErrorBox error=list.error />
             <div class="table-wrap">
                 <table class="host-table" data-testid="host-table">
@@ -448,7 +514,7 @@ fn HostTable(
                                 Some(page) => page.items.into_iter().map(|a| {
                                     let n = a.alerts;
                                     host_row(a, n, now)
-                                }).collect_view().into_any(),
+                                }.into_any()).collect_view().into_any(),
                             }
                         }}
                     </tbody>
@@ -473,6 +539,101 @@ fn HostTable(
     }
 }
 
+/// Most label values a key shows as chips; the rest are reached with a typed selector.
+const CHIPS_PER_KEY: usize = 24;
+
+/// The label filter: the selector's requirements as removable chips, a box for typing
+/// any selector requirement, and the fleet's label values as chips that add `key=value`.
+#[component]
+fn LabelBar(
+    labels: Remote<BTreeMap<String, Vec<String>>>,
+    query: Memo<HostQuery>,
+    set_query: Callback<(HostQuery, bool)>,
+) -> impl IntoView {
+    let typed = RwSignal::new(String::new());
+    let set_label = move |label: String| {
+        let q = query.get_untracked();
+        set_query.run((q.filtered(|f| f.label = label), false));
+    };
+    let add = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let t = typed.get_untracked();
+        if t.trim().is_empty() {
+            return;
+        }
+        set_label(query::with_requirement(&query.get_untracked().label, &t));
+        typed.set(String::new());
+    };
+    let toggle = move |req: String| {
+        let current = query.get_untracked().label;
+        let reqs = query::requirements(&current);
+        match reqs.iter().position(|r| *r == req) {
+            Some(i) => set_label(query::without_requirement(&current, i)),
+            None => set_label(query::with_requirement(&current, &req)),
+        }
+    };
+    view! {
+        <div class="label-bar" data-testid="label-bar">
+            <div class="chip-row">
+                {move || {
+                    let q = query.get();
+                    let group = q.group.clone().map(|g| view! {
+                        <span class="chip active" data-testid="group-chip">
+                            {format!("group: {g}")}
+                            {button("×", "x", Some("remove-group"), Callback::new(move |()| set_query.run((query.get_untracked().filtered(|f| f.group = None), false))))}
+                        </span>
+                    });
+                    let reqs = query::requirements(&q.label).into_iter().enumerate().map(|(i, r)| view! {
+                        <span class="chip active" data-testid="label-chip" data-req=r.clone()>
+                            <code>{r.clone()}</code>
+                            {button("×", "x", Some("remove-label"), Callback::new(move |()| set_label(query::without_requirement(&query.get_untracked().label, i))))}
+                        </span>
+                    }.into_any()).collect_view();
+                    view! { {group} {reqs} }
+                }}
+                <form class="selector-form" on:submit=add>
+                    <input
+                        class="mono"
+                        placeholder="Label selector, e.g. site in (ferry-*), !retired"
+                        aria-label="Add a label selector"
+                        data-testid="label-input"
+                        prop:value=move || typed.get()
+                        on:input=move |ev| typed.set(event_target_value(&ev))
+                    />
+                    <button type="submit">"Add"</button>
+                </form>
+            </div>
+            <ErrorBox error=labels.error />
+            {move || labels.data.get().filter(|l| !l.is_empty()).map(|all| {
+                let selected = query::requirements(&query.get().label);
+                view! {
+                    <div class="label-values">
+                        {all.into_iter().map(|(key, values)| {
+                            let more = values.len().saturating_sub(CHIPS_PER_KEY);
+                            let chips = values.into_iter().take(CHIPS_PER_KEY).map(|v| {
+                                let req = format!("{key}={v}");
+                                let on = selected.contains(&req);
+                                let r = req.clone();
+                                view! {
+                                    <button class="chip" data-testid="label-value" data-label=req.clone()
+                                        aria-pressed=on.to_string() on:click=move |_| toggle(r.clone())>{v}</button>
+                                }
+                            }.into_any()).collect_view();
+                            view! {
+                                <span class="label-key">
+                                    <strong>{key.clone()}</strong>
+                                    {chips}
+                                    {(more > 0).then(|| view! { <span class="muted small">{format!("+{more} more")}</span> })}
+                                </span>
+                            }
+                        }.into_any()).collect_view()}
+                    </div>
+                }
+            })}
+        </div>
+    }
+}
+
 fn pct_cell(value: Option<u8>) -> impl IntoView {
     view! {
         <td class="num" class:hot=format::is_hot(value)>{format::pct(value)}</td>
@@ -492,8 +653,15 @@ fn host_row(a: AgentSummary, alerts: usize, now: u64) -> impl IntoView {
                     <span data-testid="hostname">{name}</span>
                 </Link>
                 {display.map(|d| view! { <div class="muted small">{d}</div> })}
+                {(!a.labels.is_empty()).then(|| {
+                    let text = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" · ");
+                    view! { <div class="muted small mono" data-testid="labels">{text}</div> }
+                })}
             </td>
-            <td><StatusBadge status=a.status stale=a.stale /></td>
+            <td>
+                <StatusBadge status=a.status stale=a.stale />
+                {a.maintenance.clone().map(|m| view! { <MaintenanceBadge maintenance=m /> })}
+            </td>
             <td data-testid="os">{a.os.clone().unwrap_or_else(|| "–".into())}</td>
             <td class="mono small">{a.ips.first().cloned().unwrap_or_default()}</td>
             {pct_cell(a.cpu)}

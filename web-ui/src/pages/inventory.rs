@@ -234,7 +234,7 @@ fn package_table(items: Vec<PackageView>) -> impl IntoView {
                             <td>{p.removed_at.map(|r| format!("removed {}", format::timestamp(r))).unwrap_or_else(|| format::timestamp(p.last_seen))}</td>
                         </tr>
                         }
-                    }).collect_view()}
+                    }.into_any()).collect_view()}
                 </tbody>
             </table>
         </div>
@@ -310,11 +310,11 @@ fn Compare(id: String) -> impl IntoView {
                 <div class="diff">
                     <div>
                         <h3>"Only on this host"</h3>
-                        <ul data-testid="only-a">{c.only_a.iter().map(|p| view! { <li>{format!("{} {}", p.name, p.version)}</li> }).collect_view()}</ul>
+                        <ul data-testid="only-a">{c.only_a.iter().map(|p| view! { <li>{format!("{} {}", p.name, p.version)}</li> }.into_any()).collect_view()}</ul>
                     </div>
                     <div>
                         <h3>{format!("Only on {}", c.b)}</h3>
-                        <ul data-testid="only-b">{c.only_b.iter().map(|p| view! { <li>{format!("{} {}", p.name, p.version)}</li> }).collect_view()}</ul>
+                        <ul data-testid="only-b">{c.only_b.iter().map(|p| view! { <li>{format!("{} {}", p.name, p.version)}</li> }.into_any()).collect_view()}</ul>
                     </div>
                 </div>
                 <table data-testid="differs">
@@ -322,7 +322,7 @@ fn Compare(id: String) -> impl IntoView {
                     <tbody>
                         {c.differs.iter().map(|d| view! {
                             <tr data-testid="differs-row"><td>{d.name.clone()}</td><td class="mono small">{d.a.clone()}</td><td class="mono small">{d.b.clone()}</td></tr>
-                        }).collect_view()}
+                        }.into_any()).collect_view()}
                     </tbody>
                 </table>
             })}

@@ -58,10 +58,10 @@ pub fn PackagesPage() -> impl IntoView {
                                         {v.hosts.into_iter().map(|h| {
                                             let label = h.hostname.clone().unwrap_or_else(|| h.id.clone());
                                             view! { <Link href=format!("/hosts/{}?tab=inventory", h.id)>{label}</Link>" " }
-                                        }).collect_view()}
+                                        }.into_any()).collect_view()}
                                     </div>
                                 </li>
-                            }).collect_view()}
+                            }.into_any()).collect_view()}
                         </ul>
                     }.into_any(),
                 }
