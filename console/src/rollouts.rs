@@ -32,6 +32,8 @@ use crate::store::StoreError;
 
 /// How long a rollout's command waits for an offline host.
 const COMMAND_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// How long a health problem of an updated host must last to count against the gate.
+pub const HEALTH_CONFIRM_MS: u64 = 5_000;
 /// The most hosts one rollout targets.
 pub const MAX_HOSTS: usize = 100_000;
 
@@ -108,6 +110,9 @@ pub struct HostEntry {
     pub finished_at: Option<u64>,
     /// Why the host was unhealthy during a soak (sticky).
     pub unhealthy: Option<String>,
+    /// A health problem seen but not yet confirmed: since when, and why.
+    #[serde(default)]
+    pub suspect: Option<(u64, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +220,7 @@ impl Rollout {
                 started_at: None,
                 finished_at: None,
                 unhealthy: None,
+                suspect: None,
             })
             .collect();
         let waves = waves_plan
@@ -596,16 +602,25 @@ impl Fleet {
                     };
                 }
             }
-            // Health of updated hosts while their gate is open.
+            // Health of updated hosts while their gate is open. A problem counts once it
+            // lasted HEALTH_CONFIRM_MS: a heartbeat from the middle of the update (the app
+            // stopped) must not fail the gate.
             if soaking
                 && h.state == HostState::Succeeded
                 && h.wave <= current
                 && h.unhealthy.is_none()
             {
-                if let Some(why) =
-                    self.unhealthy(&h.agent, app.as_deref(), h.finished_at.unwrap_or(now))
-                {
-                    h.unhealthy = Some(why);
+                match self.unhealthy(&h.agent, app.as_deref(), h.finished_at.unwrap_or(now)) {
+                    Some(why) => {
+                        let since = h.suspect.as_ref().map_or(now, |(t, _)| *t);
+                        if now.saturating_sub(since) >= HEALTH_CONFIRM_MS {
+                            h.unhealthy = Some(why);
+                            h.suspect = None;
+                        } else {
+                            h.suspect = Some((since, why));
+                        }
+                    }
+                    None => h.suspect = None,
                 }
             }
         }

@@ -1152,6 +1152,14 @@ impl Session {
         if self.push(result).is_ok() {
             self.pump_queue(link);
         }
+        // The console times presence out by the interval in the birth: announce the new
+        // one (after the result, so the birth's redelivery finds the command finished).
+        if matches!(cmd.action, CommandAction::SetHeartbeatInterval { .. })
+            && outcome == CommandOutcome::Succeeded
+            && link.can_send()
+        {
+            self.announce(link);
+        }
     }
 
     /// `set-heartbeat-interval`: 0 goes back to the configured interval.

@@ -822,3 +822,57 @@ async fn an_offline_host_gets_its_update_when_it_returns_and_counts_as_pending_u
     .await;
     assert_eq!(update_commands(&console, &lone_id).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updated_host_that_goes_down_during_the_soak_fails_the_health_gate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    // Device 0 (the canary: first by hostname) runs alone, so it can be taken down.
+    let mut canary = AgentProc::simulate_from(
+        &tmp.path().join("canary"),
+        &console.mqtt_url(),
+        &console.token,
+        0,
+        1,
+        "2s",
+    )
+    .unwrap();
+    let _rest = AgentProc::simulate_from(
+        &tmp.path().join("rest"),
+        &console.mqtt_url(),
+        &console.token,
+        1,
+        3,
+        "2s",
+    )
+    .unwrap();
+    all_online(&console, 4).await;
+    let (url, sha) = artifact(&console, tmp.path(), "2.0").await;
+    let body = update_body(
+        &url,
+        &sha,
+        json!({"selector": "hw", "canary": 1, "waves": [100], "soak": "20s"}),
+    );
+    let id = console.send("POST", "/api/rollouts", &body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(Duration::from_secs(30), "the canary soaking", || async {
+        let r = rollout(&console, &id).await;
+        (r["waves"][0]["state"] == "soaking").then_some(())
+    })
+    .await;
+    canary.child.kill().await.unwrap();
+    let paused = wait_rollout(&console, &id, "paused", Duration::from_secs(40)).await;
+    let gate = &paused["waves"][0]["gate"];
+    assert_eq!(gate["passed"], false, "{paused}");
+    assert_eq!((&gate["executed"], &gate["failed"]), (&json!(1), &json!(0)));
+    let unhealthy = gate["unhealthy"][0].as_str().unwrap();
+    assert!(
+        unhealthy.starts_with("sim-00000") && unhealthy.contains("offline during the soak"),
+        "{gate}"
+    );
+    assert_eq!(states(&paused, "waves"), vec!["failed", "waiting"]);
+}
