@@ -206,6 +206,23 @@ async fn dynamic_groups_follow_labels_and_scoped_settings_apply_agent_over_group
     assert_eq!(by_label["total"], 2, "{by_label}");
     assert_eq!(console.get("/api/groups/pis").await["agents"], 2);
 
+    // Bulk commands take the group, and a group silence covers its members only.
+    let bulk = console
+        .send(
+            "POST",
+            "/api/commands/bulk",
+            r#"{"action":"request-heartbeat","group":"pis"}"#,
+        )
+        .await;
+    let mut targets: Vec<String> = bulk
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["agent"].as_str().unwrap().to_string())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, want, "{bulk}");
+
     // The group follows an operator label at once, and forgets it when it is removed.
     console
         .send(
@@ -294,6 +311,13 @@ async fn dynamic_groups_follow_labels_and_scoped_settings_apply_agent_over_group
 
     // All go offline: only host 0 (group grace 1 s) alerts within seconds; host 3's own
     // 120 s and everyone else's 30 s hold theirs back.
+    console
+        .send(
+            "POST",
+            "/api/silences",
+            r#"{"group":"pis","rule":"agent-offline","until":"1h"}"#,
+        )
+        .await;
     sim.child.kill().await.unwrap();
     let firing = wait_for(
         Duration::from_secs(20),
@@ -321,6 +345,15 @@ async fn dynamic_groups_follow_labels_and_scoped_settings_apply_agent_over_group
         .map(|x| x["agent"].as_str().unwrap())
         .collect();
     assert_eq!(firing, vec![id(0)]);
+    let silenced = console.get("/api/alerts?state=firing").await;
+    assert!(
+        silenced["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["silenced"] == true),
+        "the group silence covers its member: {silenced}"
+    );
     assert_eq!(later, vec![id(0).as_str()], "3 s later still only host 0");
     let audit = console.get("/api/audit?action=labels").await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 2, "{audit}");
