@@ -32,6 +32,8 @@ use crate::store::StoreError;
 
 /// How long a rollout's command waits for an offline host.
 const COMMAND_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// The most hosts one tick starts (or rolls back), so a tick stays short.
+const STARTS_PER_TICK: usize = 500;
 /// How long a health problem of an updated host must last to count against the gate.
 pub const HEALTH_CONFIRM_MS: u64 = 5_000;
 /// The most hosts one rollout targets.
@@ -683,19 +685,26 @@ impl Fleet {
         }
         // Start hosts, within the rate limit.
         r.recent_starts.retain(|t| now.saturating_sub(*t) < 60_000);
-        for i in r.waves[w].hosts.clone() {
-            if r.hosts[i].state != HostState::Waiting {
-                continue;
-            }
-            if let Some(limit) = r.plan.rate_per_minute {
-                if r.recent_starts.len() >= limit as usize {
-                    break;
-                }
-            }
-            self.start_host(r, i, now);
-            if r.hosts[i].state == HostState::Sent {
-                r.recent_starts.push(now);
-            }
+        let room = r.plan.rate_per_minute.map_or(usize::MAX, |l| {
+            (l as usize).saturating_sub(r.recent_starts.len())
+        });
+        let batch: Vec<usize> = r.waves[w]
+            .hosts
+            .iter()
+            .copied()
+            .filter(|i| r.hosts[*i].state == HostState::Waiting)
+            .take(room.min(STARTS_PER_TICK))
+            .collect();
+        let action = r.action.clone();
+        let sent = self.start_batch(r, &batch, |h| {
+            h.state = HostState::Sent;
+            h.started_at = Some(now);
+            &mut h.command
+        });
+        for (i, id) in sent {
+            r.recent_starts.push(now);
+            let agent = r.hosts[i].agent.clone();
+            self.send(r, i, id, action.clone(), &agent);
         }
         let (executed, failed) = r.tally(w);
         let needed = r.plan.min_executed.min(r.hosts_upto(w));
@@ -807,23 +816,35 @@ impl Fleet {
         }
     }
 
-    /// Records the command id, then sends the command.
-    fn start_host(&self, r: &mut Rollout, i: usize, now: u64) {
-        let h = &mut r.hosts[i];
-        let mut id = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
-        h.command = Some(hex(&id));
-        h.state = HostState::Sent;
-        h.started_at = Some(now);
+    /// Gives each host of `batch` a command id (`slot` marks the host and returns where
+    /// the id goes), and stores the rollout once, flushed, before anything is sent: the
+    /// write-ahead that makes a crash never send a host a second command. On a store
+    /// error nothing changes and nothing is sent.
+    fn start_batch(
+        &self,
+        r: &mut Rollout,
+        batch: &[usize],
+        slot: impl Fn(&mut HostEntry) -> &mut Option<String>,
+    ) -> Vec<(usize, [u8; 16])> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let before: Vec<HostEntry> = batch.iter().map(|i| r.hosts[*i].clone()).collect();
+        let mut out = Vec::with_capacity(batch.len());
+        for i in batch {
+            let mut id = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+            *slot(&mut r.hosts[*i]) = Some(hex(&id));
+            out.push((*i, id));
+        }
         if let Err(e) = self.rollouts.save(r) {
             tracing::error!(rollout = %r.id, error = %e, "cannot record a rollout step; not sending");
-            let h = &mut r.hosts[i];
-            h.command = None;
-            h.state = HostState::Waiting;
-            return;
+            for (i, h) in batch.iter().zip(before) {
+                r.hosts[*i] = h;
+            }
+            return Vec::new();
         }
-        let agent = r.hosts[i].agent.clone();
-        self.send(r, i, id, r.action.clone(), &agent);
+        out
     }
 
     fn send(&self, r: &mut Rollout, i: usize, id: [u8; 16], action: CommandAction, agent: &str) {
@@ -853,28 +874,27 @@ impl Fleet {
     fn revert(&self, r: &mut Rollout, audits: &mut Vec<(String, String)>) {
         let app = r.app().map(str::to_string);
         let can_revert = matches!(r.action, CommandAction::UpdateApp { .. });
-        for i in 0..r.hosts.len() {
-            if r.hosts[i].state != HostState::Succeeded {
-                continue;
+        let updated: Vec<usize> = (0..r.hosts.len())
+            .filter(|i| r.hosts[*i].state == HostState::Succeeded)
+            .filter(|i| r.hosts[*i].revert.is_none())
+            .take(STARTS_PER_TICK)
+            .collect();
+        if !can_revert {
+            for i in &updated {
+                r.hosts[*i].message = Some("push-config has no rollback; left as is".into());
             }
-            if !can_revert {
-                r.hosts[i].message = Some("push-config has no rollback; left as is".into());
-                continue;
-            }
-            let mut id = [0u8; 16];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
-            r.hosts[i].revert = Some(hex(&id));
-            r.hosts[i].state = HostState::Reverting;
-            if self.rollouts.save(r).is_err() {
-                r.hosts[i].revert = None;
-                r.hosts[i].state = HostState::Succeeded;
-                return;
-            }
-            let agent = r.hosts[i].agent.clone();
+        } else {
+            let sent = self.start_batch(r, &updated, |h| {
+                h.state = HostState::Reverting;
+                &mut h.revert
+            });
             let action = CommandAction::RollbackApp {
                 app: app.clone().unwrap_or_default(),
             };
-            self.send(r, i, id, action, &agent);
+            for (i, id) in sent {
+                let agent = r.hosts[i].agent.clone();
+                self.send(r, i, id, action.clone(), &agent);
+            }
         }
         // Done once nothing is in flight. An offline host still holds its queued update
         // (commands cannot be recalled), so the rollout stays aborting until that update
