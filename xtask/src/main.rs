@@ -5,6 +5,8 @@
 //! - `ui`: builds the web UI (wasm, JS glue, hashed and precompressed assets) into
 //!   `web-ui/dist`, which the console serves.
 //! - `screenshot`: regenerates `docs/overview.png` from a demo fleet in headless Chromium.
+//! - `dist`: release binaries, the agent and console `.deb` packages and the CLI tarball in
+//!   `dist/` (module `dist`).
 //!
 //! Tasks shell out to `cargo`, `rustup` and `apt-get`; each step prints what it runs so a
 //! red CI log says which step failed.
@@ -14,6 +16,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod dist;
 mod ui;
 
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -36,6 +39,7 @@ fn main() -> Result<()> {
         "ui" => ui::build(&workspace_root()),
         "screenshot" => screenshot(),
         "install-deps" => install_deps(),
+        "dist" => dist::dist(&workspace_root(), &dist::Options::parse(rest)?).map(drop),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -44,7 +48,9 @@ fn main() -> Result<()> {
                  demo [N]      build the UI and start the console with N simulated agents (default 25)\n  \
                  ui            build the web UI into web-ui/dist (served by the console)\n  \
                  screenshot    regenerate docs/overview.png from a demo fleet (headless Chromium)\n  \
-                 install-deps  only install the tools the tests need (rustup target, apt packages)"
+                 install-deps  only install the tools the tests need (rustup target, apt packages)\n  \
+                 dist          release binaries, .deb packages and the CLI tarball into dist/\n                \
+                 (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)"
             );
             if task == "help" {
                 Ok(())
