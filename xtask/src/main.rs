@@ -7,6 +7,9 @@
 //! - `screenshot`: regenerates `docs/overview.png` from a demo fleet in headless Chromium.
 //! - `dist`: release binaries, the agent and console `.deb` packages and the CLI tarball in
 //!   `dist/` (module `dist`).
+//! - `deb-test`: checks the packages' contents, then really installs, upgrades and purges
+//!   them on this machine and runs the install script against a local console (module
+//!   `debtest`; root only).
 //!
 //! Tasks shell out to `cargo`, `rustup` and `apt-get`; each step prints what it runs so a
 //! red CI log says which step failed.
@@ -16,6 +19,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod debtest;
 mod dist;
 mod ui;
 
@@ -40,6 +44,7 @@ fn main() -> Result<()> {
         "screenshot" => screenshot(),
         "install-deps" => install_deps(),
         "dist" => dist::dist(&workspace_root(), &dist::Options::parse(rest)?).map(drop),
+        "deb-test" => debtest::run(&workspace_root(), rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -50,7 +55,8 @@ fn main() -> Result<()> {
                  screenshot    regenerate docs/overview.png from a demo fleet (headless Chromium)\n  \
                  install-deps  only install the tools the tests need (rustup target, apt packages)\n  \
                  dist          release binaries, .deb packages and the CLI tarball into dist/\n                \
-                 (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)"
+                 (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)\n  \
+                 deb-test      build dev packages, then install, upgrade and purge them here (root)"
             );
             if task == "help" {
                 Ok(())
@@ -95,6 +101,8 @@ fn ci() -> Result<()> {
     run(cargo()
         .args(["build", "--locked", "--manifest-path"])
         .arg(root.join("codec/fuzz/Cargo.toml")))?;
+    // Last: it packages the debug binaries the tests just built and installs them here.
+    debtest::run(&root, &[])?;
     println!("xtask ci: all checks passed");
     Ok(())
 }
