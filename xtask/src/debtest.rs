@@ -9,9 +9,10 @@
 //! 4. An admin edit of the config (`config set` and a comment), then `dpkg -i` of the newer
 //!    agent: the edit, owner and mode survive.
 //! 5. A real console from `target/debug`: `scripts/install-agent.sh` in the non-systemd
-//!    foreground mode (pending token, then approval and a second run: approved, and the
-//!    console shows the agent's version), `edgefleet-agent enroll` (approved, and refused
-//!    with a revoked token), and the script's refusal of bad arguments.
+//!    foreground mode (pending token; then approval and a second run, by version from a
+//!    download base: approved, and the console shows the agent's version),
+//!    `edgefleet-agent enroll` (approved, and refused with a revoked token), and the
+//!    script's refusal of bad arguments.
 //! 6. `dpkg -P` of both, also when a step failed: nothing is left, not even the user.
 //!
 //! systemd is not PID 1 in the CI container, so the maintainer scripts' systemctl branch
@@ -172,15 +173,20 @@ fn scenario(
 
     step("install-agent.sh --foreground with a token that needs approval");
     let pending_token = cli(&["tokens", "create", "--expires", "1h"])?;
-    let install = |token: &str| {
-        run_any(
-            Command::new(&script)
-                .arg(&new.agent_deb)
-                .args(["--console", &mqtt, "--foreground", "--timeout", "60"])
-                .env("EDGEFLEET_AGENT_TOKEN", token),
-        )
+    let install = |package: &std::ffi::OsStr, download_base: Option<&Path>| {
+        let mut cmd = Command::new(&script);
+        cmd.arg(package)
+            .args(["--console", &mqtt, "--foreground", "--timeout", "60"])
+            .env("EDGEFLEET_AGENT_TOKEN", &pending_token);
+        if let Some(base) = download_base {
+            cmd.env(
+                "EDGEFLEET_DOWNLOAD_BASE",
+                format!("file://{}", base.display()),
+            );
+        }
+        run_any(&mut cmd)
     };
-    let o = install(&pending_token)?;
+    let o = install(new.agent_deb.as_os_str(), None)?;
     let log = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
     eprint!("{log}");
     ensure!(
@@ -208,9 +214,18 @@ fn scenario(
         .map(|s| s.trim().to_string())
         .context("no agent id in the status")?;
 
-    step("approving it; install-agent.sh again (idempotent) now reports approved");
+    step("approving it; install-agent.sh again, by version (idempotent), now reports approved");
     cli(&["agents", "approve", &agent_id])?;
-    let o = install(&pending_token)?;
+    // This time by version, fetched from a download base (curl, here a file:// URL).
+    let base = new
+        .agent_deb
+        .parent()
+        .context("the package is in a directory")?;
+    let o = install(new.version.as_ref(), Some(base))?;
+    ensure!(
+        String::from_utf8_lossy(&o.stdout).contains("downloading file://"),
+        "install-agent.sh did not download the version it was given"
+    );
     let log = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
     eprint!("{log}");
     ensure!(
