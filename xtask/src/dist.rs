@@ -323,7 +323,16 @@ fn musl_agent(root: &Path, profile: &str) -> Result<PathBuf> {
     if !installed.lines().any(|t| t.trim() == MUSL) {
         super::run(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
-    super::run(super::cargo().args([
+    // rustls' aws-lc-sys compiles C for the target: it needs a musl C compiler, which
+    // Debian's musl-tools provides as `musl-gcc`.
+    let mut build = super::cargo();
+    if !super::on_path("x86_64-linux-musl-gcc") {
+        if !super::on_path("musl-gcc") {
+            bail!("no C compiler for musl (aws-lc-sys needs one): apt-get install musl-tools");
+        }
+        build.env("CC_x86_64_unknown_linux_musl", "musl-gcc");
+    }
+    super::run(build.args([
         "build",
         "--locked",
         "--profile",

@@ -31,6 +31,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    // deb-test: install-agent.sh downloads a package by version.
+    ("curl", "curl"),
 ];
 
 fn main() -> Result<()> {
