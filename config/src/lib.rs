@@ -5,12 +5,15 @@
 //! - `console`: [`ConsoleConfig`].
 //! - `source`: the shared loader: TOML file → env overrides → typed struct → validation,
 //!   and the key tables that `docs/config.md` is checked against.
+//! - `edit`: `config set`: one key changed in place (comments kept), validated, then an
+//!   atomic rename that keeps the file's mode and owner.
 //! - `duration`: human durations (`30s`, `5m`) with range checks.
 //! - `keyfile`: secret files written atomically with mode 0600; world-readable ones refused.
 
 pub mod agent;
 pub mod console;
 pub mod duration;
+pub mod edit;
 pub mod keyfile;
 pub mod source;
 

@@ -16,6 +16,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write config file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{var}: {message}")]
@@ -168,7 +174,7 @@ fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-fn env_value(doc: &KeyDoc, raw: &str) -> Result<toml::Value, String> {
+pub(crate) fn env_value(doc: &KeyDoc, raw: &str) -> Result<toml::Value, String> {
     let raw = raw.trim();
     Ok(match doc.kind {
         ValueKind::Text => toml::Value::String(raw.to_string()),

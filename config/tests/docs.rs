@@ -26,7 +26,12 @@ fn render() -> String {
          ```\n\
          heartbeat_interval: must be between 1s and 1h (got \"0s\") in /etc/edgefleet-agent/agent.toml\n\
          ```\n\n\
-         `edgefleet-agent config show` prints the effective configuration with secrets redacted.\n\n\
+         `edgefleet-agent config show` prints the effective configuration with secrets redacted.\n\
+         `edgefleet-agent config set KEY VALUE` changes one key of the file in place, keeping its\n\
+         comments, mode and owner; the value is read as the key's variable would be (lists\n\
+         comma-separated, `labels.NAME` for one label, `-` to read it from stdin), and the result\n\
+         is validated before it replaces the file. Both default to `/etc/edgefleet-agent/agent.toml`,\n\
+         where the package installs it.\n\n\
          <!-- Generated from config/src/{{agent,console}}.rs by config/tests/docs.rs. -->\n\n\
          ## Agent (`agent.toml`)\n\n{}\n\
          Example:\n\n\

@@ -13,6 +13,7 @@
 //! - `appconfig`: push-config: merging keys into an app's config file, atomic writes.
 //! - `service`: acting on managed apps: `systemctl`, or files for the simulator; app
 //!   status and version polling.
+//! - `polkit`: the polkit rule that lets the service user manage exactly its apps' units.
 //! - `script`: `run-script`, gated by `allow_scripts` and the local SHA-256 allow-list.
 //! - `inventory`: package collectors (dpkg, rpm, pacman, apk), the simulator's package set,
 //!   and the agent side of inventory sync (snapshot, delta, ack).
@@ -28,6 +29,7 @@ pub mod handle;
 pub mod heartbeat;
 pub mod identity;
 pub mod inventory;
+pub mod polkit;
 pub mod probe;
 pub mod queue;
 pub mod script;

@@ -1,11 +1,13 @@
-//! `edgefleet-agent`: the device daemon (`run`), the fleet simulator (`simulate`), and the
-//! local `status`, `version` and `config show` commands.
+//! `edgefleet-agent`: the device daemon (`run`), the fleet simulator (`simulate`), one-shot
+//! enrollment (`enroll`), and the local `status`, `version`, `config show|set` and
+//! `polkit-rule` commands.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use edgefleet_agent::enrollment::{EnrollState, EnrollmentFile};
 use edgefleet_agent::probe::SysinfoProbe;
 use edgefleet_agent::simulate::SimulateOptions;
 use edgefleet_agent::status::StatusFile;
@@ -76,6 +78,36 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Enroll this device once: write `console_urls` and `token` into the config, connect,
+    /// and exit when the console has answered (approved or pending: 0; refused or no answer:
+    /// non-zero). Run it while the agent service is stopped, then start the service.
+    Enroll {
+        /// Console MQTT URL, mqtt://HOST:PORT or mqtts://HOST:PORT.
+        #[arg(long)]
+        console: String,
+        /// Enrollment token (`edgefleet tokens create`). Prefer the variable: a flag shows
+        /// in `ps`.
+        #[arg(long, env = "EDGEFLEET_AGENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Config file to update (default /etc/edgefleet-agent/agent.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How long to wait for the console's answer.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+    /// Print the polkit rule that lets the service user start, stop and restart exactly the
+    /// units of the config's `[[apps]]` (the package writes it on install).
+    PolkitRule {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The user the agent service runs as.
+        #[arg(long, default_value = "edgefleet")]
+        user: String,
+        /// Write the rule to this file (atomically) instead of printing it.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
     /// Configuration commands.
@@ -89,9 +121,31 @@ enum Cmd {
 enum ConfigCmd {
     /// Print the effective configuration, secrets redacted.
     Show {
+        /// Default: /etc/edgefleet-agent/agent.toml if it exists.
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Set one key in the config file, keeping its comments, mode and owner. The result is
+    /// validated before it replaces the file. Lists are comma-separated; `labels.NAME`
+    /// sets one label; a VALUE of `-` is read from stdin (keeps a token out of `ps`).
+    Set {
+        key: String,
+        value: String,
+        /// Default /etc/edgefleet-agent/agent.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Where the package installs the config; commands use it when no `--config` is given.
+const INSTALLED_CONFIG: &str = "/etc/edgefleet-agent/agent.toml";
+
+/// `--config`, else the installed config if there is one (reading commands).
+fn config_or_installed(config: Option<PathBuf>) -> Option<PathBuf> {
+    config.or_else(|| {
+        let installed = PathBuf::from(INSTALLED_CONFIG);
+        installed.exists().then_some(installed)
+    })
 }
 
 fn main() -> Result<()> {
@@ -104,16 +158,77 @@ fn main() -> Result<()> {
         Cmd::Config {
             command: ConfigCmd::Show { config },
         } => {
+            let config = config_or_installed(config);
             print!(
                 "{}",
                 AgentConfig::load_from_process_env(config.as_deref())?.show()
             );
             Ok(())
         }
+        Cmd::Config {
+            command: ConfigCmd::Set { key, value, config },
+        } => {
+            let path = config.unwrap_or_else(|| INSTALLED_CONFIG.into());
+            let value = if value == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .context("reading the value from stdin")?;
+                text.trim().to_string()
+            } else {
+                value
+            };
+            edgefleet_config::edit::set_agent_key(&path, &key, &value)?;
+            eprintln!("{key} set in {}", path.display());
+            Ok(())
+        }
+        Cmd::Enroll {
+            console,
+            token,
+            config,
+            timeout,
+        } => {
+            init_tracing(args.log_format);
+            let timeout = humantime::parse_duration(&timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: expected a duration like 60s ({e})"))?;
+            let path = config.unwrap_or_else(|| INSTALLED_CONFIG.into());
+            enroll(&path, &console, &token, timeout)
+        }
+        Cmd::PolkitRule {
+            config,
+            user,
+            output,
+        } => {
+            let config = config_or_installed(config);
+            let cfg = AgentConfig::load_from_process_env(config.as_deref())?;
+            let units: Vec<&str> = cfg.apps.iter().map(|a| a.unit.as_str()).collect();
+            let rule = edgefleet_agent::polkit::rule(&user, &units);
+            match output {
+                None => print!("{rule}"),
+                Some(path) => {
+                    let tmp = path.with_extension("rules.tmp");
+                    std::fs::write(&tmp, rule)
+                        .and_then(|()| std::fs::rename(&tmp, &path))
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "{}: user {user} may start, stop and restart {}",
+                        path.display(),
+                        if units.is_empty() {
+                            "no units ([[apps]] is empty)".to_string()
+                        } else {
+                            units.join(", ")
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
         Cmd::Status { config, data_dir } => {
             let data_dir = match data_dir {
                 Some(d) => d,
-                None => AgentConfig::load_from_process_env(config.as_deref())?.data_dir,
+                None => {
+                    let config = config_or_installed(config);
+                    AgentConfig::load_from_process_env(config.as_deref())?.data_dir
+                }
             };
             status(&data_dir)
         }
@@ -238,6 +353,115 @@ impl Signals {
     }
 }
 
+/// One-shot enrollment with the real agent: the same session code `run` uses, stopped as
+/// soon as the console has decided.
+fn enroll(path: &Path, console: &str, token: &str, timeout: Duration) -> Result<()> {
+    parse_mqtt_url(console).map_err(|e| anyhow::anyhow!("--console: {e}"))?;
+    token
+        .parse::<edgefleet_codec::EnrollToken>()
+        .map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    let before = AgentConfig::load_from_process_env(path.exists().then_some(path))?;
+    if let Ok(file) = StatusFile::read(&StatusFile::path(&before.data_dir)) {
+        if agent_running(&file) {
+            bail!(
+                "an agent (pid {}) is running with data dir {}; stop it first (systemctl stop edgefleet-agent), or set the keys with `edgefleet-agent config set` and restart it",
+                file.pid,
+                before.data_dir.display()
+            );
+        }
+    }
+    edgefleet_config::edit::set_agent_key(path, "console_urls", console)?;
+    edgefleet_config::edit::set_agent_key(path, "token", token)?;
+    let cfg = AgentConfig::load_from_process_env(Some(path))?;
+    let data_dir = cfg.data_dir.clone();
+    // An explicit enroll asks the console again, whatever it answered before.
+    let state = EnrollmentFile::in_dir(&data_dir);
+    match std::fs::remove_file(state.path()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", state.path().display())),
+    }
+    eprintln!("enroll: wrote console_urls and token to {}", path.display());
+    eprintln!("enroll: connecting to {console} (waiting up to {timeout:?})");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let outcome = rt.block_on(async {
+        let probe = SysinfoProbe::new(cfg.disk_mounts.clone());
+        let agent = edgefleet_agent::spawn(AgentOptions::new(cfg, probe)).await?;
+        let id = agent.agent_id().to_string();
+        let decided = agent
+            .wait_for(timeout, |s| s.enrollment.is_some())
+            .await
+            .map(|s| s.enrollment);
+        let last = agent.status();
+        agent.shutdown().await;
+        anyhow::Ok((id, decided, last))
+    });
+    hand_back(&data_dir);
+    let (id, decided, last) = outcome?;
+    match decided {
+        Ok(Some(EnrollState::Approved)) => {
+            println!("enrolled: agent {id} is approved; start the service: systemctl start edgefleet-agent");
+            Ok(())
+        }
+        Ok(Some(EnrollState::Pending)) => {
+            println!("enrolled: agent {id} is pending; an operator approves it (`edgefleet agents approve {id}` or the web UI); start the service: systemctl start edgefleet-agent");
+            Ok(())
+        }
+        Ok(Some(EnrollState::Rejected)) => {
+            let reason = state
+                .load()
+                .and_then(|e| e.reason)
+                .unwrap_or_else(|| "no reason given".into());
+            bail!("the console refused agent {id}: {reason}")
+        }
+        Ok(None) | Err(_) => bail!(
+            "no enrollment answer from {console} within {timeout:?} ({}); is the console reachable and the URL its MQTT listener?",
+            if last.connected {
+                "connected, but no answer"
+            } else {
+                "never connected"
+            }
+        ),
+    }
+}
+
+fn agent_running(file: &StatusFile) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    file.pid != std::process::id()
+        && Path::new(&format!("/proc/{}", file.pid)).exists()
+        && now.saturating_sub(file.written_at) < 15_000
+}
+
+/// When root runs `enroll` on an installed agent, the key, database and state it made must
+/// stay usable by the service user, who owns the data dir.
+fn hand_back(data_dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let Ok(dir) = std::fs::metadata(data_dir) else {
+        return;
+    };
+    if me != Some(0) || dir.uid() == 0 {
+        return;
+    }
+    fn walk(path: &Path, uid: u32, gid: u32) {
+        if let Err(e) = std::os::unix::fs::chown(path, Some(uid), Some(gid)) {
+            eprintln!("enroll: cannot chown {}: {e}", path.display());
+        }
+        if path.is_dir() && !path.is_symlink() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                walk(&entry.path(), uid, gid);
+            }
+        }
+    }
+    walk(data_dir, dir.uid(), dir.gid());
+}
+
 fn status(data_dir: &Path) -> Result<()> {
     let file = StatusFile::read(&StatusFile::path(data_dir))?;
     let s = &file.snapshot;
@@ -255,6 +479,20 @@ fn status(data_dir: &Path) -> Result<()> {
         s.console_key.as_deref().unwrap_or("not pinned yet")
     );
     println!("connected:     {}", running && s.connected);
+    // From the state file the session keeps, which outlives the process.
+    let enrollment = EnrollmentFile::in_dir(data_dir).load();
+    println!(
+        "enrollment:    {}",
+        match &enrollment {
+            None => "not enrolled".to_string(),
+            Some(e) => match (e.state, &e.reason) {
+                (EnrollState::Approved, _) => "approved".to_string(),
+                (EnrollState::Pending, _) => "pending".to_string(),
+                (EnrollState::Rejected, Some(r)) => format!("rejected ({r})"),
+                (EnrollState::Rejected, None) => "rejected".to_string(),
+            },
+        }
+    );
     println!("bd_seq:        {}", s.bd_seq);
     println!(
         "last heartbeat {}",

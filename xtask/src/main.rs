@@ -5,6 +5,11 @@
 //! - `ui`: builds the web UI (wasm, JS glue, hashed and precompressed assets) into
 //!   `web-ui/dist`, which the console serves.
 //! - `screenshot`: regenerates `docs/overview.png` from a demo fleet in headless Chromium.
+//! - `dist`: release binaries, the agent and console `.deb` packages and the CLI tarball in
+//!   `dist/` (module `dist`).
+//! - `deb-test`: checks the packages' contents, then really installs, upgrades and purges
+//!   them on this machine and runs the install script against a local console (module
+//!   `debtest`; root only).
 //!
 //! Tasks shell out to `cargo`, `rustup` and `apt-get`; each step prints what it runs so a
 //! red CI log says which step failed.
@@ -14,6 +19,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod debtest;
+mod dist;
 mod ui;
 
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -24,6 +31,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    // deb-test: install-agent.sh downloads a package by version.
+    ("curl", "curl"),
 ];
 
 fn main() -> Result<()> {
@@ -36,6 +45,8 @@ fn main() -> Result<()> {
         "ui" => ui::build(&workspace_root()),
         "screenshot" => screenshot(),
         "install-deps" => install_deps(),
+        "dist" => dist::dist(&workspace_root(), &dist::Options::parse(rest)?).map(drop),
+        "deb-test" => debtest::run(&workspace_root(), rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -44,7 +55,10 @@ fn main() -> Result<()> {
                  demo [N]      build the UI and start the console with N simulated agents (default 25)\n  \
                  ui            build the web UI into web-ui/dist (served by the console)\n  \
                  screenshot    regenerate docs/overview.png from a demo fleet (headless Chromium)\n  \
-                 install-deps  only install the tools the tests need (rustup target, apt packages)"
+                 install-deps  only install the tools the tests need (rustup target, apt packages)\n  \
+                 dist          release binaries, .deb packages and the CLI tarball into dist/\n                \
+                 (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)\n  \
+                 deb-test      build dev packages, then install, upgrade and purge them here (root)"
             );
             if task == "help" {
                 Ok(())
@@ -89,6 +103,8 @@ fn ci() -> Result<()> {
     run(cargo()
         .args(["build", "--locked", "--manifest-path"])
         .arg(root.join("codec/fuzz/Cargo.toml")))?;
+    // Last: it packages the debug binaries the tests just built and installs them here.
+    debtest::run(&root, &[])?;
     println!("xtask ci: all checks passed");
     Ok(())
 }
