@@ -438,6 +438,235 @@ async fn bad_queries_get_400_with_a_precise_message_and_unknown_agents_404() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+#[tokio::test]
+async fn groups_labels_maintenance_and_rollouts_answer_bad_input_with_a_precise_4xx() {
+    let env = env();
+    let a = enroll(&env);
+    let id = a.identity.agent_id().to_string();
+    let cases: Vec<(&str, String, &str, StatusCode, &str)> = vec![
+        (
+            "POST",
+            "/api/groups".into(),
+            r#"{"id":"x","selector":"a","members":[]}"#,
+            StatusCode::BAD_REQUEST,
+            "not both",
+        ),
+        (
+            "POST",
+            "/api/groups".into(),
+            r#"{"id":"x"}"#,
+            StatusCode::BAD_REQUEST,
+            "give members",
+        ),
+        (
+            "POST",
+            "/api/groups".into(),
+            r#"{"id":"X Y","selector":"a"}"#,
+            StatusCode::BAD_REQUEST,
+            "id must be 1-64 characters",
+        ),
+        (
+            "POST",
+            "/api/groups".into(),
+            r#"{"id":"x","selector":"site in ("}"#,
+            StatusCode::BAD_REQUEST,
+            "selector: at character 10",
+        ),
+        (
+            "POST",
+            "/api/groups".into(),
+            r#"{"id":"x","members":["nobody"]}"#,
+            StatusCode::BAD_REQUEST,
+            "members: no agent \"nobody\"",
+        ),
+        (
+            "POST",
+            "/api/groups".into(),
+            r#"{"id":"x","selector":"a","settings":{"hotspot_threshold":101}}"#,
+            StatusCode::BAD_REQUEST,
+            "hotspot_threshold must be 1 to 100",
+        ),
+        (
+            "POST",
+            "/api/groups".into(),
+            r#"{"id":"x","selector":"a","colour":"red"}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown field `colour`",
+        ),
+        (
+            "GET",
+            "/api/groups/nope".into(),
+            "",
+            StatusCode::NOT_FOUND,
+            "no group \"nope\"",
+        ),
+        (
+            "GET",
+            "/api/agents?group=nope".into(),
+            "",
+            StatusCode::NOT_FOUND,
+            "no group \"nope\"",
+        ),
+        (
+            "GET",
+            "/api/fleet/summary?label=a%3D".into(),
+            "",
+            StatusCode::BAD_REQUEST,
+            "label: at character 3: expected a value",
+        ),
+        (
+            "PUT",
+            format!("/api/agents/{id}/labels"),
+            r#"{"set":{"bad key":"v"}}"#,
+            StatusCode::BAD_REQUEST,
+            "label key \"bad key\"",
+        ),
+        (
+            "PUT",
+            format!("/api/agents/{id}/labels"),
+            r#"{}"#,
+            StatusCode::BAD_REQUEST,
+            "give labels to `set` or to `remove`",
+        ),
+        (
+            "PUT",
+            format!("/api/agents/{id}/settings"),
+            r#"{"heartbeat_interval_s":2}"#,
+            StatusCode::BAD_REQUEST,
+            "heartbeat_interval_s must be 5 to 3600",
+        ),
+        (
+            "POST",
+            format!("/api/agents/{id}/maintenance"),
+            r#"{"reason":""}"#,
+            StatusCode::BAD_REQUEST,
+            "reason: give 1 to 500 characters",
+        ),
+        (
+            "POST",
+            format!("/api/agents/{id}/maintenance"),
+            r#"{"reason":"x","until":"soon"}"#,
+            StatusCode::BAD_REQUEST,
+            "until:",
+        ),
+        (
+            "POST",
+            format!("/api/agents/{id}/maintenance"),
+            r#"{"reason":"x","allow":["reboot"]}"#,
+            StatusCode::BAD_REQUEST,
+            "allow: \"reboot\" is not a command action",
+        ),
+        (
+            "DELETE",
+            format!("/api/agents/{id}/maintenance"),
+            "",
+            StatusCode::CONFLICT,
+            "is not in maintenance",
+        ),
+        (
+            "POST",
+            "/api/rollouts".into(),
+            r#"{"action":"restart-app","app":"a","group":"g"}"#,
+            StatusCode::BAD_REQUEST,
+            "action must be update-app or push-config",
+        ),
+        (
+            "POST",
+            "/api/rollouts".into(),
+            r#"{"action":"push-config","app":"a","values":{"k":1},"waves":[50]}"#,
+            StatusCode::BAD_REQUEST,
+            "end at 100",
+        ),
+        (
+            "POST",
+            "/api/rollouts".into(),
+            r#"{"action":"push-config","app":"a","values":{"k":1}}"#,
+            StatusCode::BAD_REQUEST,
+            "exactly one target",
+        ),
+        (
+            "POST",
+            "/api/rollouts".into(),
+            r#"{"action":"push-config","app":"a","values":{"k":1},"selector":"nothing"}"#,
+            StatusCode::BAD_REQUEST,
+            "the target has no active hosts",
+        ),
+        (
+            "POST",
+            "/api/rollouts".into(),
+            r#"{"action":"push-config","app":"a","values":{"k":1},"agents":["abcdefghijklmnop"]}"#,
+            StatusCode::NOT_FOUND,
+            "no agent abcdefghijklmnop",
+        ),
+        (
+            "POST",
+            "/api/rollouts".into(),
+            r#"{"action":"update-app","app":"a","version":"2","url":"ftp://x","sha256":"00","selector":"a"}"#,
+            StatusCode::BAD_REQUEST,
+            "url: agents fetch artifacts over http://",
+        ),
+        (
+            "POST",
+            "/api/rollouts".into(),
+            r#"{"action":"push-config","app":"a","values":{"k":1},"selector":"a","canry":2}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown field `canry`",
+        ),
+        (
+            "GET",
+            "/api/rollouts/ro-nope".into(),
+            "",
+            StatusCode::NOT_FOUND,
+            "no rollout \"ro-nope\"",
+        ),
+        (
+            "POST",
+            "/api/rollouts/ro-nope/abort".into(),
+            "",
+            StatusCode::NOT_FOUND,
+            "no rollout \"ro-nope\"",
+        ),
+    ];
+    for (method, uri, body, want, needle) in cases {
+        let (status, doc) = admin(&env, method, &uri, body).await;
+        assert_eq!(status, want, "{method} {uri} {body}: {doc}");
+        assert!(
+            doc["error"].as_str().unwrap_or_default().contains(needle),
+            "{method} {uri} {body}: {doc} (wanted {needle:?})"
+        );
+    }
+    // A viewer reads but does not change.
+    let (status, _) = call(
+        &env,
+        "POST",
+        "/api/groups",
+        Some(&format!("Bearer {}", env.key)),
+        r#"{"id":"x","selector":"a"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = get(&env, "/api/groups").await;
+    assert_eq!(status, StatusCode::OK);
+    // A second create of the same id is a conflict; PUT replaces.
+    let (status, _) = admin(&env, "POST", "/api/groups", r#"{"id":"g","selector":"a"}"#).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, doc) = admin(&env, "POST", "/api/groups", r#"{"id":"g","selector":"a"}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{doc}");
+    let (status, doc) = admin(&env, "PUT", "/api/groups/g", r#"{"id":"h","selector":"a"}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{doc}");
+    let (status, doc) = admin(
+        &env,
+        "PUT",
+        "/api/groups/g",
+        r#"{"selector":"b","name":"Bees"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, doc["name"].as_str()),
+        (StatusCode::OK, Some("Bees"))
+    );
+}
+
 #[test]
 fn docs_api_md_lists_every_route() {
     let doc =

@@ -16,6 +16,27 @@ use crate::fleet::{now_ms, Fleet};
 use crate::presence::Approval;
 use crate::rollouts::{check_plan, Control, Rollout, MAX_HOSTS};
 
+/// The fields of a `POST /api/rollouts` body.
+const FIELDS: [&str; 17] = [
+    "name",
+    "action",
+    "app",
+    "expires",
+    "url",
+    "version",
+    "sha256",
+    "values",
+    "group",
+    "selector",
+    "agents",
+    "canary",
+    "waves",
+    "soak",
+    "max_failure_pct",
+    "min_executed",
+    "rate_per_minute",
+];
+
 pub fn routes() -> Router<Arc<Fleet>> {
     Router::new()
         .route("/api/rollouts", get(list).post(create))
@@ -46,6 +67,15 @@ async fn create(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<api::RolloutView>), ApiError> {
     require(&key, Role::Operator)?;
+    // `RolloutCreate` flattens the command fields, so serde cannot refuse unknown ones:
+    // a misspelt `canry` must not silently become the default canary.
+    let fields: serde_json::Map<String, serde_json::Value> = json_body(&body)?;
+    if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field `{unknown}`, expected one of {}",
+            FIELDS.join(", ")
+        )));
+    }
     let req: api::RolloutCreate = json_body(&body)?;
     if req.action != "update-app" && req.action != "push-config" {
         return Err(ApiError::BadRequest(format!(
