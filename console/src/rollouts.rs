@@ -349,10 +349,6 @@ impl Rollout {
         }
         (executed, failed)
     }
-
-    fn hosts_upto(&self, upto: usize) -> usize {
-        self.hosts.iter().filter(|h| h.wave <= upto).count()
-    }
 }
 
 fn word<T: Serialize>(v: &T) -> String {
@@ -707,7 +703,14 @@ impl Fleet {
             self.send(r, i, id, action.clone(), &agent);
         }
         let (executed, failed) = r.tally(w);
-        let needed = r.plan.min_executed.min(r.hosts_upto(w));
+        // Skipped and expired hosts never execute: a gate must not wait for them.
+        let reachable = r
+            .hosts
+            .iter()
+            .filter(|h| h.wave <= w)
+            .filter(|h| !matches!(h.state, HostState::Skipped | HostState::Expired))
+            .count();
+        let needed = r.plan.min_executed.min(reachable);
         let pct = if executed == 0 {
             0.0
         } else {

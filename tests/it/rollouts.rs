@@ -909,3 +909,57 @@ async fn an_updated_host_that_goes_down_during_the_soak_fails_the_health_gate() 
     );
     assert_eq!(states(&paused, "waves"), vec!["failed", "waiting"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_in_maintenance_is_skipped_and_the_rollout_still_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let _sim = AgentProc::simulate(
+        &tmp.path().join("sim"),
+        &console.mqtt_url(),
+        &console.token,
+        3,
+        "2s",
+    )
+    .unwrap();
+    let hosts = all_online(&console, 3).await;
+    // The last host by hostname is alone in the last wave.
+    let resting = hosts[&2]["id"].as_str().unwrap().to_string();
+    console
+        .send(
+            "POST",
+            &format!("/api/agents/{resting}/maintenance"),
+            r#"{"reason":"on a ship in dry dock"}"#,
+        )
+        .await;
+    let (url, sha) = artifact(&console, tmp.path(), "2.0").await;
+    let body = update_body(
+        &url,
+        &sha,
+        json!({"selector": "hw", "canary": 1, "waves": [50, 100], "soak": "1s", "min_executed": 3}),
+    );
+    let id = console.send("POST", "/api/rollouts", &body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = wait_rollout(&console, &id, "completed", Duration::from_secs(60)).await;
+    let entry = done["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["agent"] == resting.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["state"], "skipped", "{done}");
+    assert!(
+        entry["message"]
+            .as_str()
+            .unwrap()
+            .contains("on a ship in dry dock"),
+        "{entry}"
+    );
+    assert_eq!(update_commands(&console, &resting).await, 0);
+    assert_eq!(done["waves"][2]["gate"]["executed"], 2, "{done}");
+}
