@@ -5,7 +5,7 @@
 //! `priority` wins, ties broken by group id.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use edgefleet_codec::api::{EffectiveSetting, EffectiveSettings, GroupSpec, ScopedSettings};
 use serde::{Deserialize, Serialize};
@@ -40,11 +40,31 @@ pub struct Globals {
     pub hotspot_window_s: u64,
 }
 
-/// A group with its selector parsed once.
+/// A group with its membership rule built once (the selector parsed, the members hashed).
 #[derive(Debug)]
 struct Entry {
     group: Group,
-    selector: Option<Selector>,
+    membership: Arc<Membership>,
+}
+
+impl Entry {
+    fn new(group: Group) -> Entry {
+        let membership = match (&group.members, &group.selector) {
+            (Some(m), _) => Membership::Static(m.iter().cloned().collect()),
+            (None, Some(text)) => match Selector::parse(text) {
+                Ok(s) => Membership::Dynamic(s),
+                Err(e) => {
+                    tracing::error!(group = %group.id, error = %e, "stored selector no longer parses; the group matches nothing");
+                    Membership::Static(Default::default())
+                }
+            },
+            (None, None) => Membership::Static(Default::default()),
+        };
+        Entry {
+            group,
+            membership: Arc::new(membership),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -179,12 +199,7 @@ impl Groups {
                     tree: "groups",
                     source,
                 })?;
-            let selector = group.selector.as_deref().and_then(|s| {
-                Selector::parse(s)
-                    .inspect_err(|e| tracing::error!(group = %group.id, error = %e, "stored selector no longer parses; the group matches nothing"))
-                    .ok()
-            });
-            entries.insert(group.id.clone(), Entry { group, selector });
+            entries.insert(group.id.clone(), Entry::new(group));
         }
         Ok(Groups {
             tree,
@@ -214,11 +229,7 @@ impl Groups {
             serde_json::to_vec(&group).expect("groups serialize"),
         )?;
         self.tree.flush()?;
-        let selector = group
-            .selector
-            .as_deref()
-            .and_then(|s| Selector::parse(s).ok());
-        entries.insert(group.id.clone(), Entry { group, selector });
+        entries.insert(group.id.clone(), Entry::new(group));
         Ok(true)
     }
 
@@ -241,20 +252,16 @@ impl Groups {
         labels: &BTreeMap<String, String>,
     ) -> Option<bool> {
         let entries = self.entries.read().expect("groups lock");
-        entries.get(group).map(|e| entry_contains(e, id, labels))
+        entries
+            .get(group)
+            .map(|e| e.membership.contains(id, labels))
     }
 
     /// A membership test for one group that holds no lock while it runs, for filtering
     /// many hosts.
-    pub fn matcher(&self, group: &str) -> Option<Membership> {
+    pub fn matcher(&self, group: &str) -> Option<Arc<Membership>> {
         let entries = self.entries.read().expect("groups lock");
-        entries
-            .get(group)
-            .map(|e| match (&e.group.members, &e.selector) {
-                (Some(m), _) => Membership::Static(m.iter().cloned().collect()),
-                (None, Some(s)) => Membership::Dynamic(s.clone()),
-                (None, None) => Membership::Static(Default::default()),
-            })
+        entries.get(group).map(|e| e.membership.clone())
     }
 
     /// The groups host `id` is in, highest precedence first.
@@ -262,24 +269,16 @@ impl Groups {
         let entries = self.entries.read().expect("groups lock");
         let mut out: Vec<Group> = entries
             .values()
-            .filter(|e| entry_contains(e, id, labels))
+            .filter(|e| e.membership.contains(id, labels))
             .map(|e| e.group.clone())
             .collect();
         out.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.id.cmp(&b.id)));
         out
     }
-
-    /// Whether any group sets anything (the common case is none: resolution is skipped).
-    pub fn any_settings(&self) -> bool {
-        let entries = self.entries.read().expect("groups lock");
-        entries
-            .values()
-            .any(|e| e.group.settings != ScopedSettings::default())
-    }
 }
 
-/// A group's membership rule, detached from the group lock.
-#[derive(Debug, Clone)]
+/// A group's membership rule, shared out of the group lock.
+#[derive(Debug)]
 pub enum Membership {
     Static(std::collections::HashSet<String>),
     Dynamic(Selector),
@@ -291,14 +290,6 @@ impl Membership {
             Membership::Static(m) => m.contains(id),
             Membership::Dynamic(s) => s.matches(labels),
         }
-    }
-}
-
-fn entry_contains(e: &Entry, id: &str, labels: &BTreeMap<String, String>) -> bool {
-    match (&e.group.members, &e.selector) {
-        (Some(m), _) => m.binary_search_by(|x| x.as_str().cmp(id)).is_ok(),
-        (None, Some(s)) => s.matches(labels),
-        (None, None) => false,
     }
 }
 

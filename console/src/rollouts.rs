@@ -280,10 +280,7 @@ impl Rollout {
             action: action.to_string(),
             app: self.app().map(str::to_string),
             version,
-            state: serde_json::to_value(self.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            state: word(&self.state),
             reason: self.reason.clone(),
             created_by: self.created_by.clone(),
             created_at: self.created_at,
@@ -446,7 +443,7 @@ impl Fleet {
         let detail = format!(
             "created {}: {} {} to {} hosts in {} waves (canary {}, {:?}, soak {} s, max failure {}%)",
             r.id,
-            word_action(&r.action),
+            crate::commands::action_name(&r.action),
             r.app().unwrap_or_default(),
             r.hosts.len(),
             r.waves.len(),
@@ -955,10 +952,6 @@ impl Fleet {
             }
         }
     }
-}
-
-fn word_action(a: &CommandAction) -> &'static str {
-    crate::commands::action_name(a)
 }
 
 #[cfg(test)]

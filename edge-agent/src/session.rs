@@ -1617,6 +1617,13 @@ struct UpdateSpec {
     downloads: PathBuf,
 }
 
+/// Runs a blocking service or file step off the async workers.
+async fn blocking(f: Box<dyn FnOnce() -> Result<(), String> + Send>) -> Result<(), String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("task failed: {e}")))
+}
+
 /// update-app: download (resumable) and verify, stop, swap the directory, start, check;
 /// on any failure after the stop, put the previous version back and start it.
 async fn update_app(
@@ -1632,11 +1639,6 @@ async fn update_app(
     };
     let dir = app.binary_dir.clone().expect("checked by the caller");
     let unit = app.unit.clone();
-    let blocking = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .unwrap_or_else(|e| Err(format!("task failed: {e}")))
-    };
     let result: Result<String, (CommandOutcome, String)> = async {
         report.step(format!("downloading {}", spec.url)).await;
         let archive = crate::update::download(&spec.url, &spec.downloads, &spec.sha256, &|p| {
@@ -1717,21 +1719,16 @@ async fn rollback_app(
     };
     let dir = app.binary_dir.clone().expect("checked by the caller");
     let unit = app.unit.clone();
-    let run = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .unwrap_or_else(|e| Err(format!("task failed: {e}")))
-    };
     let result: Result<String, String> = async {
         report.step(format!("stopping {unit}")).await;
         let (s, u) = (services.clone(), unit.clone());
-        run(Box::new(move || s.stop(&u))).await?;
+        blocking(Box::new(move || s.stop(&u))).await?;
         report.step("restoring the previous version".into()).await;
         let d = dir.clone();
-        run(Box::new(move || crate::update::rollback(&d))).await?;
+        blocking(Box::new(move || crate::update::rollback(&d))).await?;
         report.step(format!("starting {unit}")).await;
         let (s, u) = (services.clone(), unit.clone());
-        run(Box::new(move || s.start(&u))).await?;
+        blocking(Box::new(move || s.start(&u))).await?;
         tokio::time::sleep(RESTART_SETTLE).await;
         check(&services, &unit, app.health_url.as_deref()).await?;
         Ok(format!("{} rolled back to the previous version", app.id))

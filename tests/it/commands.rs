@@ -394,21 +394,6 @@ async fn push_config_merges_keeps_comments_and_rolls_back_when_the_app_fails() {
 }
 
 /// A `.tar.gz` with one file, `VERSION`.
-fn archive(path: &Path, version: &str) {
-    let gz = flate2::write::GzEncoder::new(
-        std::fs::File::create(path).unwrap(),
-        flate2::Compression::default(),
-    );
-    let mut tar = tar::Builder::new(gz);
-    let data = format!("{version}\n");
-    let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "VERSION", data.as_bytes())
-        .unwrap();
-    tar.into_inner().unwrap().finish().unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_rolls_back() {
@@ -430,7 +415,7 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
 
     // The CLI uploads a local archive to the console and waits for the update.
     let v2 = tmp.path().join("pump-2.0.tar.gz");
-    archive(&v2, "2.0");
+    crate::harness::archive(&v2, "2.0");
     let (addr, key) = (console.http.to_string(), console.api_key.clone());
     let (ok, out) = tokio::task::spawn_blocking({
         let (id, v2) = (id.clone(), v2.clone());
@@ -502,7 +487,7 @@ async fn update_app_from_a_console_hosted_artifact_succeeds_and_a_failing_one_ro
 
     // Version 3.0 does not start: 2.0 comes back.
     let v3 = tmp.path().join("pump-3.0.tar.gz");
-    archive(&v3, "3.0");
+    crate::harness::archive(&v3, "3.0");
     let uploaded = {
         let (code, body) = crate::harness::upload(&console, &std::fs::read(&v3).unwrap()).await;
         assert_eq!(code, 201, "{body}");

@@ -468,3 +468,20 @@ impl AgentProc {
             .collect()
     }
 }
+
+/// Writes an app archive (`.tar.gz`) holding one `VERSION` file with `version`.
+pub fn archive(path: &Path, version: &str) {
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    let data = format!("{version}\n");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "VERSION", data.as_bytes())
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+}

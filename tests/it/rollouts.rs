@@ -49,19 +49,7 @@ fn fail_app(sim_dir: &Path, i: usize) {
 /// Uploads a `sensor-hub` archive of `version`: `(url, sha256)`.
 async fn artifact(console: &Console, tmp: &Path, version: &str) -> (String, String) {
     let path = tmp.join(format!("{APP}-{version}.tar.gz"));
-    let gz = flate2::write::GzEncoder::new(
-        std::fs::File::create(&path).unwrap(),
-        flate2::Compression::default(),
-    );
-    let mut tar = tar::Builder::new(gz);
-    let data = format!("{version}\n");
-    let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "VERSION", data.as_bytes())
-        .unwrap();
-    tar.into_inner().unwrap().finish().unwrap();
+    crate::harness::archive(&path, version);
     let (code, body) = upload(console, &std::fs::read(&path).unwrap()).await;
     assert_eq!(code, 201, "{body}");
     let doc: Value = serde_json::from_str(&body).unwrap();
@@ -89,6 +77,51 @@ async fn edgefleet_cli(console: &Console, args: &[&str]) -> Value {
     assert_eq!(out.code, Some(0), "edgefleet {args:?}: {out:?}");
     serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("edgefleet {args:?}: not JSON ({e}): {out:?}"))
+}
+
+/// Creates a rollout and returns its id.
+async fn start_rollout(console: &Console, body: &str) -> String {
+    let created = console.send("POST", "/api/rollouts", body).await;
+    created["id"].as_str().unwrap().to_string()
+}
+
+/// A console with default options and `n` simulated agents, all online.
+async fn fleet_of(tmp: &Path, n: usize) -> (Console, AgentProc, BTreeMap<usize, Value>) {
+    let console = Console::start(&tmp.join("console"), ConsoleOpts::default())
+        .await
+        .unwrap();
+    let sim = AgentProc::simulate(
+        &tmp.join("sim"),
+        &console.mqtt_url(),
+        &console.token,
+        n,
+        "2s",
+    )
+    .unwrap();
+    let hosts = all_online(&console, n).await;
+    (console, sim, hosts)
+}
+
+/// Hosts with a firing `agent-offline` alert.
+async fn offline_alerts(console: &Console) -> Vec<String> {
+    let a = console.get("/api/alerts?state=firing").await;
+    a["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["rule"] == "agent-offline")
+        .map(|x| x["agent"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A rollout's entry for one host.
+fn host_entry<'a>(r: &'a Value, agent: &str) -> &'a Value {
+    r["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["agent"] == agent)
+        .unwrap_or_else(|| panic!("{agent} is not in the rollout: {r}"))
 }
 
 async fn rollout(console: &Console, id: &str) -> Value {
@@ -323,27 +356,13 @@ async fn dynamic_groups_follow_labels_and_scoped_settings_apply_agent_over_group
         Duration::from_secs(20),
         "the pi's offline alert",
         || async {
-            let a = console.get("/api/alerts?state=firing").await;
-            let agents: Vec<String> = a["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|x| x["rule"] == "agent-offline")
-                .map(|x| x["agent"].as_str().unwrap().to_string())
-                .collect();
+            let agents = offline_alerts(&console).await;
             (!agents.is_empty()).then_some(agents)
         },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let later = console.get("/api/alerts?state=firing").await;
-    let later: Vec<&str> = later["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|x| x["rule"] == "agent-offline")
-        .map(|x| x["agent"].as_str().unwrap())
-        .collect();
+    let later = offline_alerts(&console).await;
     assert_eq!(firing, vec![id(0)]);
     let silenced = console.get("/api/alerts?state=firing").await;
     assert!(
@@ -354,7 +373,7 @@ async fn dynamic_groups_follow_labels_and_scoped_settings_apply_agent_over_group
             .all(|a| a["silenced"] == true),
         "the group silence covers its member: {silenced}"
     );
-    assert_eq!(later, vec![id(0).as_str()], "3 s later still only host 0");
+    assert_eq!(later, vec![id(0)], "3 s later still only host 0");
     let audit = console.get("/api/audit?action=labels").await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 2, "{audit}");
 }
@@ -423,29 +442,19 @@ async fn maintenance_suppresses_the_offline_alert_refuses_commands_and_ends_on_t
         .await;
 
     sim.child.kill().await.unwrap();
-    let offline_alerts = || async {
-        let a = console.get("/api/alerts?state=firing").await;
-        a["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["rule"] == "agent-offline")
-            .map(|x| x["agent"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
     wait_for(Duration::from_secs(15), "b's offline alert", || async {
-        offline_alerts().await.contains(&b).then_some(())
+        offline_alerts(&console).await.contains(&b).then_some(())
     })
     .await;
     assert!(
-        !offline_alerts().await.contains(&a),
+        !offline_alerts(&console).await.contains(&a),
         "a is in maintenance: no alert yet"
     );
     // At the end time maintenance ends by itself, and a's alert fires.
     wait_for(
         Duration::from_secs(20),
         "a's alert after maintenance",
-        || async { offline_alerts().await.contains(&a).then_some(()) },
+        || async { offline_alerts(&console).await.contains(&a).then_some(()) },
     )
     .await;
     let fired_at = std::time::SystemTime::now()
@@ -488,18 +497,7 @@ async fn maintenance_suppresses_the_offline_alert_refuses_commands_and_ends_on_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_over_fifty_agents_completes_wave_by_wave_and_every_host_runs_the_new_version() {
     let tmp = tempfile::tempdir().unwrap();
-    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
-        .await
-        .unwrap();
-    let _sim = AgentProc::simulate(
-        &tmp.path().join("sim"),
-        &console.mqtt_url(),
-        &console.token,
-        50,
-        "2s",
-    )
-    .unwrap();
-    let hosts = all_online(&console, 50).await;
+    let (console, _sim, hosts) = fleet_of(tmp.path(), 50).await;
     let (url, sha) = artifact(&console, tmp.path(), "2.0").await;
     let body = update_body(
         &url,
@@ -596,10 +594,7 @@ async fn a_failing_canary_pauses_the_rollout_at_the_first_gate_and_abort_rolls_b
         json!({"selector": "hw", "canary": 2, "waves": [20, 100], "soak": "2s",
                "max_failure_pct": 5, "min_executed": 2}),
     );
-    let id = console.send("POST", "/api/rollouts", &body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = start_rollout(&console, &body).await;
     let paused = wait_rollout(&console, &id, "paused", Duration::from_secs(60)).await;
     assert_eq!(
         states(&paused, "waves"),
@@ -657,20 +652,13 @@ async fn a_failing_canary_pauses_the_rollout_at_the_first_gate_and_abort_rolls_b
     assert_eq!(status["state"], "paused");
     edgefleet_cli(&console, &["rollouts", "abort", &id]).await;
     let aborted = wait_rollout(&console, &id, "aborted", Duration::from_secs(60)).await;
-    let host_state = |r: &Value, agent: &str| {
-        r["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["agent"] == agent)
-            .unwrap()["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(host_state(&aborted, &good), "reverted", "{aborted}");
+    assert_eq!(
+        host_entry(&aborted, &good)["state"],
+        "reverted",
+        "{aborted}"
+    );
     let bad = hosts[&1]["id"].as_str().unwrap();
-    assert_eq!(host_state(&aborted, bad), "rolled-back");
+    assert_eq!(host_entry(&aborted, bad)["state"], "rolled-back");
     wait_for(Duration::from_secs(20), "the old version back", || async {
         (app_version(&console, &good).await.as_deref() == Some(before)).then_some(())
     })
@@ -689,28 +677,14 @@ async fn a_failing_canary_pauses_the_rollout_at_the_first_gate_and_abort_rolls_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_restart_mid_rollout_resumes_without_updating_any_host_twice() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
-        .await
-        .unwrap();
-    let _sim = AgentProc::simulate(
-        &tmp.path().join("sim"),
-        &console.mqtt_url(),
-        &console.token,
-        20,
-        "2s",
-    )
-    .unwrap();
-    let hosts = all_online(&console, 20).await;
+    let (mut console, _sim, hosts) = fleet_of(tmp.path(), 20).await;
     let (url, sha) = artifact(&console, tmp.path(), "2.0").await;
     let body = update_body(
         &url,
         &sha,
         json!({"selector": "hw", "canary": 2, "waves": [50, 100], "soak": "3s"}),
     );
-    let id = console.send("POST", "/api/rollouts", &body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = start_rollout(&console, &body).await;
     wait_for(
         Duration::from_secs(60),
         "the second wave under way",
@@ -735,18 +709,7 @@ async fn a_console_restart_mid_rollout_resumes_without_updating_any_host_twice()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_holds_starts_per_minute() {
     let tmp = tempfile::tempdir().unwrap();
-    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
-        .await
-        .unwrap();
-    let _sim = AgentProc::simulate(
-        &tmp.path().join("sim"),
-        &console.mqtt_url(),
-        &console.token,
-        6,
-        "2s",
-    )
-    .unwrap();
-    all_online(&console, 6).await;
+    let (console, _sim, _) = fleet_of(tmp.path(), 6).await;
     let (url, sha) = artifact(&console, tmp.path(), "2.0").await;
     let body = update_body(
         &url,
@@ -754,10 +717,7 @@ async fn the_rate_limit_holds_starts_per_minute() {
         json!({"selector": "hw", "canary": 0, "waves": [100], "soak": "1s", "rate_per_minute": 4}),
     );
     let begun = Instant::now();
-    let id = console.send("POST", "/api/rollouts", &body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = start_rollout(&console, &body).await;
     let done = wait_rollout(&console, &id, "completed", Duration::from_secs(120)).await;
     let mut starts: Vec<u64> = done["hosts"]
         .as_array()
@@ -814,10 +774,7 @@ async fn an_offline_host_gets_its_update_when_it_returns_and_counts_as_pending_u
         &sha,
         json!({"selector": "hw", "canary": 1, "waves": [100], "soak": "1s"}),
     );
-    let id = console.send("POST", "/api/rollouts", &body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = start_rollout(&console, &body).await;
     // Both gates pass on the five reachable hosts; the offline one is pending, not failed.
     let waiting = wait_for(Duration::from_secs(60), "both gates passed", || async {
         let r = rollout(&console, &id).await;
@@ -827,24 +784,13 @@ async fn an_offline_host_gets_its_update_when_it_returns_and_counts_as_pending_u
     assert_eq!(waiting["state"], "running", "{waiting}");
     let gate = &waiting["waves"][1]["gate"];
     assert_eq!((&gate["executed"], &gate["failed"]), (&json!(5), &json!(0)));
-    let lone_entry = |r: &Value| {
-        r["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["agent"] == lone_id.as_str())
-            .unwrap()["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(lone_entry(&waiting), "sent");
+    assert_eq!(host_entry(&waiting, &lone_id)["state"], "sent");
 
     let _lone =
         AgentProc::simulate_from(&lone_dir, &console.mqtt_url(), &console.token, 5, 1, "2s")
             .unwrap();
     let done = wait_rollout(&console, &id, "completed", Duration::from_secs(60)).await;
-    assert_eq!(lone_entry(&done), "succeeded");
+    assert_eq!(host_entry(&done, &lone_id)["state"], "succeeded");
     wait_for(
         Duration::from_secs(20),
         "2.0 on the returned host",
@@ -888,10 +834,7 @@ async fn an_updated_host_that_goes_down_during_the_soak_fails_the_health_gate() 
         &sha,
         json!({"selector": "hw", "canary": 1, "waves": [100], "soak": "20s"}),
     );
-    let id = console.send("POST", "/api/rollouts", &body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = start_rollout(&console, &body).await;
     wait_for(Duration::from_secs(30), "the canary soaking", || async {
         let r = rollout(&console, &id).await;
         (r["waves"][0]["state"] == "soaking").then_some(())
@@ -913,18 +856,7 @@ async fn an_updated_host_that_goes_down_during_the_soak_fails_the_health_gate() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_in_maintenance_is_skipped_and_the_rollout_still_completes() {
     let tmp = tempfile::tempdir().unwrap();
-    let console = Console::start(&tmp.path().join("console"), ConsoleOpts::default())
-        .await
-        .unwrap();
-    let _sim = AgentProc::simulate(
-        &tmp.path().join("sim"),
-        &console.mqtt_url(),
-        &console.token,
-        3,
-        "2s",
-    )
-    .unwrap();
-    let hosts = all_online(&console, 3).await;
+    let (console, _sim, hosts) = fleet_of(tmp.path(), 3).await;
     // The last host by hostname is alone in the last wave.
     let resting = hosts[&2]["id"].as_str().unwrap().to_string();
     console
@@ -940,18 +872,9 @@ async fn a_host_in_maintenance_is_skipped_and_the_rollout_still_completes() {
         &sha,
         json!({"selector": "hw", "canary": 1, "waves": [50, 100], "soak": "1s", "min_executed": 3}),
     );
-    let id = console.send("POST", "/api/rollouts", &body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = start_rollout(&console, &body).await;
     let done = wait_rollout(&console, &id, "completed", Duration::from_secs(60)).await;
-    let entry = done["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["agent"] == resting.as_str())
-        .unwrap()
-        .clone();
+    let entry = host_entry(&done, &resting);
     assert_eq!(entry["state"], "skipped", "{done}");
     assert!(
         entry["message"]

@@ -40,7 +40,7 @@ pub fn routes() -> Router<Arc<Fleet>> {
 /// The `group=` and `label=` filters of the host list, the summary and bulk commands.
 #[derive(Debug, Default)]
 pub struct HostFilter {
-    group: Option<Membership>,
+    group: Option<Arc<Membership>>,
     label: Option<Selector>,
 }
 
@@ -178,7 +178,7 @@ fn group_view(fleet: &Fleet, g: Group, hosts: &[HostRecord]) -> api::GroupView {
     let m = fleet
         .groups
         .matcher(&g.id)
-        .unwrap_or_else(|| Membership::Static(Default::default()));
+        .unwrap_or_else(|| Arc::new(Membership::Static(Default::default())));
     api::GroupView {
         agents: hosts
             .iter()
@@ -339,9 +339,7 @@ async fn group_agents(
         ));
     }
     let q = ListQuery::parse(&params)?;
-    let mut with_group = params.clone();
-    with_group.insert("group".into(), id);
-    let filter = HostFilter::parse(&fleet, with_group.get("group"), params.get("label"))?;
+    let filter = HostFilter::parse(&fleet, Some(&id), params.get("label"))?;
     let hosts = filter.apply(fleet.snapshot());
     Ok(Json(list_agents(&fleet, &hosts, &q, now_ms())))
 }
