@@ -761,11 +761,6 @@ impl Fleet {
         if let Err(e) = self.commands.put(&r) {
             tracing::error!(error = %e, "cannot store a command result");
         }
-        if let (edgefleet_codec::CommandAction::SetHeartbeatInterval { seconds }, true) =
-            (&r.action, r.state == CommandState::Succeeded)
-        {
-            self.interval_confirmed(host_id, *seconds);
-        }
         self.command_changed(&r);
     }
 

@@ -283,18 +283,6 @@ impl Fleet {
         }
     }
 
-    /// A `set-heartbeat-interval` succeeded: the console now expects that interval.
-    pub(super) fn interval_confirmed(&self, host_id: &str, seconds: u32) {
-        if seconds == 0 {
-            // The agent's own interval comes back with its next birth.
-            return;
-        }
-        let _ = self.update_host(host_id, |h| {
-            h.heartbeat_interval_s = Some(seconds);
-            Ok(())
-        });
-    }
-
     /// Effective labels of every live host, for filters: `(id, labels)`.
     pub fn label_values(&self) -> BTreeMap<String, Vec<String>> {
         let hosts = self.hosts.read().expect("hosts lock");
