@@ -284,6 +284,13 @@ impl Store {
             );
         }
         self.transitions.apply_batch(batch)?;
+        if !transitions.is_empty() {
+            // A status change is what operators and alerts act on: it must survive a
+            // crash right after it (a clean stop lost to kill -9 came back as a timeout
+            // and fired an alert). Transitions are rare next to heartbeats, so the flush
+            // is cheap; heartbeats and samples keep the periodic flush.
+            self.db.flush()?;
+        }
         for (id, at, sample) in samples {
             self.tiers[0].insert(key(id, *at), &sample.to_bytes())?;
             for tier in [Tier::OneMinute, Tier::FifteenMinutes] {
