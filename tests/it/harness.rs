@@ -32,6 +32,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The whole end-to-end suite runs twice in CI: against the console's embedded broker,
+/// and with `EDGEFLEET_TEST_BROKER=mosquitto` against a real Mosquitto the harness starts.
+/// Tests about the embedded broker itself (its connect policy, client-id checks), and the
+/// long fault scenarios that say nothing new about the broker, run on the first pass only.
+pub fn external_broker() -> bool {
+    std::env::var("EDGEFLEET_TEST_BROKER").is_ok_and(|v| v == "mosquitto")
+}
+
 /// A free loopback port below Linux's ephemeral range (32768-60999). Hundreds of simulated
 /// agents use ephemeral ports as client source ports, so a port taken from that range could
 /// be grabbed by an outgoing connection between this check and the console's bind.
