@@ -1,9 +1,12 @@
-//! The embedded MQTT broker: the only crate that imports `rumqttd`.
+//! The console's MQTT side: the embedded broker (the only crate that imports `rumqttd`), or
+//! a client of an external broker.
 //!
 //! - [`EmbeddedBroker::start`] runs rumqttd 0.20 on its own threads (its `start()` blocks
 //!   forever and has no shutdown) and returns once the listener accepts connections.
 //! - [`ConsoleLink`] is the console's in-process link: publishes go straight to the router,
 //!   and everything the console subscribed to arrives on a bounded tokio channel.
+//! - [`external::connect`] makes the same [`ConsoleLink`] and channel as a rumqttc client of
+//!   an external broker (Mosquitto, an EMQX or VerneMQ cluster).
 //! - [`ConnectPolicy`] is the single place where connect-time policy lives. The broker
 //!   itself refuses client ids that rumqttd mishandles before the policy is even asked.
 //!
@@ -24,6 +27,8 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{Config, ConnectionSettings, Notification, RouterConfig, ServerSettings, TlsConfig};
 use tokio::sync::mpsc;
+
+pub mod external;
 
 /// Client id the console uses for its in-process link. It cannot collide with an agent
 /// id, which is 16 lowercase base32 characters.
@@ -49,6 +54,8 @@ pub enum BrokerError {
     EmptyPayload { topic: String },
     #[error("the broker router has stopped")]
     RouterGone,
+    #[error("too many publishes are waiting for the external broker; this one was not queued")]
+    Backlog,
 }
 
 /// Settings for the embedded broker. Defaults suit a console with up to 10,000 agents.
@@ -143,10 +150,16 @@ pub struct EmbeddedBroker {
     stats: Arc<BrokerStats>,
 }
 
-/// The console's in-process connection to the router.
+/// The console's connection to MQTT: in-process to the embedded router, or a client of an
+/// external broker.
 pub struct ConsoleLink {
-    tx: tokio::sync::Mutex<LinkTx>,
+    kind: LinkKind,
     stats: Arc<BrokerStats>,
+}
+
+enum LinkKind {
+    Embedded(tokio::sync::Mutex<LinkTx>),
+    External(rumqttc::AsyncClient),
 }
 
 impl EmbeddedBroker {
@@ -236,7 +249,7 @@ impl EmbeddedBroker {
         }
         tracing::info!(mqtt = %mqtt_addr, mqtts = ?tls_addr, "embedded broker listening");
         let link = ConsoleLink {
-            tx: tokio::sync::Mutex::new(link_tx),
+            kind: LinkKind::Embedded(tokio::sync::Mutex::new(link_tx)),
             stats: stats.clone(),
         };
         Ok((
@@ -271,31 +284,37 @@ impl std::fmt::Debug for ConsoleLink {
 }
 
 impl ConsoleLink {
-    /// Publishes at QoS 0 from inside the broker. `retain` keeps it for later subscribers.
+    /// Publishes from inside the embedded broker (QoS 0), or to the external broker (QoS 1).
+    /// `retain` keeps it for later subscribers.
     pub async fn publish(
         &self,
         topic: &str,
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<(), BrokerError> {
-        // An empty payload would clear a retained message in rumqttd; nothing EdgeFleet
-        // sends is empty, so refuse it rather than silently wiping state.
-        debug_assert!(
-            !payload.is_empty(),
-            "empty payloads clear retained messages"
-        );
-        let publish = Publish::new(
-            Bytes::copy_from_slice(topic.as_bytes()),
-            Bytes::from(payload),
-            retain,
-        );
-        self.tx
-            .lock()
-            .await
-            .send(Packet::Publish(publish, None))
-            .await
-            .map(|_| ())
-            .map_err(|_| BrokerError::RouterGone)
+        // An empty payload clears a retained message; nothing EdgeFleet sends is empty, so
+        // refuse it rather than silently wiping state.
+        if payload.is_empty() {
+            return Err(BrokerError::EmptyPayload {
+                topic: topic.to_string(),
+            });
+        }
+        match &self.kind {
+            LinkKind::Embedded(tx) => {
+                let publish = Publish::new(
+                    Bytes::copy_from_slice(topic.as_bytes()),
+                    Bytes::from(payload),
+                    retain,
+                );
+                tx.lock()
+                    .await
+                    .send(Packet::Publish(publish, None))
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| BrokerError::RouterGone)
+            }
+            LinkKind::External(client) => external::publish(client, topic, payload, retain),
+        }
     }
 
     pub fn stats(&self) -> &BrokerStats {

@@ -1,6 +1,5 @@
 //! `--demo N`: a simulated fleet in a child process, so a newcomer sees a live fleet at once.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -53,7 +52,7 @@ pub fn token(fleet: &Fleet, data_dir: &Path) -> Result<String> {
 }
 
 /// Starts `edgefleet-agent simulate` from next to our own executable.
-pub fn spawn(count: usize, mqtt: SocketAddr, data_dir: &Path, token: &str) -> Result<Child> {
+pub fn spawn(count: usize, url: &str, data_dir: &Path, token: &str) -> Result<Child> {
     let exe = std::env::current_exe().context("locating the console executable")?;
     let agent = exe.with_file_name("edgefleet-agent");
     if !agent.is_file() {
@@ -62,12 +61,6 @@ pub fn spawn(count: usize, mqtt: SocketAddr, data_dir: &Path, token: &str) -> Re
             agent.display()
         );
     }
-    let host = if mqtt.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        mqtt.ip().to_string()
-    };
-    let url = format!("mqtt://{host}:{}", mqtt.port());
     let sim_dir = data_dir.join("sim");
     tracing::info!(count, console = %url, data = %sim_dir.display(), "starting simulated agents");
     Command::new(agent)
@@ -76,7 +69,7 @@ pub fn spawn(count: usize, mqtt: SocketAddr, data_dir: &Path, token: &str) -> Re
             "--count",
             &count.to_string(),
             "--console",
-            &url,
+            url,
             "--interval",
             "5s",
         ])

@@ -5,6 +5,7 @@
 //! change is written back in the same ingest round.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -113,7 +114,12 @@ pub struct Fleet {
     pub identity: Identity,
     pub topics: Topics,
     pub timings: Timings,
-    pub started_ms: u64,
+    /// When the console last (re)gained its broker: nobody times out within
+    /// `restart_grace` of it. A console start, or a reconnect to an external broker.
+    pub started_ms: std::sync::atomic::AtomicU64,
+    /// False while an external broker is unreachable: no heartbeats can arrive, so the
+    /// sweep must not call their silence a timeout. Always true with the embedded broker.
+    pub broker_connected: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
     pub api_keys: crate::auth::ApiKeys,
     pub tokens: Tokens,
@@ -236,7 +242,8 @@ impl Fleet {
             identity,
             topics,
             timings,
-            started_ms: now_ms(),
+            started_ms: now_ms().into(),
+            broker_connected: true.into(),
             metrics: Metrics::default(),
             hosts: RwLock::new(hosts),
             keys: RwLock::new(keys),
@@ -1383,14 +1390,27 @@ impl Fleet {
         Ok(())
     }
 
+    /// The link to an external broker went down or came back. Coming back starts a new
+    /// restart grace: agents get as long to be heard from again as after a console start.
+    pub fn broker_link(&self, connected: bool) {
+        if connected {
+            self.started_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        self.broker_connected.store(connected, Ordering::Relaxed);
+    }
+
     /// Marks agents offline whose heartbeats stopped.
     pub fn sweep(&self) {
         let now = now_ms();
         self.expire_maintenance(now);
+        if !self.broker_connected.load(Ordering::Relaxed) {
+            return;
+        }
+        let started = self.started_ms.load(Ordering::Relaxed);
         let mut transitions = Vec::new();
         let mut hosts = self.hosts.write().expect("hosts lock");
         for host in hosts.values_mut() {
-            if let Some(change) = host.sweep(&self.timings, self.started_ms, now) {
+            if let Some(change) = host.sweep(&self.timings, started, now) {
                 tracing::info!(agent.id = %host.id, "presence: offline by timeout");
                 self.metrics.transition(cause_name(change.cause));
                 transitions.push((host.id.clone(), change));

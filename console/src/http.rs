@@ -1431,6 +1431,9 @@ async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {
         agents_total: hosts.len(),
         sled_bytes: fleet.store.size_on_disk(),
         broker_queue_dropped: crate::broker_dropped(),
+        broker_connected: fleet
+            .broker_connected
+            .load(std::sync::atomic::Ordering::Relaxed),
     };
     let mut text = fleet.metrics.render(gauges);
     let stats = &fleet.notifier.stats;

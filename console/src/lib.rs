@@ -46,14 +46,18 @@ pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use edgefleet_broker::{BrokerConfig, EmbeddedBroker, TlsListener};
+use anyhow::{Context, Result};
+use edgefleet_broker::external::{ExternalConfig, LinkState};
+use edgefleet_broker::{
+    BrokerConfig, ConsoleLink, EmbeddedBroker, Inbound, TlsListener, CONSOLE_LINK_ID,
+};
 use edgefleet_codec::{sign_console, ConsoleMessage, ConsoleState, Identity, Topics};
 use edgefleet_config::ConsoleConfig;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::Fleet;
@@ -100,12 +104,6 @@ pub async fn run(
     demo: Option<usize>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    if let Some(external) = &config.mqtt.external {
-        bail!(
-            "mqtt.external = {external:?}: external broker mode is not implemented yet; \
-             remove it to use the embedded broker"
-        );
-    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let identity = load_or_create_identity(&config.data_dir)?;
@@ -159,49 +157,46 @@ pub async fn run(
         });
     }
 
-    let broker_config = BrokerConfig {
-        listen: config.mqtt.bind,
-        tls: match (
-            config.mqtt.tls_bind,
-            &config.mqtt.tls_cert,
-            &config.mqtt.tls_key,
-        ) {
-            (Some(listen), Some(cert), Some(key)) => Some(TlsListener {
-                listen,
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            _ => None,
-        },
-        max_connections: config.mqtt.max_connections,
-        max_payload: config.mqtt.max_payload,
-        ..BrokerConfig::default()
+    let epoch = Arc::new(AtomicU64::new(rand::random()));
+    let state = {
+        let (identity, epoch) = (identity.clone(), epoch.clone());
+        move |online: bool| {
+            let msg = ConsoleMessage::ConsoleState(ConsoleState {
+                online,
+                epoch: epoch.load(Ordering::Relaxed),
+                public_key: *identity.public_key().as_bytes(),
+                at: fleet::now_ms() / 1000,
+            });
+            sign_console(&msg, None, &identity)
+        }
     };
-    let policy_fleet = fleet.clone();
-    let policy: edgefleet_broker::ConnectPolicy =
-        Arc::new(move |attempt| policy_fleet.accept_connect(attempt));
     let filters = topics.console_filters();
-    let (broker, link, mut inbound) = tokio::task::spawn_blocking(move || {
-        EmbeddedBroker::start(&broker_config, policy, &filters)
-    })
-    .await?
-    .context("starting the embedded MQTT broker")?;
-    let mqtt_addr = broker.mqtt_addr();
-    let _ = BROKER.set(broker);
-
-    let epoch: u64 = rand::random();
-    let state = |online: bool| {
-        let msg = ConsoleMessage::ConsoleState(ConsoleState {
-            online,
-            epoch,
-            public_key: *identity.public_key().as_bytes(),
-            at: fleet::now_ms() / 1000,
-        });
-        sign_console(&msg, None, &identity)
+    let (link, mut inbound, agent_url) = match &config.mqtt.external {
+        None => {
+            let (link, inbound, addr) = start_embedded(&config, &fleet, filters).await?;
+            let link = Arc::new(link);
+            link.publish(&topics.console_state(), state(true), true)
+                .await?;
+            (link, inbound, agent_url_of(addr))
+        }
+        Some(url) => {
+            let external = external_config(&config, url, (topics.console_state(), state(false)))?;
+            let (link, inbound, link_state) =
+                edgefleet_broker::external::connect(&external, &filters)
+                    .context("connecting to the external MQTT broker (mqtt.external)")?;
+            let link = Arc::new(link);
+            fleet.broker_link(false);
+            tokio::spawn(follow_external(
+                link_state,
+                link.clone(),
+                fleet.clone(),
+                topics.console_state(),
+                epoch.clone(),
+                state.clone(),
+            ));
+            (link, inbound, url.clone())
+        }
     };
-    let link = Arc::new(link);
-    link.publish(&topics.console_state(), state(true), true)
-        .await?;
 
     // Enrollment responses (and later commands) from ingest and the API, in order.
     let publisher = {
@@ -298,12 +293,12 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.bind))?;
     let http_addr = listener.local_addr()?;
-    tracing::info!(http = %http_addr, mqtt = %mqtt_addr, "console listening: open http://{http_addr}/");
+    tracing::info!(http = %http_addr, mqtt = %agent_url, "console listening: open http://{http_addr}/");
 
     let mut demo_child = match demo {
         Some(n) => {
             let token = demo::token(&fleet, &config.data_dir)?;
-            Some(demo::spawn(n, mqtt_addr, &config.data_dir, &token)?)
+            Some(demo::spawn(n, &agent_url, &config.data_dir, &token)?)
         }
         None => None,
     };
@@ -358,6 +353,114 @@ pub async fn run(
     fleet.store.flush()?;
     tracing::info!("console stopped");
     Ok(())
+}
+
+/// Starts the embedded broker with the console's connect policy.
+async fn start_embedded(
+    config: &ConsoleConfig,
+    fleet: &Arc<Fleet>,
+    filters: Vec<String>,
+) -> Result<(ConsoleLink, mpsc::Receiver<Inbound>, SocketAddr)> {
+    let broker_config = BrokerConfig {
+        listen: config.mqtt.bind,
+        tls: match (
+            config.mqtt.tls_bind,
+            &config.mqtt.tls_cert,
+            &config.mqtt.tls_key,
+        ) {
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener {
+                listen,
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
+        max_connections: config.mqtt.max_connections,
+        max_payload: config.mqtt.max_payload,
+        ..BrokerConfig::default()
+    };
+    let policy_fleet = fleet.clone();
+    let policy: edgefleet_broker::ConnectPolicy =
+        Arc::new(move |attempt| policy_fleet.accept_connect(attempt));
+    let (broker, link, inbound) = tokio::task::spawn_blocking(move || {
+        EmbeddedBroker::start(&broker_config, policy, &filters)
+    })
+    .await?
+    .context("starting the embedded MQTT broker")?;
+    let addr = broker.mqtt_addr();
+    let _ = BROKER.set(broker);
+    Ok((link, inbound, addr))
+}
+
+/// The URL simulated agents (`--demo`) use for the embedded broker.
+fn agent_url_of(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    format!("mqtt://{host}:{}", addr.port())
+}
+
+fn external_config(
+    config: &ConsoleConfig,
+    url: &str,
+    will: (String, Vec<u8>),
+) -> Result<ExternalConfig> {
+    // The config loader already refused anything but mqtt(s)://host[:port].
+    let parsed = url::Url::parse(url).with_context(|| format!("mqtt.external = {url:?}"))?;
+    let tls = parsed.scheme() == "mqtts";
+    let host = parsed
+        .host_str()
+        .with_context(|| format!("mqtt.external = {url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(ExternalConfig {
+        host,
+        port: parsed.port().unwrap_or(if tls { 8883 } else { 1883 }),
+        tls,
+        ca_file: config.mqtt.ca_file.clone(),
+        username: config.mqtt.username.clone(),
+        password: config.mqtt.password.clone(),
+        client_id: CONSOLE_LINK_ID.to_string(),
+        keepalive: Duration::from_secs(10),
+        max_payload: config.mqtt.max_payload,
+        console_queue: BrokerConfig::default().console_queue,
+        will,
+    })
+}
+
+/// Follows the link to an external broker. While it is down, presence timeouts are held
+/// (no heartbeat could arrive). On every reconnect after the first, the console announces
+/// a new epoch: agents then publish their status and birth again, which refreshes
+/// everything the console may have missed while it was cut off.
+async fn follow_external(
+    mut link_state: watch::Receiver<LinkState>,
+    link: Arc<ConsoleLink>,
+    fleet: Arc<Fleet>,
+    state_topic: String,
+    epoch: Arc<AtomicU64>,
+    state: impl Fn(bool) -> Vec<u8>,
+) {
+    loop {
+        let now = *link_state.borrow_and_update();
+        match now {
+            LinkState::Down => fleet.broker_link(false),
+            LinkState::Up { connects } => {
+                if connects > 1 {
+                    epoch.store(rand::random(), Ordering::Relaxed);
+                }
+                if let Err(e) = link.publish(&state_topic, state(true), true).await {
+                    tracing::error!(error = %e, "cannot publish the console state");
+                }
+                fleet.broker_link(true);
+            }
+        }
+        if link_state.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn enforce_retention(fleet: &Fleet, keep: [Duration; 3]) {

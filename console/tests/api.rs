@@ -198,6 +198,7 @@ fn metrics_text(env: &Env) -> String {
             agents_total: 0,
             sled_bytes: 0,
             broker_queue_dropped: 0,
+            broker_connected: true,
         })
 }
 

@@ -36,9 +36,103 @@ pub fn bin(name: &str) -> PathBuf {
 /// and with `EDGEFLEET_TEST_BROKER=mosquitto` against a real Mosquitto the harness starts.
 /// Tests about the embedded broker itself (its connect policy, client-id checks), and the
 /// long fault scenarios that say nothing new about the broker, run on the first pass only.
-#[allow(dead_code)] // until the Mosquitto pass lands (issue 9)
 pub fn external_broker() -> bool {
     std::env::var("EDGEFLEET_TEST_BROKER").is_ok_and(|v| v == "mosquitto")
+}
+
+/// A real Mosquitto (the Debian package) on a free loopback port, with a generated config
+/// and persistence in its own directory, as an operator would run it.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    starts: u32,
+    listeners: String,
+}
+
+impl Mosquitto {
+    /// `listeners` replaces the plain loopback listener when it is not empty (e.g. a TLS
+    /// listener); `addr` is then the first `listener` line's port on 127.0.0.1.
+    pub async fn start(dir: &Path, listeners: &str) -> Result<Mosquitto> {
+        std::fs::create_dir_all(dir)?;
+        let port = match listeners
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+        {
+            Some(port) => port.parse().context("the listener line's port")?,
+            None => free_port(),
+        };
+        let mut broker = Mosquitto {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir: dir.to_path_buf(),
+            starts: 0,
+            listeners: match listeners {
+                "" => format!("listener {port} 127.0.0.1\n"),
+                custom => custom.to_string(),
+            },
+        };
+        broker.spawn().await?;
+        Ok(broker)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let config = self.dir.join("mosquitto.conf");
+        // `user root`: run as root (the tests do), it must not drop to a `mosquitto` user
+        // that cannot write this directory. Agents present signed credentials that only
+        // the console can check, so this broker admits anyone, like a broker whose
+        // authentication is left to TLS client certificates or a plugin.
+        std::fs::write(
+            &config,
+            format!(
+                "user root\n{listeners}allow_anonymous true\n\
+                 persistence true\npersistence_location {dir}/\nautosave_interval 1\n\
+                 max_queued_messages 100000\nset_tcp_nodelay true\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
+                listeners = self.listeners,
+                dir = self.dir.display(),
+            ),
+        )?;
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("mosquitto-{}.log", self.starts)))?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting mosquitto (apt install mosquitto; `cargo xtask install-deps`)")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("mosquitto did not listen on {} within 10 s", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("mosquitto-{}.log", self.starts)))
+            .unwrap_or_default()
+    }
+
+    /// Kills Mosquitto with SIGKILL: no wills, like a crashed broker host.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port and persistence.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.spawn().await
+    }
 }
 
 /// A free loopback port below Linux's ephemeral range (32768-60999). Hundreds of simulated
@@ -87,6 +181,10 @@ pub struct ConsoleOpts {
     /// The API is served over HTTPS (`extra_toml` sets the certificate): the harness then
     /// waits for the port and `admin.key` instead of `/healthz`, and makes no token.
     pub https: bool,
+    /// Use a Mosquitto started by the harness even on the embedded pass (tests about the
+    /// external-broker mode itself), with these listener lines ("" for plain loopback).
+    /// When `extra_toml` has its own `[mqtt]` table, the harness writes none.
+    pub mosquitto: Option<String>,
 }
 
 impl Default for ConsoleOpts {
@@ -97,6 +195,7 @@ impl Default for ConsoleOpts {
             grace: "2s",
             extra_toml: String::new(),
             https: false,
+            mosquitto: None,
         }
     }
 }
@@ -114,19 +213,32 @@ pub struct Console {
     pub api_key: String,
     /// An auto-approve, unlimited enrollment token made on the first start.
     pub token: String,
+    /// On the Mosquitto pass: the external broker this console (and its agents) use.
+    pub broker: Option<Mosquitto>,
 }
 
 impl Console {
     pub async fn start(dir: &Path, opts: ConsoleOpts) -> Result<Console> {
+        let broker = match (&opts.mosquitto, external_broker()) {
+            (Some(listeners), _) => {
+                Some(Mosquitto::start(&dir.join("mosquitto"), listeners).await?)
+            }
+            (None, true) => Some(Mosquitto::start(&dir.join("mosquitto"), "").await?),
+            (None, false) => None,
+        };
         let mut console = Console {
             child: None,
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            mqtt: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            mqtt: match &broker {
+                Some(b) => b.addr,
+                None => SocketAddr::from(([127, 0, 0, 1], free_port())),
+            },
             dir: dir.to_path_buf(),
             opts,
             starts: 0,
             api_key: String::new(),
             token: String::new(),
+            broker,
         };
         console.spawn().await?;
         if console.opts.https {
@@ -150,10 +262,15 @@ impl Console {
     async fn spawn(&mut self) -> Result<()> {
         let config = self.dir.join("console.toml");
         std::fs::create_dir_all(&self.dir)?;
+        let external = match &self.broker {
+            _ if self.opts.extra_toml.contains("[mqtt]") => String::new(),
+            Some(b) => format!("[mqtt]\nexternal = \"mqtt://{}\"\n", b.addr),
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\n\n[presence]\nheartbeat_interval = {hb:?}\ngrace = {grace:?}\nrestart_grace = {rg:?}\n\n{extra}\n",
+                "data_dir = {data:?}\n\n[presence]\nheartbeat_interval = {hb:?}\ngrace = {grace:?}\nrestart_grace = {rg:?}\n\n{external}{extra}\n",
                 data = self.dir.join("data"),
                 hb = self.opts.heartbeat_interval,
                 grace = self.opts.grace,
@@ -163,13 +280,16 @@ impl Console {
         )?;
         self.starts += 1;
         let log = std::fs::File::create(self.dir.join(format!("console-{}.log", self.starts)))?;
-        let child = Command::new(bin("edgefleet-console"))
+        let mut command = Command::new(bin("edgefleet-console"));
+        command
             .arg("--config")
             .arg(&config)
             .arg("--http")
-            .arg(self.http.to_string())
-            .arg("--mqtt")
-            .arg(self.mqtt.to_string())
+            .arg(self.http.to_string());
+        if self.broker.is_none() {
+            command.arg("--mqtt").arg(self.mqtt.to_string());
+        }
+        let child = command
             .env("RUST_LOG", "info")
             // Keep the error itself at the end of the log, not a backtrace.
             .env("RUST_BACKTRACE", "0")
