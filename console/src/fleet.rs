@@ -1091,6 +1091,11 @@ impl Fleet {
                             tracing::error!(agent.id = %host_id, error = %e, "cannot store a pending host");
                         }
                     }
+                    if host.approval == Approval::Revoked {
+                        // Counted like the embedded broker's connect refusal, which an
+                        // external broker cannot make.
+                        self.metrics.rejected("revoked");
+                    }
                     return decision_of(host);
                 }
             }

@@ -98,6 +98,12 @@ fn ci() -> Result<()> {
     // The browser tests (tests/it/ui.rs) need the built UI and fail loudly without it.
     ui::build(&root)?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
+    // The end-to-end suite again, with every console behind a real Mosquitto the harness
+    // starts (external broker mode, issue 9). Tests about the embedded broker itself, and
+    // the long fault scenarios, run on the first pass only (`harness::external_broker`).
+    run(cargo()
+        .args(["test", "--locked", "-p", "edgefleet-tests", "--test", "it"])
+        .env("EDGEFLEET_TEST_BROKER", "mosquitto"))?;
     // The fuzz crate is outside the workspace (cargo-fuzz wants nightly to run it). Building
     // it with stable proves every fuzz target still compiles against the codec.
     run(cargo()
