@@ -51,7 +51,11 @@ async fn a_mosquitto_restart_reconnects_everyone_without_a_false_offline() {
     if harness::external_broker() {
         return; // starts its own Mosquitto on the first pass
     }
-    const AGENTS: usize = 100;
+    // BENCHMARKS.md reports the spread for 1,000 (EDGEFLEET_RECONNECT_AGENTS=1000).
+    let count: usize = std::env::var("EDGEFLEET_RECONNECT_AGENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
     let tmp = tempfile::tempdir().unwrap();
     // Agents retry with full jitter up to a 60 s cap, so after a broker outage the last
     // one may take that long to come back: the grace must cover it (the default is 60 s).
@@ -69,12 +73,12 @@ async fn a_mosquitto_restart_reconnects_everyone_without_a_false_offline() {
         &tmp.path().join("sim"),
         &console.mqtt_url(),
         &console.token,
-        AGENTS,
+        count,
         "2s",
     )
     .unwrap();
     wait_for(Duration::from_secs(60), "all agents online", || async {
-        all_online(&console, AGENTS).await.then_some(())
+        all_online(&console, count).await.then_some(())
     })
     .await;
     assert_eq!(broker_connected(&console).await, Some(1));
@@ -102,7 +106,7 @@ async fn a_mosquitto_restart_reconnects_everyone_without_a_false_offline() {
                 .lines()
                 .filter(|l| l.contains("New client connected") && !l.contains("edgefleet-console"))
                 .count();
-            (agents >= AGENTS).then_some(log)
+            (agents >= count).then_some(log)
         },
     )
     .await;
@@ -112,20 +116,25 @@ async fn a_mosquitto_restart_reconnects_everyone_without_a_false_offline() {
         .filter_map(|l| l.split(':').next()?.parse().ok())
         .collect();
     let spread = seconds.iter().max().unwrap() - seconds.iter().min().unwrap();
+    let mut per_second = BTreeMap::new();
+    for s in &seconds {
+        *per_second.entry(*s).or_insert(0u32) += 1;
+    }
+    let peak = per_second.values().max().unwrap();
     eprintln!(
-        "after a {outage:?} Mosquitto outage, {AGENTS} agents reconnected over {spread} s \
-         (whole-second log timestamps); the last {:?} after the broker was back",
+        "after a {outage:?} Mosquitto outage, {count} agents reconnected over {spread} s, \
+         at most {peak} in one second (whole-second log timestamps); the last {:?} after the broker was back",
         back.elapsed()
     );
     wait_for(
         Duration::from_secs(30),
         "all agents online again",
-        || async { all_online(&console, AGENTS).await.then_some(()) },
+        || async { all_online(&console, count).await.then_some(()) },
     )
     .await;
     // Stay past two heartbeat intervals plus grace, where a false timeout would show.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    assert!(all_online(&console, AGENTS).await);
+    assert!(all_online(&console, count).await);
     let offline = offline_transitions(&console).await;
     assert!(offline.is_empty(), "false offline transitions: {offline:?}");
 }
