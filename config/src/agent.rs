@@ -24,6 +24,10 @@ pub struct AgentConfig {
     pub heartbeat_interval: HumanDuration,
     pub keepalive: HumanDuration,
     pub queue_cap_mb: u64,
+    /// update-app: the largest artifact download, in MB.
+    pub artifact_max_mb: u64,
+    /// update-app: the largest total size of an artifact's files once unpacked, in MB.
+    pub artifact_unpacked_max_mb: u64,
     pub inventory_interval: HumanDuration,
     pub allow_scripts: bool,
     /// File of SHA-256 hashes (hex, one per line) of the scripts `run-script` may run.
@@ -83,6 +87,8 @@ impl Default for AgentConfig {
             heartbeat_interval: HumanDuration::secs(30),
             keepalive: HumanDuration::secs(30),
             queue_cap_mb: 16,
+            artifact_max_mb: 512,
+            artifact_unpacked_max_mb: 2048,
             inventory_interval: HumanDuration::secs(6 * 3600),
             allow_scripts: false,
             script_allowlist: None,
@@ -103,6 +109,8 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "heartbeat_interval", env: "EDGEFLEET_AGENT_HEARTBEAT_INTERVAL", kind: ValueKind::Text, default: "30s", meaning: "Time between heartbeats, 1s to 1h." },
     KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "30s", meaning: "MQTT keepalive, 5s to 20m. Keep it below cellular NAT idle timeouts (about 2.5 min); the broker declares the agent dead after 1.5x." },
     KeyDoc { key: "queue_cap_mb", env: "EDGEFLEET_AGENT_QUEUE_CAP_MB", kind: ValueKind::Int, default: "16", meaning: "Store-and-forward queue cap in MB, 1 to 4096. Over it the oldest heartbeats go first; events and results are never dropped." },
+    KeyDoc { key: "artifact_max_mb", env: "EDGEFLEET_AGENT_ARTIFACT_MAX_MB", kind: ValueKind::Int, default: "512", meaning: "update-app: the largest artifact download in MB, 1 to 65536; a bigger one is refused before it fills the disk." },
+    KeyDoc { key: "artifact_unpacked_max_mb", env: "EDGEFLEET_AGENT_ARTIFACT_UNPACKED_MAX_MB", kind: ValueKind::Int, default: "2048", meaning: "update-app: the largest total size of an artifact's files once unpacked, in MB, 1 to 1048576 (archive bombs are refused whole)." },
     KeyDoc { key: "inventory_interval", env: "EDGEFLEET_AGENT_INVENTORY_INTERVAL", kind: ValueKind::Text, default: "6h", meaning: "Time between software inventory scans, 1m to 7d." },
     KeyDoc { key: "allow_scripts", env: "EDGEFLEET_AGENT_ALLOW_SCRIPTS", kind: ValueKind::Bool, default: "false", meaning: "Let the console run shell scripts (`run-script`) whose SHA-256 is on `script_allowlist`; off, the agent runs only the fixed command set." },
     KeyDoc { key: "script_allowlist", env: "EDGEFLEET_AGENT_SCRIPT_ALLOWLIST", kind: ValueKind::Text, default: "(none)", meaning: "File of hex SHA-256 hashes, one per line (`#` comments), of the scripts allowed; re-read for every script, refused if group- or world-writable. Required with `allow_scripts`." },
@@ -162,6 +170,14 @@ impl AgentConfig {
                 "queue_cap_mb",
                 format!("must be between 1 and 4096 (got {})", self.queue_cap_mb),
             ));
+        }
+        for (key, value, max) in [
+            ("artifact_max_mb", self.artifact_max_mb, 65_536),
+            ("artifact_unpacked_max_mb", self.artifact_unpacked_max_mb, 1_048_576),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(prov.invalid(key, format!("must be between 1 and {max} (got {value})")));
+            }
         }
         check_topic_prefix(prov, "topic_prefix", &self.topic_prefix)?;
         if self.data_dir.as_os_str().is_empty() {
