@@ -173,7 +173,11 @@ impl AgentConfig {
         }
         for (key, value, max) in [
             ("artifact_max_mb", self.artifact_max_mb, 65_536),
-            ("artifact_unpacked_max_mb", self.artifact_unpacked_max_mb, 1_048_576),
+            (
+                "artifact_unpacked_max_mb",
+                self.artifact_unpacked_max_mb,
+                1_048_576,
+            ),
         ] {
             if !(1..=max).contains(&value) {
                 return Err(prov.invalid(key, format!("must be between 1 and {max} (got {value})")));
@@ -499,5 +503,98 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("heartbeat_interval = \"30s\""), "{shown}");
+    }
+
+    /// Every validated agent key, one bad value each: the error starts with the key and
+    /// names the file it came from.
+    #[test]
+    fn every_validated_key_names_itself_in_the_error() {
+        let app =
+            |extra: &str| format!("[[apps]]\nid = \"pump\"\nunit = \"pump.service\"\n{extra}\n");
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("console_urls = [\"http://x\"]".into(), "console_urls", ""),
+            (
+                "heartbeat_interval = \"2h\"".into(),
+                "heartbeat_interval",
+                "between 1s and 1h",
+            ),
+            (
+                "keepalive = \"1s\"".into(),
+                "keepalive",
+                "between 5s and 20m",
+            ),
+            (
+                "inventory_interval = \"10s\"".into(),
+                "inventory_interval",
+                "between 1m and 7d",
+            ),
+            (
+                "queue_cap_mb = 0".into(),
+                "queue_cap_mb",
+                "between 1 and 4096 (got 0)",
+            ),
+            (
+                "artifact_max_mb = 0".into(),
+                "artifact_max_mb",
+                "between 1 and 65536 (got 0)",
+            ),
+            (
+                "artifact_unpacked_max_mb = 2000000".into(),
+                "artifact_unpacked_max_mb",
+                "between 1 and 1048576",
+            ),
+            ("topic_prefix = \"ef/#\"".into(), "topic_prefix", ""),
+            ("data_dir = \"\"".into(), "data_dir", "must not be empty"),
+            (
+                "allow_scripts = true".into(),
+                "script_allowlist",
+                "is required",
+            ),
+            (
+                "[[apps]]\nid = \"Pump!\"\nunit = \"pump.service\"".into(),
+                "apps[0].id",
+                "[a-z0-9-]",
+            ),
+            (
+                format!("{}{}", app(""), app("")),
+                "apps[1].id",
+                "duplicate app id",
+            ),
+            (
+                "[[apps]]\nid = \"pump\"\nunit = \"pump\"".into(),
+                "apps[0].unit",
+                "systemd unit name",
+            ),
+            (
+                app("config_path = \"/etc/pump.settings\""),
+                "apps[0].config_format",
+                "is required",
+            ),
+            (
+                app("version_file = \"/v\"\nversion_command = \"pump -V\""),
+                "apps[0].version_command",
+                "not both",
+            ),
+            (
+                app("health_url = \"ftp://x\""),
+                "apps[0].health_url",
+                "http:// or https://",
+            ),
+        ];
+        for (toml, key, message) in cases {
+            let (_d, path) = file(&toml);
+            let err = AgentConfig::load(Some(&path), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{toml:?}: {err}");
+            assert!(err.contains(message), "{toml:?}: {err}");
+            // A key required by another one was not set itself: its origin is the default.
+            let origin = if ["script_allowlist"].contains(&key) {
+                "(default)".to_string()
+            } else {
+                path.display().to_string()
+            };
+            assert!(err.contains(&origin), "{toml:?}: {err}");
+        }
     }
 }

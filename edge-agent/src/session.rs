@@ -1689,7 +1689,12 @@ async fn update_app(
         let (a, d, limits) = (archive.clone(), dir.clone(), spec.limits);
         blocking(Box::new(move || crate::update::stage(&a, &d, &limits)))
             .await
-            .map_err(|e| (CommandOutcome::Failed, format!("{e}; {} left untouched", app.id)))?;
+            .map_err(|e| {
+                (
+                    CommandOutcome::Failed,
+                    format!("{e}; {} left untouched", app.id),
+                )
+            })?;
         report.step(format!("stopping {unit}")).await;
         let (s, u) = (services.clone(), unit.clone());
         blocking(Box::new(move || s.stop(&u)))

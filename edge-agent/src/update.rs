@@ -344,7 +344,12 @@ pub fn recover(dir: &Path) -> Result<Option<(Pending, Left)>, String> {
             std::fs::rename(&staging, dir).map_err(|e| io("moving the new version in", e))?;
             Left::New
         }
-        Stage::Swapping => return Err(format!("{} is gone and nothing can replace it", dir.display())),
+        Stage::Swapping => {
+            return Err(format!(
+                "{} is gone and nothing can replace it",
+                dir.display()
+            ))
+        }
         Stage::Swapped => Left::New,
     };
     if staging.exists() {
@@ -417,8 +422,8 @@ pub fn rollback(dir: &Path) -> Result<(), String> {
 /// written; `tar`'s own `unpack_in` then writes it (and refuses to write through a link).
 fn unpack_checked(archive: &Path, dest: &Path, limits: &Limits) -> Result<(), String> {
     use tar::EntryType;
-    let file = std::fs::File::open(archive)
-        .map_err(|e| format!("opening {}: {e}", archive.display()))?;
+    let file =
+        std::fs::File::open(archive).map_err(|e| format!("opening {}: {e}", archive.display()))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let bad = |path: &Path, why: &str| {
         format!(
@@ -472,12 +477,13 @@ fn unpack_checked(archive: &Path, dest: &Path, limits: &Limits) -> Result<(), St
                     .ok_or_else(|| bad(&path, "is a hard link without a target"))?;
                 // A hard link names a path from the archive root.
                 inside_depth(&target).map_err(|why| {
-                    bad(&path, &format!("is a hard link to {target:?} whose path {why}"))
+                    bad(
+                        &path,
+                        &format!("is a hard link to {target:?} whose path {why}"),
+                    )
                 })?;
             }
-            EntryType::Char | EntryType::Block => {
-                return Err(bad(&path, "is a device file"))
-            }
+            EntryType::Char | EntryType::Block => return Err(bad(&path, "is a device file")),
             EntryType::Fifo => return Err(bad(&path, "is a FIFO")),
             other => return Err(bad(&path, &format!("has an unsupported type {other:?}"))),
         }
@@ -503,9 +509,7 @@ fn unpack_checked(archive: &Path, dest: &Path, limits: &Limits) -> Result<(), St
     let extra = std::io::copy(&mut rest, &mut std::io::sink())
         .map_err(|e| format!("extracting the archive: {e}"))?;
     if extra > 1024 * 1024 {
-        return Err(format!(
-            "refusing the archive: more than 1 MiB after the end of the tar stream"
-        ));
+        return Err("refusing the archive: more than 1 MiB after the end of the tar stream".into());
     }
     Ok(())
 }
@@ -534,9 +538,7 @@ fn link_stays_inside(target: &Path, mut depth: usize) -> Result<(), &'static str
             Component::Normal(_) => depth += 1,
             Component::CurDir => {}
             Component::ParentDir => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or("leaves the app directory")?;
+                depth = depth.checked_sub(1).ok_or("leaves the app directory")?;
             }
             Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
         }
@@ -631,8 +633,8 @@ mod tests {
         let path = download(&url, dir.path(), &sha, u64::MAX, &|p| {
             seen.lock().unwrap().push(p)
         })
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), body);
         // Coarse steps, rising across the resume: 10..40 from the first connection, then
         // 50 or more from the second.
@@ -754,7 +756,10 @@ mod tests {
 
     /// The app dir still holds exactly version 1.0 and nothing was left beside it.
     fn assert_untouched(tmp: &Path, app: &Path) {
-        assert_eq!(std::fs::read_to_string(app.join("VERSION")).unwrap(), "1.0\n");
+        assert_eq!(
+            std::fs::read_to_string(app.join("VERSION")).unwrap(),
+            "1.0\n"
+        );
         assert_eq!(std::fs::read_dir(app).unwrap().count(), 1);
         assert!(!staging_dir(app).exists(), "staging cleaned up");
         assert!(!tmp.join("etc").exists() && !tmp.join("outside").exists());
@@ -764,24 +769,86 @@ mod tests {
     fn escaping_paths_links_and_device_files_refuse_the_whole_archive() {
         use tar::EntryType;
         let cases: Vec<(&str, Vec<Raw<'_>>, &str)> = vec![
-            ("dotdot", vec![file("VERSION", b"2.0\n"), file("../outside", b"x")], "`..`"),
-            ("nested dotdot", vec![file("bin/../../outside", b"x")], "`..`"),
-            ("absolute", vec![file("VERSION", b"2.0\n"), file("/etc/passwd", b"x")], "absolute"),
-            ("symlink up", vec![link("lib", EntryType::Symlink, "../../etc")], "leaves the app directory"),
-            ("nested symlink up", vec![link("a/b/c", EntryType::Symlink, "../../../x")], "leaves the app directory"),
-            ("absolute symlink", vec![link("passwd", EntryType::Symlink, "/etc/passwd")], "is absolute"),
-            ("hard link out", vec![link("h", EntryType::Link, "../outside")], "`..`"),
-            ("absolute hard link", vec![link("h", EntryType::Link, "/etc/shadow")], "absolute"),
-            ("char device", vec![Raw { name: "tty", kind: EntryType::Char, link: None, data: b"" }], "device file"),
-            ("block device", vec![Raw { name: "sda", kind: EntryType::Block, link: None, data: b"" }], "device file"),
-            ("fifo", vec![Raw { name: "pipe", kind: EntryType::Fifo, link: None, data: b"" }], "FIFO"),
+            (
+                "dotdot",
+                vec![file("VERSION", b"2.0\n"), file("../outside", b"x")],
+                "`..`",
+            ),
+            (
+                "nested dotdot",
+                vec![file("bin/../../outside", b"x")],
+                "`..`",
+            ),
+            (
+                "absolute",
+                vec![file("VERSION", b"2.0\n"), file("/etc/passwd", b"x")],
+                "absolute",
+            ),
+            (
+                "symlink up",
+                vec![link("lib", EntryType::Symlink, "../../etc")],
+                "leaves the app directory",
+            ),
+            (
+                "nested symlink up",
+                vec![link("a/b/c", EntryType::Symlink, "../../../x")],
+                "leaves the app directory",
+            ),
+            (
+                "absolute symlink",
+                vec![link("passwd", EntryType::Symlink, "/etc/passwd")],
+                "is absolute",
+            ),
+            (
+                "hard link out",
+                vec![link("h", EntryType::Link, "../outside")],
+                "`..`",
+            ),
+            (
+                "absolute hard link",
+                vec![link("h", EntryType::Link, "/etc/shadow")],
+                "absolute",
+            ),
+            (
+                "char device",
+                vec![Raw {
+                    name: "tty",
+                    kind: EntryType::Char,
+                    link: None,
+                    data: b"",
+                }],
+                "device file",
+            ),
+            (
+                "block device",
+                vec![Raw {
+                    name: "sda",
+                    kind: EntryType::Block,
+                    link: None,
+                    data: b"",
+                }],
+                "device file",
+            ),
+            (
+                "fifo",
+                vec![Raw {
+                    name: "pipe",
+                    kind: EntryType::Fifo,
+                    link: None,
+                    data: b"",
+                }],
+                "FIFO",
+            ),
         ];
         for (what, entries, why) in cases {
             let (tmp, app) = app_v1();
             let archive = tmp.path().join("bad.tar.gz");
             tar_gz(&archive, &entries);
             let err = stage(&archive, &app, &Limits::default()).unwrap_err();
-            assert!(err.starts_with("refusing the archive") && err.contains(why), "{what}: {err}");
+            assert!(
+                err.starts_with("refusing the archive") && err.contains(why),
+                "{what}: {err}"
+            );
             assert_untouched(tmp.path(), &app);
         }
     }
@@ -802,8 +869,14 @@ mod tests {
             ],
         );
         install(&archive, &app, &Limits::default()).unwrap();
-        assert_eq!(std::fs::read(app.join("bin/lib/libpump.so")).unwrap(), b"elf");
-        assert_eq!(std::fs::read_to_string(app.join("VERSION.copy")).unwrap(), "2.0\n");
+        assert_eq!(
+            std::fs::read(app.join("bin/lib/libpump.so")).unwrap(),
+            b"elf"
+        );
+        assert_eq!(
+            std::fs::read_to_string(app.join("VERSION.copy")).unwrap(),
+            "2.0\n"
+        );
         assert!(!staging_dir(&app).exists());
         assert_eq!(
             std::fs::read_to_string(previous_dir(&app).join("VERSION")).unwrap(),
@@ -824,7 +897,10 @@ mod tests {
             ..Limits::default()
         };
         let err = stage(&archive, &app, &limits).unwrap_err();
-        assert!(err.contains("unpacks to more than 6 MB (artifact_unpacked_max_mb)"), "{err}");
+        assert!(
+            err.contains("unpacks to more than 6 MB (artifact_unpacked_max_mb)"),
+            "{err}"
+        );
         assert_untouched(tmp.path(), &app);
 
         let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
@@ -844,7 +920,10 @@ mod tests {
         let (tmp, app) = app_v1();
         let archive = tmp.path().join("v2.tar.gz");
         let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        tar_gz(&archive, &[file("VERSION", b"2.0\n"), file("bin/pump", &body)]);
+        tar_gz(
+            &archive,
+            &[file("VERSION", b"2.0\n"), file("bin/pump", &body)],
+        );
         let full = std::fs::read(&archive).unwrap();
         for cut in [10, full.len() / 2, full.len() - 4] {
             std::fs::write(&archive, &full[..cut]).unwrap();

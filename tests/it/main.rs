@@ -5,6 +5,7 @@
 //! conditions with deadlines, never fixed sleeps.
 
 mod alerts;
+mod artifacts;
 mod cli;
 mod commands;
 mod harness;

@@ -573,6 +573,26 @@ async fn a_replayed_command_runs_once_and_is_counted_by_the_agent() {
     a.wait_for(LIMIT, |s| s.commands_rejected.get("expired") == Some(&1))
         .await
         .unwrap();
+    // One signed to become valid an hour from now (beyond the 300 s clock skew) is refused
+    // rather than run on arrival.
+    let future = edgefleet_codec::ConsoleMessage::Command(edgefleet_codec::Command {
+        id: [9; 16],
+        target: id.to_string(),
+        issued_at: now + 3600,
+        expires_at: now + 3900,
+        action: edgefleet_codec::CommandAction::RequestHeartbeat,
+    });
+    attacker
+        .publish(
+            &topic,
+            edgefleet_codec::sign_console(&future, Some(&id), &console_id),
+        )
+        .await;
+    a.wait_for(LIMIT, |s| {
+        s.commands_rejected.get("not_yet_valid") == Some(&1)
+    })
+    .await
+    .unwrap();
     let results = console.get(&format!("/api/agents/{id}/results")).await;
     assert_eq!(
         results.as_array().unwrap().len(),
