@@ -265,7 +265,11 @@ async fn empty_and_10_kb_client_ids_are_refused_before_the_policy_is_asked() {
     // Invalid UTF-8 is refused by rumqttd's decoder before the hook; the other three by
     // `client_id_is_safe`.
     assert_eq!(broker.stats().refused_client_id.load(Ordering::Relaxed), 3);
-    assert_eq!(asked.load(Ordering::Relaxed), 0, "the policy never saw them");
+    assert_eq!(
+        asked.load(Ordering::Relaxed),
+        0,
+        "the policy never saw them"
+    );
     // A sane id still gets in.
     let (_s, code) = raw::try_connect(broker.mqtt_addr(), b"aaaaaaaaaaaaaaaa-1", "ok").await;
     assert_eq!(code, Some(0));
@@ -291,14 +295,21 @@ async fn an_oversized_publish_drops_the_client_and_never_reaches_the_console() {
     // the console link are still working, and the oversized one never arrived.
     let (mut s, code) = raw::try_connect(broker.mqtt_addr(), b"aaaaaaaaaaaaaaaa-2", "ok").await;
     assert_eq!(code, Some(0));
-    s.write_all(&raw::publish("ef/a/aaaaaaaaaaaaaaaa/hb", &vec![1u8; max - 100]))
-        .await
-        .unwrap();
+    s.write_all(&raw::publish(
+        "ef/a/aaaaaaaaaaaaaaaa/hb",
+        &vec![1u8; max - 100],
+    ))
+    .await
+    .unwrap();
     let got = timeout(Duration::from_secs(5), inbound.recv())
         .await
         .expect("the console receives the legal publish")
         .expect("link open");
-    assert_eq!(got.payload.len(), max - 100, "the oversized publish was never forwarded");
+    assert_eq!(
+        got.payload.len(),
+        max - 100,
+        "the oversized publish was never forwarded"
+    );
 }
 
 #[tokio::test]
@@ -313,18 +324,28 @@ async fn wildcards_in_a_publish_topic_are_forwarded_literally_and_a_wildcard_sub
     let (mut spy, code) = raw::try_connect(broker.mqtt_addr(), b"bbbbbbbbbbbbbbbb-1", "ok").await;
     assert_eq!(code, Some(0));
     spy.write_all(&raw::subscribe("#")).await.unwrap();
-    let suback = timeout(Duration::from_secs(5), raw::read(&mut spy)).await.unwrap();
-    assert_eq!(suback.map(|(k, b)| (k, b[2])), Some((0x90, 0)), "SUBACK granting QoS 0");
+    let suback = timeout(Duration::from_secs(5), raw::read(&mut spy))
+        .await
+        .unwrap();
+    assert_eq!(
+        suback.map(|(k, b)| (k, b[2])),
+        Some((0x90, 0)),
+        "SUBACK granting QoS 0"
+    );
 
     let (mut s, code) = raw::try_connect(broker.mqtt_addr(), b"aaaaaaaaaaaaaaaa-1", "ok").await;
     assert_eq!(code, Some(0));
-    // rumqttd 0.20 does not check PUBLISH topics for wildcards (MQTT-3.3.2-2): the topic
-    // is routed as a literal string. The console link's filter `ef/a/+/+` matches it, and
+    // rumqttd 0.20 does not check PUBLISH topics for wildcards (MQTT-3.3.2-2): a `+` is
+    // routed as a literal level. The console link's filter `ef/a/+/+` matches it, and
     // the console then refuses `+` as an agent id (`bad_topic`, see
-    // tests/it/security.rs::wildcard_topics_and_foreign_publishes_are_counted_and_harmless).
+    // tests/it/security.rs::wildcard_topics_and_bad_client_ids_are_harmless_end_to_end).
     s.write_all(&raw::publish("ef/a/+/hb", b"x")).await.unwrap();
-    s.write_all(&raw::publish("ef/a/aaaaaaaaaaaaaaaa/#", b"y")).await.unwrap();
-    s.write_all(&raw::publish("ef/a/aaaaaaaaaaaaaaaa/hb", b"z")).await.unwrap();
+    s.write_all(&raw::publish("ef/a/aaaaaaaaaaaaaaaa/#", b"y"))
+        .await
+        .unwrap();
+    s.write_all(&raw::publish("ef/a/aaaaaaaaaaaaaaaa/hb", b"z"))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let got = timeout(Duration::from_secs(5), inbound.recv())
@@ -333,7 +354,11 @@ async fn wildcards_in_a_publish_topic_are_forwarded_literally_and_a_wildcard_sub
             .expect("link open");
         seen.push(got.topic);
     }
-    assert_eq!(seen, ["ef/a/+/hb", "ef/a/aaaaaaaaaaaaaaaa/hb"], "`#` in a topic is not matched by `+`");
+    assert_eq!(
+        seen,
+        ["ef/a/+/hb", "ef/a/aaaaaaaaaaaaaaaa/hb"],
+        "`#` in a topic is not matched by `+`"
+    );
     // The spy got all three, literally.
     let mut spied = Vec::new();
     while spied.len() < 3 {
@@ -346,7 +371,14 @@ async fn wildcards_in_a_publish_topic_are_forwarded_literally_and_a_wildcard_sub
             spied.push(String::from_utf8_lossy(&body[2..2 + len]).into_owned());
         }
     }
-    assert_eq!(spied, ["ef/a/+/hb", "ef/a/aaaaaaaaaaaaaaaa/#", "ef/a/aaaaaaaaaaaaaaaa/hb"]);
+    assert_eq!(
+        spied,
+        [
+            "ef/a/+/hb",
+            "ef/a/aaaaaaaaaaaaaaaa/#",
+            "ef/a/aaaaaaaaaaaaaaaa/hb"
+        ]
+    );
 }
 
 /// 2,000 CONNECTs with bad credentials from one address (64 at a time) while a legitimate
