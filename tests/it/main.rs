@@ -9,6 +9,7 @@ mod artifacts;
 mod cli;
 mod commands;
 mod harness;
+mod independent;
 mod inventory;
 mod mqtt;
 mod presence;
