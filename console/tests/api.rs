@@ -1373,3 +1373,93 @@ async fn path_traversal_in_artifact_and_asset_names_is_a_404() {
     let bytes = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
     assert_eq!(&bytes[..], b"artifact body");
 }
+
+#[tokio::test]
+async fn history_samples_from_the_future_are_not_stored_and_absurd_times_do_not_panic() {
+    let env = env();
+    let a = enroll(&env);
+    let id = a.identity.agent_id().to_string();
+    let now_s = now_ms() / 1000;
+    let sample = |seq, at, cpu| {
+        AgentMessage::Heartbeat(Heartbeat {
+            bd_seq: 1,
+            seq,
+            cpu_pct: Some(cpu),
+            mem_pct: Some(1),
+            disk_pct: Some(1),
+            at: Some(at),
+            ..Default::default()
+        })
+    };
+    env.fleet.ingest(vec![
+        sealed(&a, birth(1, 1, "pump-7"), Channel::Birth),
+        // Store-and-forward history: ten minutes ago (kept), a day ahead and the end of
+        // time (not stored), and 1970 (stored, then swept by retention).
+        sealed(&a, sample(2, now_s - 600, 11), Channel::Heartbeat),
+        sealed(&a, sample(3, now_s + 86_400, 99), Channel::Heartbeat),
+        sealed(&a, sample(4, u64::MAX, 98), Channel::Heartbeat),
+        sealed(&a, sample(5, 1, 12), Channel::Heartbeat),
+    ]);
+    let metrics = metrics_text(&env);
+    assert!(
+        metrics.contains("edgefleet_ingest_rejected_total{reason=\"future_sample\"} 2"),
+        "{metrics}"
+    );
+    let (status, series) = get(&env, &format!("/api/agents/{id}/metrics?range=1h")).await;
+    assert_eq!(status, StatusCode::OK, "{series}");
+    let points = series["points"].as_array().unwrap();
+    let cpus: Vec<f64> = points.iter().filter_map(|p| p["cpu"].as_f64()).collect();
+    assert!(
+        cpus.contains(&11.0),
+        "the recent sample is stored: {series}"
+    );
+    assert!(
+        !cpus.contains(&99.0) && !cpus.contains(&98.0),
+        "no future sample: {series}"
+    );
+    let latest = points
+        .iter()
+        .filter_map(|p| p["at"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(latest <= now_ms() + 300_000, "{series}");
+    let (_, doc) = get(&env, &format!("/api/agents/{id}")).await;
+    assert_eq!(doc["status"], "online", "the agent itself is fine: {doc}");
+}
+
+#[tokio::test]
+async fn an_enrollment_request_outside_the_clock_skew_is_refused() {
+    let env = env();
+    for skew in [-301i64, 301, 86_400] {
+        let identity = Identity::generate();
+        let id = identity.agent_id();
+        let req = EnrollRequest {
+            agent_id: id.to_string(),
+            public_key: *identity.public_key().as_bytes(),
+            hostname: format!("skewed-{skew}"),
+            os: "Debian GNU/Linux 12 (bookworm)".into(),
+            ips: vec!["10.9.9.9".into()],
+            token_id: env.token.id.clone(),
+            proof: env.token.proof(&identity.public_key()),
+            at: (now_ms() / 1000).saturating_add_signed(skew),
+        };
+        env.fleet.ingest(vec![Inbound::new(
+            Topics::default().enroll(&id),
+            edgefleet_codec::sign_enroll_request(&req, &identity),
+        )]);
+        assert_eq!(last_decision(&env, &id), None, "skew {skew}: no answer");
+    }
+    let metrics = metrics_text(&env);
+    assert!(
+        metrics.contains("edgefleet_ingest_rejected_total{reason=\"clock_skew\"} 3"),
+        "{metrics}"
+    );
+    let (_, doc) = get(&env, "/api/agents").await;
+    assert_eq!(doc["total"], 0, "no host was created: {doc}");
+    // Within the skew it is answered.
+    let identity = Identity::generate();
+    assert_eq!(
+        request_enrollment(&env, &identity, &env.token, "on-time", "10.9.9.10"),
+        EnrollDecision::Approved
+    );
+}
