@@ -63,8 +63,11 @@ pub fn values(data: &[u8]) {
     let _ = crate::agent::parse_mqtt_url(&text);
 }
 
+/// A fuzz body.
+pub type Target = fn(&[u8]);
+
 /// Every body, by target name, for the stable tests.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("agent_config", agent_config),
     ("console_config", console_config),
     ("config_values", values),
