@@ -441,3 +441,36 @@ async fn a_flood_of_bad_connects_from_one_address_does_not_lock_out_a_legitimate
     );
     assert_eq!(policy_refusals, 2000);
 }
+
+/// Session churn: one client id connecting again and again (valid credentials). No limit
+/// applies to successful connects; each new connection takes the id over and the broker
+/// closes the previous one, so one id never holds more than one connection, and the
+/// broker keeps routing throughout.
+#[tokio::test]
+async fn a_flood_of_valid_connects_for_one_id_keeps_one_connection_and_the_broker_serving() {
+    let filters = vec!["ef/a/+/+".to_string()];
+    let (broker, _link, mut inbound) =
+        EmbeddedBroker::start(&config(), allow_password("ok"), &filters).expect("broker starts");
+    let addr = broker.mqtt_addr();
+    let (mut previous, code) = raw::try_connect(addr, b"aaaaaaaaaaaaaaaa-1", "ok").await;
+    assert_eq!(code, Some(0));
+    for n in 0..200 {
+        let (next, code) = raw::try_connect(addr, b"aaaaaaaaaaaaaaaa-1", "ok").await;
+        assert_eq!(code, Some(0), "connect {n}");
+        assert!(
+            raw::closed_within(&mut previous, Duration::from_secs(5)).await,
+            "connect {n}: the taken-over connection is closed"
+        );
+        previous = next;
+    }
+    use tokio::io::AsyncWriteExt;
+    previous
+        .write_all(&raw::publish("ef/a/aaaaaaaaaaaaaaaa/hb", b"last"))
+        .await
+        .unwrap();
+    let got = timeout(Duration::from_secs(5), inbound.recv())
+        .await
+        .expect("the last connection still publishes")
+        .expect("link open");
+    assert_eq!(&got.payload[..], b"last");
+}
