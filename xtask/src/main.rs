@@ -103,11 +103,15 @@ fn ci() -> Result<()> {
     // The browser tests (tests/it/ui.rs) need the built UI and fail loudly without it.
     ui::build(&root)?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
-    // The fuzz crate is outside the workspace (cargo-fuzz wants nightly to run it). Building
-    // it with stable proves every fuzz target still compiles against the codec.
-    run(cargo()
-        .args(["build", "--locked", "--manifest-path"])
-        .arg(root.join("codec/fuzz/Cargo.toml")))?;
+    // The fuzz crates are outside the workspace (cargo-fuzz builds them with its own flags;
+    // `cargo xtask fuzz` runs them). Building them plainly proves every target still
+    // compiles. edge-agent/fuzz is left to `cargo xtask fuzz`: it would rebuild the whole
+    // agent dependency tree a second time for one small target.
+    for krate in ["codec/fuzz", "config/fuzz"] {
+        run(cargo()
+            .args(["build", "--locked", "--manifest-path"])
+            .arg(root.join(krate).join("Cargo.toml")))?;
+    }
     // Last: it packages the debug binaries the tests just built and installs them here.
     debtest::run(&root, &[])?;
     println!("xtask ci: all checks passed");
