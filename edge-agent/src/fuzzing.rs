@@ -30,7 +30,8 @@ mod tests {
             b"\n\n\n",
             b"\t\t\t\n",
             b"name\tversion\tarch\textra\n\t1.0\tamd64\n",
-            // Found by the fuzzer's first run: empty `P:`/`V:` fields made nameless packages.
+            // Found when this body first ran (the stable test below, before libFuzzer did): empty
+            // `P:`/`V:` fields made nameless packages.
             b"P:\nV:\nA:\n\nP:x\n",
             b"PRETTY_NAME=\n",
             b"PRETTY_NAME=\"\n",

@@ -479,7 +479,7 @@ mod tests {
             "the last record has no blank line"
         );
         // A record without a version does not lend its name to the next record, and
-        // empty fields make no package (both found by `cargo xtask fuzz`).
+        // empty fields make no package (both found by the inventory fuzz body).
         let broken = "P:orphan\n\nV:9.9\nA:x86_64\n\nP:\nV:\n\nP:ok\nV:1\n";
         let p = parse_apk_installed(broken);
         assert_eq!(p.len(), 1, "{p:?}");
