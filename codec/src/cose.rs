@@ -320,3 +320,86 @@ pub fn open_enroll_request(payload: &[u8], agent: &AgentId) -> Result<EnrollRequ
     let (_, body) = open_sign1(payload, Some(agent), &key)?;
     Ok(crate::msg::decode(&body)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::{CommandOutcome, CommandResult, Heartbeat, Status};
+
+    /// [`seal_agent`] over a raw body: a correctly tagged envelope around any CBOR.
+    fn seal_raw(kind: Kind, body: Vec<u8>, agent: &AgentId, key: &MacKey) -> Vec<u8> {
+        let mac0 = CoseMac0Builder::new()
+            .payload(body)
+            .create_tag(&aad(kind, Some(agent)), |data| key.tag(data).to_vec())
+            .build();
+        framed(kind, mac0.to_vec().unwrap())
+    }
+
+    /// Every field of real messages replaced by a value of another CBOR type, inside a
+    /// valid MAC: always `Malformed`, never a panic or a silently defaulted field.
+    #[test]
+    fn wrong_types_inside_well_formed_cbor_are_malformed() {
+        let agent = Identity::from_seed(&[1; 32]);
+        let console = Identity::from_seed(&[2; 32]);
+        let key = MacKey::derive_agent(&agent, &console.public_key()).unwrap();
+        let id = agent.agent_id();
+        let messages = [
+            AgentMessage::Heartbeat(Heartbeat {
+                bd_seq: 1,
+                seq: 2,
+                cpu_pct: Some(50),
+                mem_pct: Some(40),
+                at: Some(1_800_000_000),
+                ..Default::default()
+            }),
+            AgentMessage::Status(Status {
+                bd_seq: 1,
+                seq: 1,
+                online: true,
+                clean: false,
+            }),
+            AgentMessage::CommandResult(CommandResult {
+                bd_seq: 1,
+                seq: 3,
+                command_id: [7; 16],
+                outcome: CommandOutcome::Succeeded,
+                message: "ok".into(),
+                at_ms: 1,
+            }),
+        ];
+        let mut checked = 0;
+        for msg in messages {
+            let kind = msg.kind();
+            let sealed = seal_agent(&msg, &id, &key);
+            assert_eq!(open_agent(&sealed, &id, &key), Ok(msg.clone()));
+            let serde_cbor::Value::Map(fields) =
+                serde_cbor::from_slice(&msg.encode_body()).unwrap()
+            else {
+                panic!("messages are CBOR maps");
+            };
+            for field in fields.keys() {
+                let original = &fields[field];
+                for wrong in [
+                    serde_cbor::Value::Text("not this type".into()),
+                    serde_cbor::Value::Integer(-1),
+                    serde_cbor::Value::Array(vec![serde_cbor::Value::Null]),
+                    serde_cbor::Value::Float(0.5),
+                ] {
+                    if std::mem::discriminant(&wrong) == std::mem::discriminant(original) {
+                        continue;
+                    }
+                    let mut mutated = fields.clone();
+                    mutated.insert(field.clone(), wrong.clone());
+                    let body = serde_cbor::to_vec(&serde_cbor::Value::Map(mutated)).unwrap();
+                    let got = open_agent(&seal_raw(kind, body, &id, &key), &id, &key);
+                    assert!(
+                        matches!(got, Err(VerifyError::Decode(DecodeError::Malformed(_)))),
+                        "{kind:?}.{field:?} = {wrong:?}: {got:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 40, "{checked} mutations");
+    }
+}

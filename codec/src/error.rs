@@ -36,6 +36,8 @@ pub enum VerifyError {
     WeakKey,
     #[error("the message has expired")]
     Expired,
+    #[error("the message is issued in the future (beyond the allowed clock skew)")]
+    NotYetValid,
     #[error("the message is addressed to another agent")]
     WrongTarget,
 }
@@ -55,6 +57,7 @@ impl VerifyError {
             VerifyError::AgentIdMismatch => "agent_id_mismatch",
             VerifyError::WeakKey => "weak_key",
             VerifyError::Expired => "expired",
+            VerifyError::NotYetValid => "not_yet_valid",
             VerifyError::WrongTarget => "wrong_target",
         }
     }

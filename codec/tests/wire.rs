@@ -521,6 +521,33 @@ fn expired_or_misaddressed_commands_are_refused() {
 }
 
 #[test]
+fn commands_issued_beyond_the_clock_skew_are_refused() {
+    let me = agent().agent_id();
+    let now = 1_800_000_000;
+    let at = |issued_at| Command {
+        id: [1; 16],
+        target: me.to_string(),
+        issued_at,
+        expires_at: issued_at + 600,
+        action: CommandAction::RequestHeartbeat,
+    };
+    let skew = edgefleet_codec::connect::MAX_SKEW_SECS;
+    assert_eq!(at(now).check(&me, now), Ok(()));
+    assert_eq!(at(now + skew).check(&me, now), Ok(()), "within the skew");
+    assert_eq!(
+        at(now + skew + 1).check(&me, now),
+        Err(VerifyError::NotYetValid)
+    );
+    assert_eq!(
+        at(now + 365 * 86400).check(&me, now),
+        Err(VerifyError::NotYetValid)
+    );
+    assert_eq!(VerifyError::NotYetValid.reason(), "not_yet_valid");
+    // Far future and near the end of time: no overflow.
+    assert_eq!(at(u64::MAX - 600).check(&me, u64::MAX - 700), Ok(()));
+}
+
+#[test]
 fn console_state_with_an_unpinned_key_is_refused() {
     let impostor = Identity::from_seed(&[8; 32]);
     let state = ConsoleState {

@@ -24,6 +24,10 @@ pub struct AgentConfig {
     pub heartbeat_interval: HumanDuration,
     pub keepalive: HumanDuration,
     pub queue_cap_mb: u64,
+    /// update-app: the largest artifact download, in MB.
+    pub artifact_max_mb: u64,
+    /// update-app: the largest total size of an artifact's files once unpacked, in MB.
+    pub artifact_unpacked_max_mb: u64,
     pub inventory_interval: HumanDuration,
     pub allow_scripts: bool,
     /// File of SHA-256 hashes (hex, one per line) of the scripts `run-script` may run.
@@ -83,6 +87,8 @@ impl Default for AgentConfig {
             heartbeat_interval: HumanDuration::secs(30),
             keepalive: HumanDuration::secs(30),
             queue_cap_mb: 16,
+            artifact_max_mb: 512,
+            artifact_unpacked_max_mb: 2048,
             inventory_interval: HumanDuration::secs(6 * 3600),
             allow_scripts: false,
             script_allowlist: None,
@@ -103,6 +109,8 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "heartbeat_interval", env: "EDGEFLEET_AGENT_HEARTBEAT_INTERVAL", kind: ValueKind::Text, default: "30s", meaning: "Time between heartbeats, 1s to 1h." },
     KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "30s", meaning: "MQTT keepalive, 5s to 20m. Keep it below cellular NAT idle timeouts (about 2.5 min); the broker declares the agent dead after 1.5x." },
     KeyDoc { key: "queue_cap_mb", env: "EDGEFLEET_AGENT_QUEUE_CAP_MB", kind: ValueKind::Int, default: "16", meaning: "Store-and-forward queue cap in MB, 1 to 4096. Over it the oldest heartbeats go first; events and results are never dropped." },
+    KeyDoc { key: "artifact_max_mb", env: "EDGEFLEET_AGENT_ARTIFACT_MAX_MB", kind: ValueKind::Int, default: "512", meaning: "update-app: the largest artifact download in MB, 1 to 65536; a bigger one is refused before it fills the disk." },
+    KeyDoc { key: "artifact_unpacked_max_mb", env: "EDGEFLEET_AGENT_ARTIFACT_UNPACKED_MAX_MB", kind: ValueKind::Int, default: "2048", meaning: "update-app: the largest total size of an artifact's files once unpacked, in MB, 1 to 1048576 (archive bombs are refused whole)." },
     KeyDoc { key: "inventory_interval", env: "EDGEFLEET_AGENT_INVENTORY_INTERVAL", kind: ValueKind::Text, default: "6h", meaning: "Time between software inventory scans, 1m to 7d." },
     KeyDoc { key: "allow_scripts", env: "EDGEFLEET_AGENT_ALLOW_SCRIPTS", kind: ValueKind::Bool, default: "false", meaning: "Let the console run shell scripts (`run-script`) whose SHA-256 is on `script_allowlist`; off, the agent runs only the fixed command set." },
     KeyDoc { key: "script_allowlist", env: "EDGEFLEET_AGENT_SCRIPT_ALLOWLIST", kind: ValueKind::Text, default: "(none)", meaning: "File of hex SHA-256 hashes, one per line (`#` comments), of the scripts allowed; re-read for every script, refused if group- or world-writable. Required with `allow_scripts`." },
@@ -162,6 +170,18 @@ impl AgentConfig {
                 "queue_cap_mb",
                 format!("must be between 1 and 4096 (got {})", self.queue_cap_mb),
             ));
+        }
+        for (key, value, max) in [
+            ("artifact_max_mb", self.artifact_max_mb, 65_536),
+            (
+                "artifact_unpacked_max_mb",
+                self.artifact_unpacked_max_mb,
+                1_048_576,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(prov.invalid(key, format!("must be between 1 and {max} (got {value})")));
+            }
         }
         check_topic_prefix(prov, "topic_prefix", &self.topic_prefix)?;
         if self.data_dir.as_os_str().is_empty() {
@@ -483,5 +503,98 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("heartbeat_interval = \"30s\""), "{shown}");
+    }
+
+    /// Every validated agent key, one bad value each: the error starts with the key and
+    /// names the file it came from.
+    #[test]
+    fn every_validated_key_names_itself_in_the_error() {
+        let app =
+            |extra: &str| format!("[[apps]]\nid = \"pump\"\nunit = \"pump.service\"\n{extra}\n");
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("console_urls = [\"http://x\"]".into(), "console_urls", ""),
+            (
+                "heartbeat_interval = \"2h\"".into(),
+                "heartbeat_interval",
+                "between 1s and 1h",
+            ),
+            (
+                "keepalive = \"1s\"".into(),
+                "keepalive",
+                "between 5s and 20m",
+            ),
+            (
+                "inventory_interval = \"10s\"".into(),
+                "inventory_interval",
+                "between 1m and 7d",
+            ),
+            (
+                "queue_cap_mb = 0".into(),
+                "queue_cap_mb",
+                "between 1 and 4096 (got 0)",
+            ),
+            (
+                "artifact_max_mb = 0".into(),
+                "artifact_max_mb",
+                "between 1 and 65536 (got 0)",
+            ),
+            (
+                "artifact_unpacked_max_mb = 2000000".into(),
+                "artifact_unpacked_max_mb",
+                "between 1 and 1048576",
+            ),
+            ("topic_prefix = \"ef/#\"".into(), "topic_prefix", ""),
+            ("data_dir = \"\"".into(), "data_dir", "must not be empty"),
+            (
+                "allow_scripts = true".into(),
+                "script_allowlist",
+                "is required",
+            ),
+            (
+                "[[apps]]\nid = \"Pump!\"\nunit = \"pump.service\"".into(),
+                "apps[0].id",
+                "[a-z0-9-]",
+            ),
+            (
+                format!("{}{}", app(""), app("")),
+                "apps[1].id",
+                "duplicate app id",
+            ),
+            (
+                "[[apps]]\nid = \"pump\"\nunit = \"pump\"".into(),
+                "apps[0].unit",
+                "systemd unit name",
+            ),
+            (
+                app("config_path = \"/etc/pump.settings\""),
+                "apps[0].config_format",
+                "is required",
+            ),
+            (
+                app("version_file = \"/v\"\nversion_command = \"pump -V\""),
+                "apps[0].version_command",
+                "not both",
+            ),
+            (
+                app("health_url = \"ftp://x\""),
+                "apps[0].health_url",
+                "http:// or https://",
+            ),
+        ];
+        for (toml, key, message) in cases {
+            let (_d, path) = file(&toml);
+            let err = AgentConfig::load(Some(&path), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{toml:?}: {err}");
+            assert!(err.contains(message), "{toml:?}: {err}");
+            // A key required by another one was not set itself: its origin is the default.
+            let origin = if ["script_allowlist"].contains(&key) {
+                "(default)".to_string()
+            } else {
+                path.display().to_string()
+            };
+            assert!(err.contains(&origin), "{toml:?}: {err}");
+        }
     }
 }

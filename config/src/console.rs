@@ -535,4 +535,131 @@ mod tests {
         );
         assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
     }
+
+    /// Every validated console key, one bad value each: the error starts with the key
+    /// and names the file it came from.
+    #[test]
+    fn every_validated_key_names_itself_in_the_error() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[http]\ntls_cert = \"/c.pem\"",
+                "http.tls_cert",
+                "together with http.tls_key",
+            ),
+            (
+                "[mqtt]\ntls_key = \"/k.pem\"",
+                "mqtt.tls_cert",
+                "together with mqtt.tls_key",
+            ),
+            (
+                "[mqtt]\ntls_bind = \"0.0.0.0:8883\"",
+                "mqtt.tls_bind",
+                "together with",
+            ),
+            (
+                "[mqtt]\nexternal = \"http://x\"",
+                "mqtt.external",
+                "mqtt:// or mqtts://",
+            ),
+            (
+                "[mqtt]\nexternal = \"mqtt://x\"\nbind = \"0.0.0.0:1883\"",
+                "mqtt.bind",
+                "cannot be used with mqtt.external",
+            ),
+            (
+                "[mqtt]\nmax_payload = 100",
+                "mqtt.max_payload",
+                "between 1024 and 1048576 (got 100)",
+            ),
+            (
+                "[mqtt]\nmax_payload = 2000000",
+                "mqtt.max_payload",
+                "between 1024 and 1048576 (got 2000000)",
+            ),
+            (
+                "[mqtt]\nmax_connections = 0",
+                "mqtt.max_connections",
+                "between 1 and 100000",
+            ),
+            ("[mqtt]\ntopic_prefix = \"$SYS\"", "mqtt.topic_prefix", ""),
+            (
+                "[presence]\nheartbeat_interval = \"0s\"",
+                "presence.heartbeat_interval",
+                "between 1s and 1h",
+            ),
+            (
+                "[presence]\nmissed_intervals = 0",
+                "presence.missed_intervals",
+                "between 1 and 100",
+            ),
+            ("[presence]\ngrace = \"2h\"", "presence.grace", ""),
+            (
+                "[presence]\nrestart_grace = \"2h\"",
+                "presence.restart_grace",
+                "",
+            ),
+            (
+                "[presence]\nstale_after = \"1s\"",
+                "presence.stale_after",
+                "",
+            ),
+            ("[retention]\nraw = \"1m\"", "retention.raw", ""),
+            (
+                "[retention]\nraw = \"2d\"\nrollup_1m = \"1d\"",
+                "retention.rollup_1m",
+                "",
+            ),
+            (
+                "[retention]\nrollup_15m = \"1h\"",
+                "retention.rollup_15m",
+                "",
+            ),
+            (
+                "[alerts]\noffline_grace = \"2h\"",
+                "alerts.offline_grace",
+                "",
+            ),
+            (
+                "[alerts]\nflap_count = 0",
+                "alerts.flap_count",
+                "between 1 and 100",
+            ),
+            ("[alerts]\nflap_window = \"1s\"", "alerts.flap_window", ""),
+            (
+                "[alerts]\nhotspot_threshold = 101",
+                "alerts.hotspot_threshold",
+                "between 1 and 100",
+            ),
+            (
+                "[alerts]\nhotspot_window = \"2d\"",
+                "alerts.hotspot_window",
+                "",
+            ),
+            (
+                "[alerts]\nwebhook_max_age = \"1s\"",
+                "alerts.webhook_max_age",
+                "",
+            ),
+            (
+                "[[alerts.webhooks]]\nurl = \"ftp://x\"",
+                "alerts.webhooks[0].url",
+                "http:// or https://",
+            ),
+        ];
+        for (toml, key, message) in cases {
+            let (_d, path) = file(toml);
+            let err = ConsoleConfig::load(Some(&path), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{toml:?}: {err}");
+            assert!(err.contains(message), "{toml:?}: {err}");
+            // A key required by another one was not set itself: its origin is the default.
+            let origin = if ["mqtt.tls_cert"].contains(key) {
+                "(default)".to_string()
+            } else {
+                path.display().to_string()
+            };
+            assert!(err.contains(&origin), "{toml:?}: {err}");
+        }
+    }
 }

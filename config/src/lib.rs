@@ -8,12 +8,14 @@
 //! - `edit`: `config set`: one key changed in place (comments kept), validated, then an
 //!   atomic rename that keeps the file's mode and owner.
 //! - `duration`: human durations (`30s`, `5m`) with range checks.
+//! - `fuzzing`: bodies of the `cargo fuzz` targets in `config/fuzz/` (file + env loader).
 //! - `keyfile`: secret files written atomically with mode 0600; world-readable ones refused.
 
 pub mod agent;
 pub mod console;
 pub mod duration;
 pub mod edit;
+pub mod fuzzing;
 pub mod keyfile;
 pub mod source;
 

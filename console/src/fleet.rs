@@ -887,10 +887,18 @@ impl Fleet {
                     }),
                     AgentMessage::Status(s) => host.on_status(s, now),
                     AgentMessage::Heartbeat(hb) => host.on_heartbeat(hb, now).inspect(|_| {
-                        let at = hb.at.map(|s| s * 1000).unwrap_or(now);
+                        let at = hb.at.map_or(now, |s| s.saturating_mul(1000));
                         let mut v = host.vitals.unwrap_or_default();
                         v.apply(hb);
-                        samples.push((host_id.clone(), at, Sample::one(&v)));
+                        // A history sample dated beyond the clock skew a CONNECT allows
+                        // would head every chart and outlive retention: its vitals still
+                        // apply, but it is not stored. (An ancient one is stored and goes
+                        // with the next retention sweep.)
+                        if at > now.saturating_add(edgefleet_codec::connect::MAX_SKEW_SECS * 1000) {
+                            self.reject("future_sample", &msg.topic, None);
+                        } else {
+                            samples.push((host_id.clone(), at, Sample::one(&v)));
+                        }
                         if hb.at.is_none() {
                             live_vitals.push((host_id.clone(), [v.cpu_pct, v.mem_pct, v.disk_pct]));
                         }

@@ -281,6 +281,34 @@ const SORT_KEYS: [&str; 7] = [
 ];
 const MAX_POINTS: usize = 500;
 
+/// The largest JSON request body. Artifact uploads have their own limit.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+/// The largest artifact `POST /api/artifacts` takes.
+pub const MAX_ARTIFACT_BODY: usize = 512 << 20;
+
+fn too_large(artifact: bool) -> ApiError {
+    ApiError::TooLarge(if artifact {
+        "artifact over 512 MiB (the upload limit)".into()
+    } else {
+        "request body over 64 KiB (the limit for JSON requests)".into()
+    })
+}
+
+/// axum's own body-limit rejection is a plain-text 413 that names no limit; API clients
+/// get the JSON error body every other 4xx has.
+async fn json_413(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let artifact = request.uri().path() == "/api/artifacts";
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return too_large(artifact).into_response();
+    }
+    response
+}
+
 pub fn app(fleet: Arc<Fleet>) -> Router {
     // Every /api route needs a key; `/`, `/healthz` and `/metrics` stay open for browsers,
     // load balancers and Prometheus.
@@ -308,7 +336,7 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/api/commands/bulk", post(bulk_command))
         .route(
             "/api/artifacts",
-            post(upload_artifact).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
+            post(upload_artifact).layer(axum::extract::DefaultBodyLimit::max(MAX_ARTIFACT_BODY)),
         )
         .route("/api/agents/:id/commands", get(agent_commands))
         .route("/api/commands/:id", get(command))
@@ -333,6 +361,9 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .route("/artifacts/:sha256", get(artifact))
         .merge(api)
         .fallback(crate::ui::fallback)
+        // Bodies over the JSON limit are refused before they are buffered.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(json_413))
         .with_state(fleet)
 }
 
@@ -382,6 +413,8 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
+    /// 413: a request body over the route's limit.
+    TooLarge(String),
     TooManyRequests,
     Internal(String),
 }
@@ -394,6 +427,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::TooManyRequests => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed API key attempts from this address; wait a minute".to_string(),
@@ -442,8 +476,8 @@ fn require(key: &KeyRecord, role: Role) -> Result<(), ApiError> {
 
 /// A JSON body, with a 400 that says what is wrong instead of axum's plain-text rejection.
 fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.len() > 64 * 1024 {
-        return Err(ApiError::BadRequest("request body over 64 KiB".into()));
+    if bytes.len() > MAX_JSON_BODY {
+        return Err(too_large(false));
     }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))

@@ -406,6 +406,26 @@ async fn bad_queries_get_400_with_a_precise_message_and_unknown_agents_404() {
             "`status` must be one of online, offline, pending, revoked, unknown",
         ),
         ("/api/agents?colour=red", "unknown query parameter `colour`"),
+        (
+            "/api/agents?page=-1",
+            "`page` must be a whole number from 1",
+        ),
+        (
+            "/api/agents?page=99999999999999999999999",
+            "`page` must be a whole number from 1",
+        ),
+        (
+            "/api/agents?per_page=1000000000",
+            "`per_page` must be one of 25, 50, 100, 200, got \"1000000000\"",
+        ),
+        (
+            "/api/agents?per_page=-25",
+            "`per_page` must be one of 25, 50, 100, 200",
+        ),
+        (
+            "/api/agents?sort=hostname;DROP%20TABLE",
+            "`sort` must be one of hostname, os, cpu, mem, disk, last_seen, status",
+        ),
     ] {
         let (status, doc) = get(&env, uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
@@ -1214,4 +1234,233 @@ async fn approval_rechecks_duplicates_conflicting_while_online_and_adopting_once
     let (_, doc) = get(&env, &format!("/api/agents/{old_id}")).await;
     assert_eq!(doc["status"], "online", "{doc}");
     assert_eq!(get(&env, "/api/agents").await.1["total"], 1);
+}
+
+#[tokio::test]
+async fn huge_bodies_get_a_json_413_that_names_the_limit() {
+    let env = env();
+    let _ = env
+        .fleet
+        .artifacts_dir
+        .set(env._dir.path().join("artifacts"));
+    // Just over the JSON limit (read by the handler) and far over it (refused by the body
+    // limit before it is buffered): the same JSON 413.
+    for size in [64 * 1024 + 1, 100 * 1024, 3 << 20] {
+        let body = format!(r#"{{"note":"{}"}}"#, "x".repeat(size));
+        for uri in ["/api/tokens", "/api/keys", "/api/groups", "/api/silences"] {
+            let (status, doc) = admin(&env, "POST", uri, &body).await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri} {size}: {doc}");
+            assert_eq!(
+                doc["error"], "request body over 64 KiB (the limit for JSON requests)",
+                "{uri} {size}"
+            );
+        }
+    }
+    // A body under the limit reaches the handler.
+    let (status, doc) = admin(
+        &env,
+        "POST",
+        "/api/tokens",
+        &format!(r#"{{"note":"{}"}}"#, "x".repeat(1000)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    // Artifact uploads keep their own, larger limit: 1 MiB is well inside it.
+    let (status, doc) = admin(&env, "POST", "/api/artifacts", &"a".repeat(1 << 20)).await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+}
+
+#[tokio::test]
+async fn unicode_and_sql_like_searches_are_literal_substrings() {
+    let env = env();
+    let a = enroll(&env);
+    let b = enroll(&env);
+    env.fleet.ingest(vec![
+        sealed(&a, birth(1, 1, "pumpe-ä-7"), Channel::Birth),
+        sealed(&b, birth(1, 1, "o'brien-1=1"), Channel::Birth),
+    ]);
+    let hosts = |doc: &serde_json::Value| -> Vec<String> {
+        doc["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["hostname"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (q, want) in [
+        // ä, upper-case Ä (case-insensitive), and the NFC bytes percent-encoded.
+        ("%C3%A4", vec!["pumpe-ä-7"]),
+        ("%C3%84", vec!["pumpe-ä-7"]),
+        ("PUMPE", vec!["pumpe-ä-7"]),
+        // SQL-ish strings are text like any other.
+        ("%27%20OR%201%3D1%20--", vec![]),
+        ("%27%20OR%20%271%27%3D%271", vec![]),
+        ("o%27brien", vec!["o'brien-1=1"]),
+        ("1%3D1", vec!["o'brien-1=1"]),
+        // Wildcards of other query languages match only themselves.
+        ("%25", vec![]),
+        ("*", vec![]),
+        (".%2A", vec![]),
+        ("_", vec![]),
+        // Control characters and a 4-byte character.
+        ("%00", vec![]),
+        ("%F0%9F%92%A3", vec![]),
+    ] {
+        let (status, doc) = get(&env, &format!("/api/agents?q={q}")).await;
+        assert_eq!(status, StatusCode::OK, "{q}: {doc}");
+        assert_eq!(hosts(&doc), want, "q={q}");
+    }
+    // Invalid UTF-8 in the query is decoded lossily (U+FFFD), matches nothing, and is
+    // not a panic.
+    let (status, doc) = get(&env, "/api/agents?q=%FF%FE").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(hosts(&doc), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn path_traversal_in_artifact_and_asset_names_is_a_404() {
+    let env = env();
+    let _ = env
+        .fleet
+        .artifacts_dir
+        .set(env._dir.path().join("artifacts"));
+    let (status, up) = admin(&env, "POST", "/api/artifacts", "artifact body").await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    for uri in [
+        "/artifacts/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/artifacts/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/artifacts/..",
+        "/artifacts/%2Fetc%2Fpasswd",
+        "/artifacts/..%5C..%5Cwindows",
+        "/assets/..%2F..%2Fetc%2Fpasswd",
+        "/assets/..",
+        "/assets/.env",
+        "/assets/../../../etc/passwd",
+    ] {
+        let (status, doc) = get_with(&env, uri, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {doc}");
+        assert!(!doc.to_string().contains("root:"), "{uri}: {doc}");
+    }
+    // Raw `..` segments (clients normally resolve them before sending) match no file
+    // route: the browser UI's page shell answers, as for any unknown page path.
+    for uri in ["/artifacts/../../etc/passwd", "/../../etc/passwd"] {
+        let (_, doc) = get_with(&env, uri, None).await;
+        let text = doc.to_string();
+        assert!(
+            text.contains("EdgeFleet") && !text.contains("root:"),
+            "{uri}: {doc}"
+        );
+    }
+    let (status, doc) = get_with(&env, "/artifacts/..%2F..%2Fetc%2Fpasswd", None).await;
+    assert_eq!(
+        (status, doc["error"].as_str()),
+        (
+            StatusCode::NOT_FOUND,
+            Some("artifacts are named by 64 hex digits")
+        ),
+        "{doc}"
+    );
+    // The uploaded artifact itself is served by its hash.
+    let app = edgefleet_console::http::app(env.fleet.clone());
+    let resp = app
+        .oneshot(
+            Request::get(up["path"].as_str().unwrap())
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert_eq!(&bytes[..], b"artifact body");
+}
+
+#[tokio::test]
+async fn history_samples_from_the_future_are_not_stored_and_absurd_times_do_not_panic() {
+    let env = env();
+    let a = enroll(&env);
+    let id = a.identity.agent_id().to_string();
+    let now_s = now_ms() / 1000;
+    let sample = |seq, at, cpu| {
+        AgentMessage::Heartbeat(Heartbeat {
+            bd_seq: 1,
+            seq,
+            cpu_pct: Some(cpu),
+            mem_pct: Some(1),
+            disk_pct: Some(1),
+            at: Some(at),
+            ..Default::default()
+        })
+    };
+    env.fleet.ingest(vec![
+        sealed(&a, birth(1, 1, "pump-7"), Channel::Birth),
+        // Store-and-forward history: ten minutes ago (kept), a day ahead and the end of
+        // time (not stored), and 1970 (stored, then swept by retention).
+        sealed(&a, sample(2, now_s - 600, 11), Channel::Heartbeat),
+        sealed(&a, sample(3, now_s + 86_400, 99), Channel::Heartbeat),
+        sealed(&a, sample(4, u64::MAX, 98), Channel::Heartbeat),
+        sealed(&a, sample(5, 1, 12), Channel::Heartbeat),
+    ]);
+    let metrics = metrics_text(&env);
+    assert!(
+        metrics.contains("edgefleet_ingest_rejected_total{reason=\"future_sample\"} 2"),
+        "{metrics}"
+    );
+    let (status, series) = get(&env, &format!("/api/agents/{id}/metrics?range=1h")).await;
+    assert_eq!(status, StatusCode::OK, "{series}");
+    let points = series["points"].as_array().unwrap();
+    let cpus: Vec<f64> = points.iter().filter_map(|p| p["cpu"].as_f64()).collect();
+    assert!(
+        cpus.contains(&11.0),
+        "the recent sample is stored: {series}"
+    );
+    assert!(
+        !cpus.contains(&99.0) && !cpus.contains(&98.0),
+        "no future sample: {series}"
+    );
+    let latest = points
+        .iter()
+        .filter_map(|p| p["at"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(latest <= now_ms() + 300_000, "{series}");
+    let (_, doc) = get(&env, &format!("/api/agents/{id}")).await;
+    assert_eq!(doc["status"], "online", "the agent itself is fine: {doc}");
+}
+
+#[tokio::test]
+async fn an_enrollment_request_outside_the_clock_skew_is_refused() {
+    let env = env();
+    for skew in [-301i64, 301, 86_400] {
+        let identity = Identity::generate();
+        let id = identity.agent_id();
+        let req = EnrollRequest {
+            agent_id: id.to_string(),
+            public_key: *identity.public_key().as_bytes(),
+            hostname: format!("skewed-{skew}"),
+            os: "Debian GNU/Linux 12 (bookworm)".into(),
+            ips: vec!["10.9.9.9".into()],
+            token_id: env.token.id.clone(),
+            proof: env.token.proof(&identity.public_key()),
+            at: (now_ms() / 1000).saturating_add_signed(skew),
+        };
+        env.fleet.ingest(vec![Inbound::new(
+            Topics::default().enroll(&id),
+            edgefleet_codec::sign_enroll_request(&req, &identity),
+        )]);
+        assert_eq!(last_decision(&env, &id), None, "skew {skew}: no answer");
+    }
+    let metrics = metrics_text(&env);
+    assert!(
+        metrics.contains("edgefleet_ingest_rejected_total{reason=\"clock_skew\"} 3"),
+        "{metrics}"
+    );
+    let (_, doc) = get(&env, "/api/agents").await;
+    assert_eq!(doc["total"], 0, "no host was created: {doc}");
+    // Within the skew it is answered.
+    let identity = Identity::generate();
+    assert_eq!(
+        request_enrollment(&env, &identity, &env.token, "on-time", "10.9.9.10"),
+        EnrollDecision::Approved
+    );
 }

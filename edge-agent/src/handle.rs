@@ -137,6 +137,11 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         services: services
             .unwrap_or_else(|| std::sync::Arc::new(crate::service::Systemd::default())),
         downloads: dir.join("downloads"),
+        update_limits: crate::update::Limits {
+            max_download: config.artifact_max_mb.saturating_mul(1024 * 1024),
+            max_unpacked: config.artifact_unpacked_max_mb.saturating_mul(1024 * 1024),
+            ..crate::update::Limits::default()
+        },
         labels: config.labels.clone(),
         scripts: crate::script::ScriptPolicy::from_config(&config),
         collector: Some(

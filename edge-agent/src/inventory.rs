@@ -190,13 +190,17 @@ pub fn parse_pacman(out: &str) -> Vec<Package> {
 /// version, `A:` architecture.
 pub fn parse_apk_installed(text: &str) -> Vec<Package> {
     let mut out = Vec::new();
-    let (mut name, mut version, mut arch) = (None, None, None);
+    let (mut name, mut version, mut arch): (Option<&str>, Option<&str>, Option<&str>) =
+        (None, None, None);
     for line in text.lines().chain(std::iter::once("")) {
         if line.trim().is_empty() {
-            if let (Some(n), Some(v)) = (name.take(), version.take()) {
-                out.push(pkg(n, v, arch.take().unwrap_or(""), "apk"));
+            // A record ends here whole: nothing of it may leak into the next one.
+            let (n, v, a) = (name.take(), version.take(), arch.take());
+            if let (Some(n), Some(v)) = (n, v) {
+                if !n.is_empty() && !v.is_empty() {
+                    out.push(pkg(n, v, a.unwrap_or(""), "apk"));
+                }
             }
-            arch = None;
             continue;
         }
         match line.split_once(':') {
@@ -474,6 +478,12 @@ mod tests {
             p[2].name, "ca-certificates-bundle",
             "the last record has no blank line"
         );
+        // A record without a version does not lend its name to the next record, and
+        // empty fields make no package (both found by the inventory fuzz body).
+        let broken = "P:orphan\n\nV:9.9\nA:x86_64\n\nP:\nV:\n\nP:ok\nV:1\n";
+        let p = parse_apk_installed(broken);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].name.as_str(), p[0].version.as_str()), ("ok", "1"));
     }
 
     #[test]

@@ -19,12 +19,14 @@
 //!   and the agent side of inventory sync (snapshot, delta, ack).
 //! - `probe`: where vitals come from: `sysinfo` on a device, random walks in the simulator.
 //! - `status`: the agent's snapshot of itself and the state file `status` reads.
+//! - `fuzzing`: bodies of the `cargo fuzz` targets in `edge-agent/fuzz/` (device text parsers).
 //! - `update`: update-app: range-resumed downloads, checksum, directory swap and rollback.
 //! - `simulate`: many virtual agents in one process.
 
 pub mod appconfig;
 pub mod backoff;
 pub mod enrollment;
+pub mod fuzzing;
 pub mod handle;
 pub mod heartbeat;
 pub mod identity;

@@ -78,13 +78,17 @@ pub fn os_pretty_name() -> String {
     ["/etc/os-release", "/usr/lib/os-release"]
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-                .map(|v| v.trim().trim_matches('"').to_string())
-        })
+        .and_then(|text| pretty_name(&text))
         .or_else(sysinfo::System::long_os_version)
         .unwrap_or_else(|| "Linux".to_string())
+}
+
+/// `PRETTY_NAME` in os-release text, unquoted.
+pub fn pretty_name(os_release: &str) -> Option<String> {
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim().trim_matches('"').to_string())
 }
 
 impl Probe for SysinfoProbe {

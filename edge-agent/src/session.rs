@@ -8,7 +8,7 @@
 //! event loop is always polled. Publishes use `try_publish`: rumqttc's `publish().await`
 //! blocks while disconnected, and a full request channel must cost a heartbeat, not a hang.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgefleet_codec::{
@@ -87,6 +87,8 @@ pub struct SessionConfig {
     pub services: std::sync::Arc<dyn ServiceManager>,
     /// Where update-app keeps (partial) downloads.
     pub downloads: PathBuf,
+    /// Size caps on update-app artifacts.
+    pub update_limits: crate::update::Limits,
     /// Whether and which scripts `run-script` may run (the local admin's decision).
     pub scripts: crate::script::ScriptPolicy,
     /// Where the software inventory comes from (`None`: no inventory at all).
@@ -271,6 +273,13 @@ impl Session {
     /// Runs until `shutdown` is cancelled (or every handle is gone), reconnecting forever.
     #[tracing::instrument(name = "agent", skip_all, fields(agent.id = %self.id))]
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        for app in &self.cfg.apps {
+            tokio::spawn(recover_interrupted_update(
+                self.cfg.services.clone(),
+                self.requests_tx.clone(),
+                app.clone(),
+            ));
+        }
         let mut attempt = 0usize;
         loop {
             if shutdown.is_cancelled() {
@@ -1059,6 +1068,7 @@ impl Session {
                             version: version.clone(),
                             sha256: *sha256,
                             downloads: self.cfg.downloads.clone(),
+                            limits: self.cfg.update_limits,
                         },
                     ));
                     return;
@@ -1506,10 +1516,17 @@ impl Reporter {
         });
     }
 
-    async fn finish(self, action: &str, app: &str, outcome: CommandOutcome, message: String) {
+    /// Queues the result; `true` once it is in the store-and-forward queue.
+    async fn finish(
+        self,
+        action: &str,
+        app: &str,
+        outcome: CommandOutcome,
+        message: String,
+    ) -> bool {
         tracing::info!(command = %hex(&self.command_id), action, app, ?outcome, %message, "command finished");
-        let (reply, _) = oneshot::channel();
-        let _ = self
+        let (reply, queued) = oneshot::channel();
+        let sent = self
             .requests
             .send(Request::Result {
                 command_id: self.command_id,
@@ -1518,6 +1535,7 @@ impl Reporter {
                 reply,
             })
             .await;
+        sent.is_ok() && matches!(queued.await, Ok(Ok(())))
     }
 }
 
@@ -1615,6 +1633,7 @@ struct UpdateSpec {
     version: String,
     sha256: [u8; 32],
     downloads: PathBuf,
+    limits: crate::update::Limits,
 }
 
 /// Runs a blocking service or file step off the async workers.
@@ -1624,8 +1643,11 @@ async fn blocking(f: Box<dyn FnOnce() -> Result<(), String> + Send>) -> Result<(
         .unwrap_or_else(|e| Err(format!("task failed: {e}")))
 }
 
-/// update-app: download (resumable) and verify, stop, swap the directory, start, check;
-/// on any failure after the stop, put the previous version back and start it.
+/// update-app: download (resumable) and verify, unpack beside the app (still running),
+/// stop, swap the directories, start, check; on any failure after the swap, put the
+/// previous version back and start it. A marker next to the app directory records each
+/// step, so an agent killed half-way finishes or undoes it on restart
+/// ([`recover_interrupted_update`]) and still reports the outcome.
 async fn update_app(
     services: std::sync::Arc<dyn ServiceManager>,
     requests: mpsc::Sender<Request>,
@@ -1639,21 +1661,45 @@ async fn update_app(
     };
     let dir = app.binary_dir.clone().expect("checked by the caller");
     let unit = app.unit.clone();
+    let mut pending = crate::update::Pending {
+        command: hex(&command_id),
+        version: spec.version.clone(),
+        stage: crate::update::Stage::Staging,
+    };
     let result: Result<String, (CommandOutcome, String)> = async {
         report.step(format!("downloading {}", spec.url)).await;
-        let archive = crate::update::download(&spec.url, &spec.downloads, &spec.sha256, &|p| {
-            report.percent("downloading", p)
-        })
+        let archive = crate::update::download(
+            &spec.url,
+            &spec.downloads,
+            &spec.sha256,
+            spec.limits.max_download,
+            &|p| report.percent("downloading", p),
+        )
         .await
         .map_err(|e| (CommandOutcome::Failed, e))?;
         report
             .step(format!("verified sha256 {}", hex(&spec.sha256)))
             .await;
+        report.step(format!("unpacking {}", spec.version)).await;
+        let failed = |e| (CommandOutcome::Failed, e);
+        let (d, p) = (dir.clone(), pending.clone());
+        blocking(Box::new(move || crate::update::mark(&d, &p)))
+            .await
+            .map_err(failed)?;
+        let (a, d, limits) = (archive.clone(), dir.clone(), spec.limits);
+        blocking(Box::new(move || crate::update::stage(&a, &d, &limits)))
+            .await
+            .map_err(|e| {
+                (
+                    CommandOutcome::Failed,
+                    format!("{e}; {} left untouched", app.id),
+                )
+            })?;
         report.step(format!("stopping {unit}")).await;
         let (s, u) = (services.clone(), unit.clone());
         blocking(Box::new(move || s.stop(&u)))
             .await
-            .map_err(|e| (CommandOutcome::Failed, e))?;
+            .map_err(failed)?;
         report
             .step(format!(
                 "installing {} into {}",
@@ -1661,20 +1707,22 @@ async fn update_app(
                 dir.display()
             ))
             .await;
-        let (a, d) = (archive.clone(), dir.clone());
-        let installed = blocking(Box::new(move || crate::update::install(&a, &d))).await;
+        pending.stage = crate::update::Stage::Swapping;
+        let (d, p) = (dir.clone(), pending.clone());
+        let installed = blocking(Box::new(move || {
+            crate::update::mark(&d, &p)?;
+            crate::update::swap(&d)?;
+            crate::update::mark(
+                &d,
+                &crate::update::Pending {
+                    stage: crate::update::Stage::Swapped,
+                    ..p
+                },
+            )
+        }))
+        .await;
         let started = match installed {
-            Ok(()) => {
-                report.step(format!("starting {unit}")).await;
-                let (s, u) = (services.clone(), unit.clone());
-                match blocking(Box::new(move || s.start(&u))).await {
-                    Ok(()) => {
-                        tokio::time::sleep(RESTART_SETTLE).await;
-                        check(&services, &unit, app.health_url.as_deref()).await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            Ok(()) => start_and_check(&services, &unit, app.health_url.as_deref()).await,
             Err(e) => Err(e),
         };
         match started {
@@ -1683,17 +1731,7 @@ async fn update_app(
                 report
                     .step("rolling back to the previous version".into())
                     .await;
-                let d = dir.clone();
-                let back = blocking(Box::new(move || crate::update::rollback(&d))).await;
-                let (s, u) = (services.clone(), unit.clone());
-                let restarted = blocking(Box::new(move || s.start(&u))).await;
-                let detail = match (back, restarted) {
-                    (Ok(()), Ok(())) => "rolled back to the previous version".to_string(),
-                    (Ok(()), Err(e)) => {
-                        format!("rolled back, but the previous version does not start: {e}")
-                    }
-                    (Err(e), _) => format!("the rollback failed too: {e}"),
-                };
+                let detail = roll_back_and_start(&services, &dir, &unit).await;
                 Err((CommandOutcome::RolledBack, format!("{why}; {detail}")))
             }
         }
@@ -1703,7 +1741,125 @@ async fn update_app(
         Ok(m) => (CommandOutcome::Succeeded, m),
         Err(e) => e,
     };
-    report.finish("update-app", &app.id, outcome, message).await;
+    // The marker goes only once the result is queued: a crash in between reports twice
+    // (the console keeps the first result), never zero times.
+    if report.finish("update-app", &app.id, outcome, message).await {
+        let d = dir.clone();
+        let _ = blocking(Box::new(move || {
+            crate::update::unmark(&d);
+            Ok(())
+        }))
+        .await;
+    }
+}
+
+/// Start, settle, then `is-active` and the optional health URL.
+async fn start_and_check(
+    services: &std::sync::Arc<dyn ServiceManager>,
+    unit: &str,
+    health_url: Option<&str>,
+) -> Result<(), String> {
+    let (s, u) = (services.clone(), unit.to_string());
+    blocking(Box::new(move || s.start(&u))).await?;
+    tokio::time::sleep(RESTART_SETTLE).await;
+    check(services, unit, health_url).await
+}
+
+/// Puts the previous directory back and starts it; says how that went.
+async fn roll_back_and_start(
+    services: &std::sync::Arc<dyn ServiceManager>,
+    dir: &Path,
+    unit: &str,
+) -> String {
+    let d = dir.to_path_buf();
+    let back = blocking(Box::new(move || crate::update::rollback(&d))).await;
+    let (s, u) = (services.clone(), unit.to_string());
+    let restarted = blocking(Box::new(move || s.start(&u))).await;
+    match (back, restarted) {
+        (Ok(()), Ok(())) => "rolled back to the previous version".to_string(),
+        (Ok(()), Err(e)) => format!("rolled back, but the previous version does not start: {e}"),
+        (Err(e), _) => format!("the rollback failed too: {e}"),
+    }
+}
+
+/// After a restart: an update-app the agent was killed in the middle of is finished or
+/// undone on disk by [`crate::update::recover`], the app is started, and the outcome is
+/// reported under the original command id.
+async fn recover_interrupted_update(
+    services: std::sync::Arc<dyn ServiceManager>,
+    requests: mpsc::Sender<Request>,
+    app: crate::service::ManagedApp,
+) {
+    let Some(dir) = app.binary_dir.clone() else {
+        return;
+    };
+    let d = dir.clone();
+    let recovered = tokio::task::spawn_blocking(move || crate::update::recover(&d))
+        .await
+        .unwrap_or_else(|e| Err(format!("task failed: {e}")));
+    let (pending, left) = match recovered {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(app = %app.id, error = %e, "cannot recover an interrupted update-app");
+            return;
+        }
+    };
+    let Some(command_id) = parse_command_id(&pending.command) else {
+        tracing::error!(app = %app.id, command = %pending.command, "update marker with a bad command id; ignored");
+        crate::update::unmark(&dir);
+        return;
+    };
+    tracing::warn!(app = %app.id, version = %pending.version, stage = ?pending.stage, ?left, "finishing an update-app interrupted by an agent restart");
+    let report = Reporter {
+        requests,
+        command_id,
+    };
+    let (outcome, message) = match left {
+        crate::update::Left::Previous => {
+            let (s, u) = (services.clone(), app.unit.clone());
+            let started = blocking(Box::new(move || s.start(&u))).await;
+            (
+                CommandOutcome::Failed,
+                format!(
+                    "the agent restarted during the update ({:?}); {} is still at the previous version{}",
+                    pending.stage,
+                    app.id,
+                    started.err().map(|e| format!(", which does not start: {e}")).unwrap_or_default()
+                ),
+            )
+        }
+        crate::update::Left::New => {
+            match start_and_check(&services, &app.unit, app.health_url.as_deref()).await {
+                Ok(()) => (
+                    CommandOutcome::Succeeded,
+                    format!(
+                        "{} updated to {} (finished after an agent restart)",
+                        app.id, pending.version
+                    ),
+                ),
+                Err(why) => {
+                    let detail = roll_back_and_start(&services, &dir, &app.unit).await;
+                    (CommandOutcome::RolledBack, format!("{why}; {detail}"))
+                }
+            }
+        }
+    };
+    if report.finish("update-app", &app.id, outcome, message).await {
+        crate::update::unmark(&dir);
+    }
+}
+
+fn parse_command_id(text: &str) -> Option<[u8; 16]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        id[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(id)
 }
 
 /// rollback-app: stop, put the previous directory back, start, check.

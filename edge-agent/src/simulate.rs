@@ -155,6 +155,7 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             labels: sim_labels(i),
             services: std::sync::Arc::new(crate::service::Simulated::new(agent_dir.join("apps"))),
             downloads: agent_dir.join("downloads"),
+            update_limits: crate::update::Limits::default(),
             scripts: crate::script::ScriptPolicy::default(),
             collector: Some(std::sync::Arc::new(
                 crate::inventory::SimInventory::generated(i, SIM_PACKAGES),

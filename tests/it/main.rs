@@ -5,10 +5,12 @@
 //! conditions with deadlines, never fixed sleeps.
 
 mod alerts;
+mod artifacts;
 mod cli;
 mod commands;
 mod external;
 mod harness;
+mod independent;
 mod inventory;
 mod mqtt;
 mod presence;

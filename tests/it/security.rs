@@ -622,6 +622,26 @@ async fn a_replayed_command_runs_once_and_is_counted_by_the_agent() {
     a.wait_for(LIMIT, |s| s.commands_rejected.get("expired") == Some(&1))
         .await
         .unwrap();
+    // One signed to become valid an hour from now (beyond the 300 s clock skew) is refused
+    // rather than run on arrival.
+    let future = edgefleet_codec::ConsoleMessage::Command(edgefleet_codec::Command {
+        id: [9; 16],
+        target: id.to_string(),
+        issued_at: now + 3600,
+        expires_at: now + 3900,
+        action: edgefleet_codec::CommandAction::RequestHeartbeat,
+    });
+    attacker
+        .publish(
+            &topic,
+            edgefleet_codec::sign_console(&future, Some(&id), &console_id),
+        )
+        .await;
+    a.wait_for(LIMIT, |s| {
+        s.commands_rejected.get("not_yet_valid") == Some(&1)
+    })
+    .await
+    .unwrap();
     let results = console.get(&format!("/api/agents/{id}/results")).await;
     assert_eq!(
         results.as_array().unwrap().len(),
@@ -760,5 +780,115 @@ async fn the_api_serves_https_with_an_init_tls_certificate_and_the_cli_checks_th
     assert!(
         out.to_lowercase().contains("certificate"),
         "a clear TLS error: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_topics_and_bad_client_ids_are_harmless_end_to_end() {
+    if crate::harness::external_broker() {
+        // These are the embedded broker's reactions (Mosquitto's differ and are its own).
+        return;
+    }
+    use edgefleet_tests::rawmqtt;
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let console = console(tmp.path()).await;
+    let token: EnrollToken = console.token.parse().unwrap();
+    let me = Identity::generate();
+    let id = me.agent_id();
+    let user = edgefleet_codec::connect::username(&me, Some(&token));
+    let password = || edgefleet_codec::connect::password(&me, crate::mqtt::now_unix());
+
+    // Empty, 10 KB and wildcard client ids with otherwise valid credentials: closed
+    // without a CONNACK.
+    let long = format!("{id}-{}", "1".repeat(10 * 1024));
+    for bad in [String::new(), long, format!("{id}-#"), format!("{id}/1")] {
+        let (_s, code) =
+            rawmqtt::try_connect(console.mqtt, bad.as_bytes(), &user, &password()).await;
+        assert_eq!(code, None, "client id of {} bytes admitted", bad.len());
+    }
+
+    let (mut s, code) = rawmqtt::try_connect(
+        console.mqtt,
+        format!("{id}-1").as_bytes(),
+        &user,
+        &password(),
+    )
+    .await;
+    assert_eq!(
+        code,
+        Some(0),
+        "the same credentials with a sane client id get in"
+    );
+    // A wildcard subscription is granted and reads the retained console state: there are
+    // no topic ACLs, so an admitted client can read (not forge) all traffic.
+    s.write_all(&rawmqtt::subscribe("#")).await.unwrap();
+    let state_topic = "ef/c/state";
+    let state = tokio::time::timeout(LIMIT, async {
+        loop {
+            let (kind, body) = rawmqtt::read(&mut s).await.expect("still connected");
+            let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            if kind & 0xf0 == 0x30 && &body[2..2 + len] == state_topic.as_bytes() {
+                return kind;
+            }
+        }
+    })
+    .await
+    .expect("the retained console state arrives via `#`");
+    assert_eq!(state & 0x01, 0x01, "delivered as retained");
+
+    // Wildcards in PUBLISH topics (forbidden by MQTT-3.3.2-2, not checked by rumqttd 0.20):
+    // a `+` is routed as a literal level, reaches the console and is refused as a bad
+    // topic; a `#` level matches no subscription of the console and is dropped.
+    let bad_topics = || {
+        metric(
+            &console,
+            "edgefleet_ingest_rejected_total{reason=\"bad_topic\"}",
+        )
+    };
+    let before = bad_topics().await;
+    for topic in [
+        "ef/a/+/hb".to_string(),
+        "ef/a/#/hb".to_string(),
+        format!("ef/a/{id}/+"),
+    ] {
+        s.write_all(&rawmqtt::publish(&topic, b"junk"))
+            .await
+            .unwrap();
+    }
+    let counted = tokio::time::timeout(LIMIT, async {
+        while bad_topics().await < before + 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let (_, text) = console.get_text("/metrics").await;
+    assert!(
+        counted.is_ok(),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("rejected"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Nothing else arrives (the `#` one is not counted late).
+    s.write_all(&rawmqtt::publish("ef/a/+/inv", b"junk"))
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, async {
+        while bad_topics().await < before + 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a fourth wildcard topic counted");
+    assert_eq!(bad_topics().await, before + 3);
+    let (code, _) = crate::harness::http_get(console.http, "/healthz", None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "the console keeps serving");
+    assert!(
+        console.agents().await.is_empty(),
+        "no host was created by any of it"
     );
 }

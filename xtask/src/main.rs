@@ -7,6 +7,7 @@
 //! - `screenshot`: regenerates `docs/overview.png` from a demo fleet in headless Chromium.
 //! - `dist`: release binaries, the agent and console `.deb` packages and the CLI tarball in
 //!   `dist/` (module `dist`).
+//! - `fuzz`: every cargo-fuzz target for N minutes (module `fuzz`).
 //! - `deb-test`: checks the packages' contents, then really installs, upgrades and purges
 //!   them on this machine and runs the install script against a local console (module
 //!   `debtest`; root only).
@@ -21,6 +22,8 @@ use anyhow::{bail, Context, Result};
 
 mod debtest;
 mod dist;
+mod fuzz;
+mod py;
 mod ui;
 
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
         "install-deps" => install_deps(),
         "dist" => dist::dist(&workspace_root(), &dist::Options::parse(rest)?).map(drop),
         "deb-test" => debtest::run(&workspace_root(), rest),
+        "fuzz" => fuzz::run(&workspace_root(), rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -58,7 +62,8 @@ fn main() -> Result<()> {
                  install-deps  only install the tools the tests need (rustup target, apt packages)\n  \
                  dist          release binaries, .deb packages and the CLI tarball into dist/\n                \
                  (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)\n  \
-                 deb-test      build dev packages, then install, upgrade and purge them here (root)"
+                 deb-test      build dev packages, then install, upgrade and purge them here (root)\n  \
+                 fuzz          run every cargo-fuzz target (--minutes N in total, default 1; --only T)"
             );
             if task == "help" {
                 Ok(())
@@ -104,11 +109,15 @@ fn ci() -> Result<()> {
     run(cargo()
         .args(["test", "--locked", "-p", "edgefleet-tests", "--test", "it"])
         .env("EDGEFLEET_TEST_BROKER", "mosquitto"))?;
-    // The fuzz crate is outside the workspace (cargo-fuzz wants nightly to run it). Building
-    // it with stable proves every fuzz target still compiles against the codec.
-    run(cargo()
-        .args(["build", "--locked", "--manifest-path"])
-        .arg(root.join("codec/fuzz/Cargo.toml")))?;
+    // The fuzz crates are outside the workspace (cargo-fuzz builds them with its own flags;
+    // `cargo xtask fuzz` runs them). Building them plainly proves every target still
+    // compiles. edge-agent/fuzz is left to `cargo xtask fuzz`: it would rebuild the whole
+    // agent dependency tree a second time for one small target.
+    for krate in ["codec/fuzz", "config/fuzz"] {
+        run(cargo()
+            .args(["build", "--locked", "--manifest-path"])
+            .arg(root.join(krate).join("Cargo.toml")))?;
+    }
     // Last: it packages the debug binaries the tests just built and installs them here.
     debtest::run(&root, &[])?;
     println!("xtask ci: all checks passed");
@@ -188,6 +197,8 @@ fn screenshot() -> Result<()> {
 
 fn install_deps() -> Result<()> {
     install_system_deps()?;
+    // paho-mqtt, the independent MQTT client of tests/it/independent.rs.
+    py::install_paho(&workspace_root())?;
     // playwright-core for the browser tests, at the versions in the committed lock file.
     let ui_tests = workspace_root().join("tests/ui");
     if !ui_tests.join("node_modules/playwright-core").is_dir() {

@@ -66,14 +66,23 @@ pub enum ConfigValue {
 }
 
 impl Command {
-    /// Refuses a command meant for another agent or past its expiry. Replay of an id is
-    /// checked by the agent, which remembers recent ids.
+    /// Refuses a command meant for another agent, past its expiry, or issued more than
+    /// [`crate::connect::MAX_SKEW_SECS`] in the future. Replay of an id is checked by the
+    /// agent, which remembers recent ids.
+    ///
+    /// The future bound is the skew the CONNECT proof already requires of the agent's
+    /// clock, so it refuses nothing a connected agent could legitimately receive; what it
+    /// refuses is a command signed ahead of time (by a console with a wrong clock, or one
+    /// kept back to be played later), which would otherwise run whenever it arrives.
     pub fn check(&self, me: &AgentId, now_unix: u64) -> Result<(), VerifyError> {
         if self.target != me.as_str() {
             return Err(VerifyError::WrongTarget);
         }
         if now_unix >= self.expires_at {
             return Err(VerifyError::Expired);
+        }
+        if self.issued_at > now_unix.saturating_add(crate::connect::MAX_SKEW_SECS) {
+            return Err(VerifyError::NotYetValid);
         }
         Ok(())
     }
