@@ -7,6 +7,7 @@
 mod alerts;
 mod cli;
 mod commands;
+mod faults;
 mod harness;
 mod inventory;
 mod mqtt;

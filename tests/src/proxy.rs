@@ -475,8 +475,14 @@ mod tests {
         let back = read_exact_within(&mut c, 10, Duration::from_secs(10)).await;
         let took = started.elapsed();
         assert_eq!(back, Some((0..10u8).collect::<Vec<_>>()));
-        assert!(took >= Duration::from_millis(600), "round trip took {took:?}");
-        assert!(took < Duration::from_millis(2_000), "round trip took {took:?}");
+        assert!(
+            took >= Duration::from_millis(600),
+            "round trip took {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(2_000),
+            "round trip took {took:?}"
+        );
     }
 
     #[tokio::test]
@@ -491,8 +497,14 @@ mod tests {
         let back = read_exact_within(&mut c, data.len(), Duration::from_secs(10)).await;
         let took = started.elapsed();
         assert_eq!(back.map(|b| b.len()), Some(data.len()));
-        assert!(took >= Duration::from_millis(900), "8 kB at 8 kB/s took {took:?}");
-        assert!(took < Duration::from_secs(4), "8 kB at 8 kB/s took {took:?}");
+        assert!(
+            took >= Duration::from_millis(900),
+            "8 kB at 8 kB/s took {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(4),
+            "8 kB at 8 kB/s took {took:?}"
+        );
     }
 
     #[tokio::test]
@@ -620,8 +632,15 @@ mod tests {
             periods: Some(50),
         };
         let plan: Vec<_> = schedule.plan().collect();
-        assert_eq!(plan, schedule.plan().collect::<Vec<_>>(), "same seed, same plan");
-        let other = DropSchedule { seed: 8, ..schedule };
+        assert_eq!(
+            plan,
+            schedule.plan().collect::<Vec<_>>(),
+            "same seed, same plan"
+        );
+        let other = DropSchedule {
+            seed: 8,
+            ..schedule
+        };
         assert_ne!(plan, other.plan().collect::<Vec<_>>());
         assert_eq!(plan.len(), 50);
         for (i, (offset, down)) in plan.iter().enumerate() {

@@ -10,6 +10,8 @@
 //! - `deb-test`: checks the packages' contents, then really installs, upgrades and purges
 //!   them on this machine and runs the install script against a local console (module
 //!   `debtest`; root only).
+//! - `soak`: the long fault runs (module `soak`): 2,000 simulated agents for 30 minutes and
+//!   the long versions of the fault scenarios.
 //!
 //! Tasks shell out to `cargo`, `rustup` and `apt-get`; each step prints what it runs so a
 //! red CI log says which step failed.
@@ -21,6 +23,7 @@ use anyhow::{bail, Context, Result};
 
 mod debtest;
 mod dist;
+mod soak;
 mod ui;
 
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
         "install-deps" => install_deps(),
         "dist" => dist::dist(&workspace_root(), &dist::Options::parse(rest)?).map(drop),
         "deb-test" => debtest::run(&workspace_root(), rest),
+        "soak" => soak::run(&soak::Options::parse(rest)?),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -58,7 +62,9 @@ fn main() -> Result<()> {
                  install-deps  only install the tools the tests need (rustup target, apt packages)\n  \
                  dist          release binaries, .deb packages and the CLI tarball into dist/\n                \
                  (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)\n  \
-                 deb-test      build dev packages, then install, upgrade and purge them here (root)"
+                 deb-test      build dev packages, then install, upgrade and purge them here (root)\n  \
+                 soak          long fault runs: 2,000 agents for 30 min and the long scenarios\n                \
+                 (--minutes N, --agents N, --soak-only)"
             );
             if task == "help" {
                 Ok(())
