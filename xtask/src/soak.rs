@@ -7,8 +7,6 @@
 //! and the rest. The tests print their time series and measurements (`--nocapture`); the
 //! numbers go into BENCHMARKS.md by hand.
 
-use std::process::Command;
-
 use anyhow::{bail, Context, Result};
 
 /// Parsed `cargo xtask soak` flags.
