@@ -1,10 +1,10 @@
-//! Fault scenarios (issue 10): a remote-site link, console and agent kill -9, a broker
-//! restart under a thousand agents, and the soak.
+//! Fault scenarios (issue 10): a remote-site link, console and agent kill -9, a full disk,
+//! a broker restart under a thousand agents, and the soak.
 //!
 //! Every scenario runs a short version in CI and a long one under `cargo xtask soak`, which
 //! sets `EDGEFLEET_SOAK=1` (and `EDGEFLEET_SOAK_MINUTES` / `EDGEFLEET_SOAK_AGENTS` for the
-//! soak itself). The durations are the only difference: the same code makes the same
-//! assertions.
+//! soak itself). Durations and sizes are the only difference: the same code makes the same
+//! assertions (the soak's RSS and retention bounds need a run long enough to mean something).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
