@@ -662,24 +662,7 @@ async fn soak_a_churning_fleet_keeps_memory_and_disk_bounded_and_logs_no_error()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Every command finishes, and succeeds.
-    wait_for(
-        Duration::from_secs(180),
-        "every soak command to finish",
-        || async {
-            for id in &commands {
-                let c = console.get(&format!("/api/commands/{id}")).await;
-                match c["state"].as_str() {
-                    Some("succeeded") => {}
-                    Some("queued" | "delivered" | "running") => return None,
-                    other => panic!("soak command {id} ended {other:?}: {c}"),
-                }
-            }
-            Some(())
-        },
-    )
-    .await;
-
+    // The series first, so a failure below still leaves the measurements in the log.
     eprintln!("soak: t_s rss_mib sled_mib online");
     for s in &samples {
         eprintln!(
@@ -690,6 +673,38 @@ async fn soak_a_churning_fleet_keeps_memory_and_disk_bounded_and_logs_no_error()
             s.online
         );
     }
+
+    // Every command finishes, and succeeds. Each pass asks only about the unfinished ones.
+    let mut pending: Vec<String> = commands.clone();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let mut still = Vec::new();
+        let mut example = None;
+        for id in &pending {
+            let c = console.get(&format!("/api/commands/{id}")).await;
+            match c["state"].as_str() {
+                Some("succeeded") => {}
+                Some("queued" | "delivered" | "running") => {
+                    still.push(id.clone());
+                    example.get_or_insert(c);
+                }
+                other => panic!("soak command {id} ended {other:?}: {c}"),
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} soak commands never finished, e.g. {:#}",
+            pending.len(),
+            commands.len(),
+            example.unwrap()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
     let text = metrics_text(&console).await.unwrap();
     for zero in [
         "edgefleet_ingest_rejected_total",
