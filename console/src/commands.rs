@@ -173,14 +173,24 @@ impl Commands {
         })
     }
 
-    /// Stores a record (flushed: an accepted command must survive a crash).
+    /// Stores a record (flushed: an accepted command must survive a crash). A final state
+    /// is never replaced by an unfinished one: a delivery or progress written from a copy
+    /// read before the result arrived is dropped.
     pub fn put(&self, r: &CommandRecord) -> Result<(), StoreError> {
+        // Held across the read and the write, so two puts of one command cannot interleave.
+        let mut open = self.open.lock().expect("commands lock");
+        if !r.state.is_final() {
+            if let Some(stored) = self.get(&r.id)? {
+                if stored.state.is_final() {
+                    return Ok(());
+                }
+            }
+        }
         self.tree
             .insert(r.id, serde_json::to_vec(r).expect("commands serialize"))?;
         self.index
             .insert(index_key(&r.agent, r.issued_at, &r.id), &[])?;
         self.tree.flush()?;
-        let mut open = self.open.lock().expect("commands lock");
         let ids = open.entry(r.agent.clone()).or_default();
         ids.retain(|id| *id != r.id);
         if !r.state.is_final() {
@@ -275,5 +285,20 @@ mod tests {
         assert_eq!(c.get(&[1; 16]).unwrap().unwrap().view().state, "succeeded");
         assert_eq!(parse_hex_id(&hex(&[7; 16])), Some([7; 16]));
         assert_eq!(parse_hex_id("zz"), None);
+    }
+
+    #[test]
+    fn a_late_delivery_or_progress_never_reopens_a_finished_command() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let c = Commands::open(db.open_tree("c").unwrap(), db.open_tree("i").unwrap()).unwrap();
+        c.put(&record(1, CommandState::Delivered)).unwrap();
+        c.put(&record(1, CommandState::Succeeded)).unwrap();
+        c.put(&record(1, CommandState::Delivered)).unwrap();
+        c.put(&record(1, CommandState::Running)).unwrap();
+        assert_eq!(c.get(&[1; 16]).unwrap().unwrap().view().state, "succeeded");
+        assert!(c.open_for("host1").is_empty());
+        // One final state may still replace another (an expiry racing a result).
+        c.put(&record(1, CommandState::Failed)).unwrap();
+        assert_eq!(c.get(&[1; 16]).unwrap().unwrap().view().state, "failed");
     }
 }

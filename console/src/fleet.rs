@@ -636,7 +636,10 @@ impl Fleet {
         Ok(record)
     }
 
-    /// Publishes the signed command and records the delivery.
+    /// Records the delivery, then publishes the signed command: the agent can answer
+    /// within a millisecond, before a delivery written afterwards (which `Commands::put`
+    /// would then drop rather than turn `succeeded` back into `delivered`; the soak caught
+    /// that race).
     fn deliver(&self, record: &mut CommandRecord, agent_id: &AgentId) {
         let out = Outgoing {
             topic: self
@@ -644,16 +647,22 @@ impl Fleet {
                 .agent(agent_id, edgefleet_codec::Channel::Command),
             payload: record.signed.clone(),
         };
-        if self.outbox.try_send(out).is_err() {
-            self.metrics.rejected("outbox_full");
-            return;
-        }
+        let before = (record.delivered_at, record.state);
         record.delivered_at = Some(now_ms());
         if record.state == CommandState::Queued {
             record.state = CommandState::Delivered;
         }
         if let Err(e) = self.commands.put(record) {
             tracing::error!(error = %e, "cannot store a command delivery");
+        }
+        if self.outbox.try_send(out).is_err() {
+            // Never sent, so no result can race this write.
+            self.metrics.rejected("outbox_full");
+            (record.delivered_at, record.state) = before;
+            if let Err(e) = self.commands.put(record) {
+                tracing::error!(error = %e, "cannot store a command delivery");
+            }
+            return;
         }
         self.command_changed(record);
     }
@@ -931,7 +940,17 @@ impl Fleet {
                     }
                     AgentMessage::CommandResult(r) => {
                         host.on_other(message.sequence(), now).map(|()| {
+                            // An agent sends a result again when the command is redelivered
+                            // (this console lost the first copy, or never stored it): keep
+                            // one record per finished command.
+                            let recorded = matches!(
+                                self.commands.get(&r.command_id),
+                                Ok(Some(c)) if c.state.is_final()
+                            );
                             finished.push((host_id.clone(), r.clone()));
+                            if recorded {
+                                return None;
+                            }
                             results.push((
                                 host_id.clone(),
                                 ResultRecord {

@@ -34,7 +34,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/demo/login",
         "Demo mode only, loopback only: the admin key, for the UI's \"Log in to the demo\".",
     ),
-    ("GET", "/healthz", "Liveness: `{\"status\":\"ok\"}`."),
+    ("GET", "/healthz", "Health: `{\"status\":\"ok\"}`, or 503 `degraded` while store writes fail."),
     (
         "GET",
         "/metrics",
@@ -1450,9 +1450,20 @@ async fn live_events(
         .into_response())
 }
 
+/// `200 {"status":"ok"}`, or `503 {"status":"degraded", ...}` while store writes fail, so
+/// a load balancer or an operator's probe sees a console that cannot keep what it ingests.
 async fn healthz(State(fleet): State<Arc<Fleet>>) -> Response {
-    let _ = &fleet;
-    Json(serde_json::json!({"status": "ok"})).into_response()
+    match fleet.store.write_failure() {
+        None => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Some(failure) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "degraded",
+                "store": {"writable": false, "since": failure.since, "error": failure.error},
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {

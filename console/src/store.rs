@@ -197,6 +197,20 @@ pub struct Store {
     events: sled::Tree,
     results: sled::Tree,
     tiers: [sled::Tree; 3],
+    health: std::sync::Arc<std::sync::Mutex<Option<WriteFailure>>>,
+}
+
+/// Store writes are failing: since when (unix ms) and the latest error, for `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailure {
+    pub since: u64,
+    pub error: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn key(id: &str, at_ms: u64) -> Vec<u8> {
@@ -225,7 +239,14 @@ impl Store {
             results: db.open_tree("results")?,
             tiers,
             db,
+            health: std::sync::Arc::default(),
         })
+    }
+
+    /// `Some` while ingest writes fail (a full disk, an I/O error): set by a failed
+    /// [`Store::write_round`] and cleared by the next one that succeeds.
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        self.health.lock().expect("not poisoned").clone()
     }
 
     pub fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
@@ -242,8 +263,26 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes host records and transitions of one ingest round in one batch per tree.
+    /// Writes host records and transitions of one ingest round in one batch per tree, and
+    /// keeps [`Store::write_failure`] current.
     pub fn write_round(&self, round: &Round<'_>) -> Result<(), StoreError> {
+        let result = self.write_round_batches(round);
+        let mut health = self.health.lock().expect("not poisoned");
+        match &result {
+            Ok(()) => *health = None,
+            Err(e) => {
+                let error = match e {
+                    StoreError::Sled(inner) => format!("{e}: {inner}"),
+                    other => other.to_string(),
+                };
+                let since = health.as_ref().map_or_else(now_ms, |f| f.since);
+                *health = Some(WriteFailure { since, error });
+            }
+        }
+        result
+    }
+
+    fn write_round_batches(&self, round: &Round<'_>) -> Result<(), StoreError> {
         let Round {
             hosts,
             transitions,
@@ -261,10 +300,11 @@ impl Store {
         self.events.apply_batch(batch)?;
         let mut batch = sled::Batch::default();
         for (id, result) in results {
-            batch.insert(
-                key(id, self.db.generate_id()?),
-                serde_json::to_vec(result).expect("results serialize"),
-            );
+            // The agent's own time and the command id: a result delivered twice (resent
+            // until PUBACK, or again for a redelivered command) lands on the same key.
+            let mut k = key(id, result.at);
+            k.extend_from_slice(result.command_id.as_bytes());
+            batch.insert(k, serde_json::to_vec(result).expect("results serialize"));
         }
         self.results.apply_batch(batch)?;
         let mut batch = sled::Batch::default();
@@ -487,6 +527,29 @@ mod tests {
             .samples("bbbbbbbbbbbbbbbb", Tier::Raw, 0, u64::MAX)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_result_delivered_twice_is_stored_once_and_writes_clear_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let id = "abcdefghijklmnop";
+        let result = |command: &str, at| ResultRecord {
+            command_id: command.into(),
+            outcome: "succeeded".into(),
+            message: "heartbeat sent".into(),
+            at,
+        };
+        let round = |r: ResultRecord| Round {
+            results: vec![(id.to_string(), r)],
+            ..Round::default()
+        };
+        store.write_round(&round(result("aa", 5))).unwrap();
+        store.write_round(&round(result("aa", 5))).unwrap();
+        store.write_round(&round(result("bb", 5))).unwrap();
+        let stored = store.results(id, 10).unwrap();
+        assert_eq!(stored, vec![result("aa", 5), result("bb", 5)]);
+        assert_eq!(store.write_failure(), None);
     }
 
     #[test]

@@ -740,6 +740,12 @@ impl Session {
 
     fn push(&mut self, msg: AgentMessage) -> Result<(), String> {
         let kind = msg.kind().name();
+        if let AgentMessage::CommandResult(r) = &msg {
+            // Before the queue push, whose flush then covers it too.
+            if let Err(e) = self.cfg.storage.remember_result(r) {
+                tracing::warn!(command = %hex(&r.command_id), error = %e, "cannot keep a command result for redelivery");
+            }
+        }
         match self.cfg.storage.queue.push(&msg) {
             Ok(outcome) => {
                 if outcome.dropped_heartbeats > 0 {
@@ -1012,6 +1018,15 @@ impl Session {
                     "replay",
                     "a command id seen before (replayed or redelivered)",
                 );
+                // The console redelivers only commands it has no result for: it lost the
+                // one we sent (killed after the broker acknowledged it). Send it again; a
+                // console that has the result already ignores the copy.
+                if let Ok(Some(result)) = self.cfg.storage.result_of(&cmd.id) {
+                    tracing::info!(command = %hex(&cmd.id), "a redelivered command: sending its result again");
+                    if self.push(AgentMessage::CommandResult(result)).is_ok() {
+                        self.pump_queue(link);
+                    }
+                }
                 return;
             }
             Err(e) => {

@@ -1,9 +1,12 @@
 //! The agent's persistent state in its sled database: the connection counter (`bd_seq`),
-//! the event id counter, recently seen command ids, and the store-and-forward queue.
+//! the event id counter, recently seen command ids with the results sent for them, and the
+//! store-and-forward queue.
 //! The pinned console key lives in a file next to it (see `identity`).
 
 use std::path::Path;
 use std::time::Duration;
+
+use edgefleet_codec::{AgentMessage, CommandResult};
 
 use crate::queue::{Queue, QueueError};
 
@@ -23,6 +26,8 @@ pub const AGENT_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 pub struct Storage {
     state: sled::Tree,
     recent: sled::Tree,
+    /// Command id → the stored result the agent sent for it, for the ids in `recent`.
+    results: sled::Tree,
     pub queue: Queue,
 }
 
@@ -65,6 +70,7 @@ impl Storage {
     pub fn in_db(db: &sled::Db, name: &str, queue_cap_bytes: u64) -> Result<Storage, QueueError> {
         let state = db.open_tree(format!("state{name}"))?;
         let recent = db.open_tree(format!("recent{name}"))?;
+        let results = db.open_tree(format!("results{name}"))?;
         let queue = Queue::open(
             db.clone(),
             db.open_tree(format!("queue{name}"))?,
@@ -73,6 +79,7 @@ impl Storage {
         Ok(Storage {
             state,
             recent,
+            results,
             queue,
         })
     }
@@ -169,13 +176,36 @@ impl Storage {
                 .map(|(k, _)| k);
             match oldest {
                 Some(k) => {
-                    self.recent.remove(k)?;
+                    self.recent.remove(&k)?;
+                    self.results.remove(&k)?;
                 }
                 None => break,
             }
         }
         self.recent.flush()?;
         Ok(true)
+    }
+
+    /// Keeps the result sent for a recent command. When the console redelivers that
+    /// command (it never recorded the result: it crashed between the broker's PUBACK and
+    /// its own write), the agent sends the same result again instead of running it twice.
+    pub fn remember_result(&self, result: &CommandResult) -> Result<(), QueueError> {
+        if self.recent.contains_key(result.command_id)? {
+            let stored = AgentMessage::CommandResult(result.clone()).to_stored();
+            self.results.insert(result.command_id, stored)?;
+        }
+        Ok(())
+    }
+
+    /// The result sent for a recent command, if any (see [`Storage::remember_result`]).
+    pub fn result_of(&self, command_id: &[u8; 16]) -> Result<Option<CommandResult>, QueueError> {
+        Ok(self
+            .results
+            .get(command_id)?
+            .and_then(|v| match AgentMessage::from_stored(&v) {
+                Ok(AgentMessage::CommandResult(r)) => Some(r),
+                _ => None,
+            }))
     }
 }
 
@@ -225,5 +255,37 @@ mod tests {
             s.remember_command(&id).unwrap();
         }
         assert_eq!(s.recent.len(), RECENT_COMMANDS);
+    }
+
+    #[tokio::test]
+    async fn results_of_recent_commands_are_kept_across_a_reopen_and_leave_with_their_id() {
+        let result = |id: [u8; 16]| CommandResult {
+            bd_seq: 0,
+            seq: 0,
+            command_id: id,
+            outcome: edgefleet_codec::CommandOutcome::Succeeded,
+            message: "heartbeat sent".into(),
+            at_ms: 1_700_000_000_000,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open_dir(dir.path(), 1 << 20).await.unwrap();
+            // Never seen: nothing to keep (a result for a command from before an upgrade).
+            s.remember_result(&result([7; 16])).unwrap();
+            assert_eq!(s.result_of(&[7; 16]).unwrap(), None);
+            assert!(s.remember_command(&[1; 16]).unwrap());
+            s.remember_result(&result([1; 16])).unwrap();
+        }
+        let s = Storage::open_dir(dir.path(), 1 << 20).await.unwrap();
+        assert_eq!(s.result_of(&[1; 16]).unwrap(), Some(result([1; 16])));
+        // Evicted from the recent ids, the result goes too.
+        for i in 0..RECENT_COMMANDS as u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[15] = 9;
+            s.remember_command(&id).unwrap();
+        }
+        assert_eq!(s.result_of(&[1; 16]).unwrap(), None);
+        assert!(s.results.is_empty());
     }
 }

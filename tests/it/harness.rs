@@ -614,3 +614,40 @@ pub fn archive(path: &Path, version: &str) {
         .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
 }
+
+// Helpers for the fault scenarios and the soak (tests/it/faults.rs).
+
+impl Console {
+    /// The console process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Every console log so far (one file per start), concatenated.
+    pub fn all_logs(&self) -> String {
+        (1..=self.starts)
+            .filter_map(|n| std::fs::read_to_string(self.dir.join(format!("console-{n}.log"))).ok())
+            .collect()
+    }
+}
+
+/// Resident set size of a process in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The sum of every series of the Prometheus metric `name` in `text` (labels ignored).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -9,6 +9,7 @@ mod artifacts;
 mod cli;
 mod commands;
 mod external;
+mod faults;
 mod harness;
 mod independent;
 mod inventory;

@@ -11,6 +11,8 @@
 //! - `deb-test`: checks the packages' contents, then really installs, upgrades and purges
 //!   them on this machine and runs the install script against a local console (module
 //!   `debtest`; root only).
+//! - `soak`: the long fault runs (module `soak`): 2,000 simulated agents for 30 minutes and
+//!   the long versions of the fault scenarios.
 //!
 //! Tasks shell out to `cargo`, `rustup` and `apt-get`; each step prints what it runs so a
 //! red CI log says which step failed.
@@ -24,6 +26,7 @@ mod debtest;
 mod dist;
 mod fuzz;
 mod py;
+mod soak;
 mod ui;
 
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -51,6 +54,7 @@ fn main() -> Result<()> {
         "dist" => dist::dist(&workspace_root(), &dist::Options::parse(rest)?).map(drop),
         "deb-test" => debtest::run(&workspace_root(), rest),
         "fuzz" => fuzz::run(&workspace_root(), rest),
+        "soak" => soak::run(&soak::Options::parse(rest)?),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -63,7 +67,9 @@ fn main() -> Result<()> {
                  dist          release binaries, .deb packages and the CLI tarball into dist/\n                \
                  (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)\n  \
                  deb-test      build dev packages, then install, upgrade and purge them here (root)\n  \
-                 fuzz          run every cargo-fuzz target (--minutes N in total, default 1; --only T)"
+                 fuzz          run every cargo-fuzz target (--minutes N in total, default 1; --only T)\n  \
+                 soak          long fault runs: 2,000 agents for 30 min and the long scenarios\n                \
+                 (--minutes N, --agents N, --soak-only)"
             );
             if task == "help" {
                 Ok(())
