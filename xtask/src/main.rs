@@ -7,6 +7,8 @@
 //! - `screenshot`: regenerates `docs/overview.png` from a demo fleet in headless Chromium.
 //! - `dist`: release binaries, the agent and console `.deb` packages and the CLI tarball in
 //!   `dist/` (module `dist`).
+//! - `bench`: the scale benchmarks on release builds; rewrites the generated tables in
+//!   BENCHMARKS.md (`--smoke`: a short run for CI that leaves the file alone; module `bench`).
 //! - `deb-test`: checks the packages' contents, then really installs, upgrades and purges
 //!   them on this machine and runs the install script against a local console (module
 //!   `debtest`; root only).
@@ -19,6 +21,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
 mod debtest;
 mod dist;
 mod ui;
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
         "install-deps" => install_deps(),
         "dist" => dist::dist(&workspace_root(), &dist::Options::parse(rest)?).map(drop),
         "deb-test" => debtest::run(&workspace_root(), rest),
+        "bench" => bench::bench(&workspace_root(), rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -58,7 +62,8 @@ fn main() -> Result<()> {
                  install-deps  only install the tools the tests need (rustup target, apt packages)\n  \
                  dist          release binaries, .deb packages and the CLI tarball into dist/\n                \
                  (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)\n  \
-                 deb-test      build dev packages, then install, upgrade and purge them here (root)"
+                 deb-test      build dev packages, then install, upgrade and purge them here (root)\n  \
+                 bench         scale benchmarks, rewrites BENCHMARKS.md (--smoke: short CI run)"
             );
             if task == "help" {
                 Ok(())
