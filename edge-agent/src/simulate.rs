@@ -73,7 +73,7 @@ pub fn raise_fd_limit(count: usize) -> Result<u64> {
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
         limit.current = limit.maximum;
-        setrlimit(Resource::Nofile, limit.clone())
+        setrlimit(Resource::Nofile, limit)
             .context("raising the soft limit on open files to the hard limit")?;
     }
     let available = limit.current.unwrap_or(u64::MAX);
