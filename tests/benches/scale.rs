@@ -6,6 +6,8 @@
 //!     cargo bench -p edgefleet-tests --bench scale -- [--smoke] [--agents N]
 //!         [--intervals 1s,500ms,...] [--footprint-secs S] [--out FILE]
 //!
+//! `--out` takes an absolute path: cargo runs benches from `tests/`.
+//!
 //! What it measures, in order:
 //! - connections: N idle simulated agents (30 s heartbeats); console RSS per connection,
 //!   simulator RSS per virtual agent, and the simulator's ramp;
