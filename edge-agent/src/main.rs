@@ -69,6 +69,9 @@ enum Cmd {
         /// ranges make different devices.
         #[arg(long, default_value_t = 0)]
         first_index: usize,
+        /// Average connects per second while the fleet ramps up.
+        #[arg(long, default_value_t = edgefleet_agent::simulate::RAMP_PER_SEC)]
+        connect_rate: u32,
     },
     /// Show the local agent's identity, console, connection, last heartbeat, queue depth
     /// and pinned console key (from the state file the running agent writes).
@@ -263,14 +266,18 @@ fn main() -> Result<()> {
             data_dir,
             token,
             first_index,
+            connect_rate,
         } => {
             init_tracing(args.log_format);
             let url = parse_mqtt_url(&console).map_err(|e| anyhow::anyhow!("--console: {e}"))?;
             let interval = humantime::parse_duration(&interval)
                 .map_err(|e| anyhow::anyhow!("--interval: expected a duration like 5s ({e})"))?;
-            if interval < Duration::from_secs(1) {
-                bail!("--interval must be at least 1s");
+            // Sub-second intervals are for load tests of the console (many heartbeats from
+            // few connections); the birth still announces whole seconds.
+            if interval < Duration::from_millis(100) {
+                bail!("--interval must be at least 100ms");
             }
+            edgefleet_agent::simulate::raise_fd_limit(count)?;
             let token = token
                 .map(|t| t.parse::<edgefleet_codec::EnrollToken>())
                 .transpose()
@@ -298,6 +305,7 @@ fn main() -> Result<()> {
                     data_dir,
                     token,
                     first_index,
+                    connect_rate,
                 };
                 edgefleet_agent::simulate::run(opts, shutdown).await
             })

@@ -15,8 +15,12 @@ use crate::probe::{Probe, SimProbe};
 use crate::session::SessionConfig;
 use crate::state::Storage;
 
-/// Connects per second during the ramp, well below what the embedded broker accepts.
-pub const RAMP_PER_SEC: u64 = 200;
+/// Default connects per second during the ramp (`--connect-rate`), well below what the
+/// embedded broker accepts.
+pub const RAMP_PER_SEC: u32 = 500;
+/// File descriptors the simulator needs besides one socket per virtual agent (sled, the
+/// runtime, logs).
+pub const FD_MARGIN: u64 = 256;
 /// Packages in each virtual agent's inventory.
 const SIM_PACKAGES: usize = 150;
 /// Queue cap of each virtual agent.
@@ -35,6 +39,53 @@ pub struct SimulateOptions {
     pub token: Option<edgefleet_codec::EnrollToken>,
     /// The device number of the first virtual agent.
     pub first_index: usize,
+    /// Average connects per second during the ramp.
+    pub connect_rate: u32,
+}
+
+/// How the ramp went, printed by the binary so benchmarks can read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ramp {
+    pub started: usize,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Ramp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.started as f64 / secs
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "ramp: {} simulated agents started in {secs:.1} s ({rate:.0} connects/s)",
+            self.started
+        )
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and checks that
+/// `count` virtual agents fit in it (one socket each, plus [`FD_MARGIN`]).
+pub fn raise_fd_limit(count: usize) -> Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit)
+            .context("raising the soft limit on open files to the hard limit")?;
+    }
+    let available = limit.current.unwrap_or(u64::MAX);
+    let needed = count as u64 + FD_MARGIN;
+    if needed > available {
+        anyhow::bail!(
+            "{count} simulated agents need about {needed} open files, but this process may \
+             open {available} (raise the hard limit with `ulimit -Hn`, or split the fleet over \
+             several simulators with --first-index)"
+        );
+    }
+    Ok(available)
 }
 
 /// The apps a probe reports, with units named `<id>.service` and no config file.
@@ -115,6 +166,9 @@ pub fn sim_labels(index: usize) -> std::collections::BTreeMap<String, String> {
 /// Runs the virtual agents until `shutdown`, then stops them all gracefully (each sends
 /// its clean offline status), within 2 s.
 pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<()> {
+    if opts.connect_rate == 0 {
+        anyhow::bail!("the connect rate must be at least 1 per second");
+    }
     let dir = &opts.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // One database for every virtual agent: sled runs a flusher thread per database.
@@ -133,7 +187,8 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
     .with_context(|| format!("opening {}", db_path.display()))?;
     let mut agents = Vec::with_capacity(opts.count);
     let mut rng = rand::rngs::StdRng::from_entropy();
-    let step_us = 1_000_000 / RAMP_PER_SEC;
+    let step_us = (1_000_000 / u64::from(opts.connect_rate)).max(2);
+    let ramp_start = tokio::time::Instant::now();
     for i in opts.first_index..opts.first_index + opts.count {
         let agent_dir = dir.join(format!("sim-{i}"));
         let identity = crate::identity::load_or_create(&agent_dir.join("agent.key"))?;
@@ -164,14 +219,19 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             probe: Box::new(SimProbe::new(i)),
         };
         agents.push(crate::spawn_session(cfg, None)?);
-        // Jittered ramp: on average RAMP_PER_SEC connects per second, never in lockstep.
+        // Jittered ramp: on average `connect_rate` connects per second, never in lockstep.
         let pause = Duration::from_micros(rng.gen_range(step_us / 2..=step_us * 3 / 2));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
         }
     }
-    tracing::info!(count = agents.len(), "simulated agents started");
+    let ramp = Ramp {
+        started: agents.len(),
+        elapsed: ramp_start.elapsed(),
+    };
+    tracing::info!(count = ramp.started, elapsed = ?ramp.elapsed, "simulated agents started");
+    println!("{ramp}");
     shutdown.cancelled().await;
     for agent in &agents {
         agent.shutdown_token().cancel();

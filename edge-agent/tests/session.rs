@@ -471,6 +471,7 @@ async fn simulate_runs_n_agents_that_keep_their_identities_across_restarts() {
             console.identity.public_key().fingerprint(),
         )),
         first_index: 0,
+        connect_rate: simulate::RAMP_PER_SEC,
     };
     let dirs: Vec<_> = (0..3)
         .map(|i| tmp.path().join(format!("sim-{i}")))

@@ -8,6 +8,8 @@
 //! - `dist`: release binaries, the agent and console `.deb` packages and the CLI tarball in
 //!   `dist/` (module `dist`).
 //! - `fuzz`: every cargo-fuzz target for N minutes (module `fuzz`).
+//! - `bench`: the scale benchmarks on release builds; rewrites the generated tables in
+//!   BENCHMARKS.md (`--smoke`: a short run for CI that leaves the file alone; module `bench`).
 //! - `deb-test`: checks the packages' contents, then really installs, upgrades and purges
 //!   them on this machine and runs the install script against a local console (module
 //!   `debtest`; root only).
@@ -22,6 +24,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
 mod debtest;
 mod dist;
 mod fuzz;
@@ -55,6 +58,7 @@ fn main() -> Result<()> {
         "deb-test" => debtest::run(&workspace_root(), rest),
         "fuzz" => fuzz::run(&workspace_root(), rest),
         "soak" => soak::run(&soak::Options::parse(rest)?),
+        "bench" => bench::bench(&workspace_root(), rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -69,7 +73,9 @@ fn main() -> Result<()> {
                  deb-test      build dev packages, then install, upgrade and purge them here (root)\n  \
                  fuzz          run every cargo-fuzz target (--minutes N in total, default 1; --only T)\n  \
                  soak          long fault runs: 2,000 agents for 30 min and the long scenarios\n                \
-                 (--minutes N, --agents N, --soak-only)"
+                 (--minutes N, --agents N, --soak-only)\n  \
+
+                 bench         scale benchmarks, rewrites BENCHMARKS.md (--smoke: short CI run)"
             );
             if task == "help" {
                 Ok(())

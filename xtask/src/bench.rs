@@ -1,0 +1,121 @@
+//! `cargo xtask bench [--smoke] [scale options]`: runs the scale benchmarks (issue 9) on
+//! release builds and rewrites the generated part of BENCHMARKS.md, between
+//! [`BEGIN`] and [`END`].
+//!
+//! - The embedded broker's memory per idle connection
+//!   (`broker/examples/idle_connections.rs`, 10,000 raw MQTT connections).
+//! - `tests/benches/scale.rs`: connections, console ingest, recovery, agent footprint and
+//!   bytes on the wire, with a real console, the simulator and a real agent.
+//! - Presence latency (`tests/benches/alert_latency.rs`), in the full run only.
+//!
+//! `--smoke` (500 agents, short windows, no presence runs) checks that the whole harness
+//! still works, in about a minute once built, and leaves BENCHMARKS.md alone; CI runs it.
+//! Other options go to the scale bench (`--agents N`, `--intervals 1s,500ms`,
+//! `--window-secs S`, `--footprint-secs S`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{capture, cargo, run};
+
+pub const BEGIN: &str = "<!-- cargo xtask bench: begin (generated, do not edit by hand) -->";
+pub const END: &str = "<!-- cargo xtask bench: end -->";
+
+pub fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let smoke = args.iter().any(|a| a == "--smoke");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "edgefleet-console",
+        "-p",
+        "edgefleet-agent",
+    ]))?;
+
+    let mut generated = String::new();
+    let connections = if smoke { "1000" } else { "10000" };
+    let broker = capture(cargo().args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "edgefleet-broker",
+        "--example",
+        "idle_connections",
+        "--",
+        connections,
+    ]))?;
+    writeln!(
+        generated,
+        "### Embedded broker memory per idle connection\n\n    \
+         cargo run --release -p edgefleet-broker --example idle_connections -- {connections}\n\n\
+         | measured | value | goal |\n|---|---|---|"
+    )?;
+    let per = field(&broker, "bytes_per_connection")?;
+    writeln!(
+        generated,
+        "| rumqttd 0.20 (patched, `vendor/rumqttd`), {connections} idle connections | **{:.1} KB per connection** ({}) | ≤ 20 KB: {} |\n",
+        per / 1000.0,
+        broker.trim(),
+        if per <= 20_000.0 { "met" } else { "**missed**" }
+    )?;
+
+    let out = root.join("target/bench-scale.md");
+    let mut scale = cargo();
+    scale
+        .args(["bench", "-p", "edgefleet-tests", "--bench", "scale", "--"])
+        .args(args)
+        .arg("--out")
+        .arg(&out);
+    run(&mut scale)?;
+    generated.push_str(
+        &std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?,
+    );
+
+    if smoke {
+        eprintln!("xtask: bench smoke passed; BENCHMARKS.md left as it is");
+        return Ok(());
+    }
+    let presence = capture(cargo().args([
+        "bench",
+        "-p",
+        "edgefleet-tests",
+        "--bench",
+        "alert_latency",
+        "--",
+        "20",
+        "3",
+    ]))?;
+    writeln!(
+        generated,
+        "### Presence latency (death → offline alert webhook)\n\n    \
+         cargo bench -p edgefleet-tests --bench alert_latency -- 20 3\n\n```\n{}\n```",
+        presence.trim()
+    )?;
+
+    let path = root.join("BENCHMARKS.md");
+    let doc = std::fs::read_to_string(&path)?;
+    let (Some(start), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {
+        bail!("BENCHMARKS.md has no `{BEGIN}` … `{END}` markers");
+    };
+    let rewritten = format!(
+        "{}{BEGIN}\n\n{}\n{}",
+        &doc[..start],
+        generated.trim_end(),
+        &doc[end..]
+    );
+    std::fs::write(&path, rewritten)?;
+    eprintln!("xtask: BENCHMARKS.md rewritten");
+    Ok(())
+}
+
+/// `key=value` from the example's one-line report.
+fn field(line: &str, key: &str) -> Result<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("no {key}= in {line:?}"))?
+        .parse()
+        .with_context(|| format!("{key} in {line:?}"))
+}
