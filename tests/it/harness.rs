@@ -348,12 +348,6 @@ impl Console {
         self.spawn().await
     }
 
-    /// The console process's id while it runs (benchmarks read its /proc entry).
-    #[allow(dead_code)] // used by the benches only
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-
     pub fn log_tail(&self) -> String {
         let path = self.dir.join(format!("console-{}.log", self.starts));
         let text = std::fs::read_to_string(path).unwrap_or_default();

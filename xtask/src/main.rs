@@ -74,7 +74,6 @@ fn main() -> Result<()> {
                  fuzz          run every cargo-fuzz target (--minutes N in total, default 1; --only T)\n  \
                  soak          long fault runs: 2,000 agents for 30 min and the long scenarios\n                \
                  (--minutes N, --agents N, --soak-only)\n  \
-
                  bench         scale benchmarks, rewrites BENCHMARKS.md (--smoke: short CI run)"
             );
             if task == "help" {
