@@ -244,6 +244,9 @@ async fn notifications_survive_a_down_receiver_and_a_console_restart_in_order_wi
         let back = agent(&dir, &console, 70 + i).await;
         wait_status(&console, &id, "online").await;
         back.shutdown().await;
+        // The clean stop must be stored before the crash below: a console killed before it
+        // ingests the stop would rightly time the host out after the restart, and alert.
+        wait_status(&console, &id, "offline").await;
         ids.push(id);
     }
     // The console crashes while the receiver is still down; the outbox is on disk.
