@@ -453,12 +453,17 @@ async fn queued_events_and_results_arrive_in_order_exactly_once_after_a_console_
                 .unwrap();
         }
     }
-    wait_for(
-        Duration::from_secs(5),
-        "events queued while the console is down",
-        || async { (agent.status().queue_depth >= 24).then_some(()) },
-    )
-    .await;
+    if harness::external_broker() {
+        // Mosquitto outlives the console: it acknowledges the agent's publishes and holds
+        // them in the console's persistent session, so the queue is there, not here.
+    } else {
+        wait_for(
+            Duration::from_secs(5),
+            "events queued while the console is down",
+            || async { (agent.status().queue_depth >= 24).then_some(()) },
+        )
+        .await;
+    }
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     console.restart().await.unwrap();
 
