@@ -137,105 +137,23 @@ fn binding_a_used_port_is_a_clear_error() {
     assert!(err.to_string().contains("cannot listen on"), "{err}");
 }
 
-/// A hand-written MQTT 3.1.1 client over a raw socket, for packets a well-behaved client
-/// library refuses to send (an empty or 10 KB client id, wildcards in a PUBLISH topic).
+/// The raw-socket MQTT client shared with the end-to-end tests (tests/src/rawmqtt.rs),
+/// for packets a well-behaved client library refuses to send. Here the username is always
+/// the client id.
 mod raw {
     use std::net::SocketAddr;
-    use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    fn string(out: &mut Vec<u8>, s: &[u8]) {
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s);
-    }
+    pub use edgefleet_tests::rawmqtt::{closed_within, publish, read, subscribe};
 
-    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![kind];
-        let mut len = body.len();
-        loop {
-            let mut byte = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                byte |= 0x80;
-            }
-            out.push(byte);
-            if len == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(body);
-        out
-    }
-
-    pub fn connect(client_id: &[u8], username: &str, password: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        string(&mut body, b"MQTT");
-        body.push(4); // 3.1.1
-        body.push(0xC2); // username, password, clean session
-        body.extend_from_slice(&30u16.to_be_bytes());
-        string(&mut body, client_id);
-        string(&mut body, username.as_bytes());
-        string(&mut body, password.as_bytes());
-        packet(0x10, &body)
-    }
-
-    pub fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
-        let mut body = Vec::new();
-        string(&mut body, topic.as_bytes());
-        body.extend_from_slice(payload);
-        packet(0x30, &body)
-    }
-
-    pub fn subscribe(filter: &str) -> Vec<u8> {
-        let mut body = 1u16.to_be_bytes().to_vec();
-        string(&mut body, filter.as_bytes());
-        body.push(0);
-        packet(0x82, &body)
-    }
-
-    /// Reads one packet: (first byte, body); `None` once the broker closed the socket.
-    pub async fn read(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-        let kind = stream.read_u8().await.ok()?;
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            let b = stream.read_u8().await.ok()?;
-            len |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0; len];
-        stream.read_exact(&mut body).await.ok()?;
-        Some((kind, body))
-    }
-
-    /// Sends a CONNECT; `Some(code)` for a CONNACK, `None` if the broker just closed.
     pub async fn try_connect(
         addr: SocketAddr,
         client_id: &[u8],
         password: &str,
     ) -> (TcpStream, Option<u8>) {
-        let mut s = TcpStream::connect(addr).await.expect("broker listening");
         let user = String::from_utf8_lossy(client_id).into_owned();
-        s.write_all(&connect(client_id, &user, password))
-            .await
-            .expect("send CONNECT");
-        let ack = tokio::time::timeout(Duration::from_secs(10), read(&mut s))
-            .await
-            .expect("an answer or a close within 10 s");
-        let code = ack.filter(|(k, _)| *k == 0x20).map(|(_, b)| b[1]);
-        (s, code)
-    }
-
-    /// Whether the broker closes the socket within `within`, reading and dropping
-    /// anything it sends until then.
-    pub async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-        tokio::time::timeout(within, async { while read(s).await.is_some() {} })
-            .await
-            .is_ok()
+        edgefleet_tests::rawmqtt::try_connect(addr, client_id, &user, password).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! A hand-written MQTT 3.1.1 client over a raw socket, for packets a well-behaved client
 //! library refuses to send (an empty or 10 KB client id, wildcards in a PUBLISH topic).
-//! (`broker/tests/broker.rs` has the same few functions; the broker crate cannot depend
-//! on this one.)
+//! Shared with `broker/tests/broker.rs` (a dev-dependency: this crate does not depend on
+//! the broker).
 
 use std::net::SocketAddr;
 use std::time::Duration;
