@@ -25,14 +25,7 @@ pub const END: &str = "<!-- cargo xtask bench: end -->";
 
 pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "edgefleet-console",
-        "-p",
-        "edgefleet-agent",
-    ]))?;
+    crate::build_release_binaries()?;
 
     let mut generated = String::new();
     let connections = if smoke { "1000" } else { "10000" };

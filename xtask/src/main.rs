@@ -141,14 +141,7 @@ fn demo(args: &[String]) -> Result<()> {
         .parse::<u32>()
         .with_context(|| format!("demo takes a number of simulated agents, got `{count}`"))?;
     ui::build(&workspace_root())?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "edgefleet-console",
-        "-p",
-        "edgefleet-agent",
-    ]))?;
+    build_release_binaries()?;
     let bin = workspace_root().join("target/release/edgefleet-console");
     run(Command::new(bin).args(["--demo", count]))
 }
@@ -159,14 +152,7 @@ fn screenshot() -> Result<()> {
     let root = workspace_root();
     install_deps()?;
     ui::build(&root)?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "edgefleet-console",
-        "-p",
-        "edgefleet-agent",
-    ]))?;
+    build_release_binaries()?;
     let dir = std::env::temp_dir().join(format!("edgefleet-screenshot-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -259,6 +245,18 @@ fn install_system_deps() -> Result<()> {
         run(&mut install)?;
     }
     Ok(())
+}
+
+/// Release builds of the console and the agent (`demo`, `screenshot`, `bench`).
+fn build_release_binaries() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "edgefleet-console",
+        "-p",
+        "edgefleet-agent",
+    ]))
 }
 
 fn workspace_root() -> PathBuf {
