@@ -19,6 +19,16 @@ pub struct ConsoleConfig {
     pub presence: PresenceConfig,
     pub retention: RetentionConfig,
     pub alerts: AlertsConfig,
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the console's sled database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Free space (MiB) kept on the data dir's filesystem: below it the console refuses
+    /// writes, so sled never reaches a full disk. 0 turns the guard off.
+    pub min_free_mb: u64,
 }
 
 /// `[alerts]`: the built-in alert rules and the notifiers.
@@ -105,7 +115,14 @@ impl Default for ConsoleConfig {
             presence: PresenceConfig::default(),
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
+            store: StoreConfig::default(),
         }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { min_free_mb: 64 }
     }
 }
 
@@ -174,6 +191,9 @@ impl Default for RetentionConfig {
     }
 }
 
+/// 1 TiB: a larger reserve is a typo, not a plan.
+const MAX_MIN_FREE_MB: u64 = 1024 * 1024;
+
 macro_rules! key {
     ($key:literal, $env:literal, $kind:ident, $default:literal, $meaning:literal) => {
         KeyDoc {
@@ -211,6 +231,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!("retention.raw", "EDGEFLEET_CONSOLE_RETENTION_RAW", Text, "24h", "How long raw metric samples are kept."),
     key!("retention.rollup_1m", "EDGEFLEET_CONSOLE_RETENTION_ROLLUP_1M", Text, "7d", "How long 1-minute rollups are kept (at least `retention.raw`)."),
     key!("retention.rollup_15m", "EDGEFLEET_CONSOLE_RETENTION_ROLLUP_15M", Text, "30d", "How long 15-minute rollups are kept (at least `retention.rollup_1m`)."),
+    key!("store.min_free_mb", "EDGEFLEET_CONSOLE_STORE_MIN_FREE_MB", Int, "64", "Free space (MiB) kept on the data dir's filesystem: below it writes are refused (API 507, `/healthz` degraded) until it is back above this plus a quarter (at least 1 MiB more); 0 turns the guard off (0 to 1048576)."),
     key!("alerts.offline_grace", "EDGEFLEET_CONSOLE_ALERTS_OFFLINE_GRACE", Text, "10s", "An agent back within this time after going offline raises no alert (0s to 1h)."),
     key!("alerts.notify_on_clean_stop", "EDGEFLEET_CONSOLE_ALERTS_NOTIFY_ON_CLEAN_STOP", Bool, "false", "Whether a graceful agent stop raises an offline alert."),
     key!("alerts.flap_count", "EDGEFLEET_CONSOLE_ALERTS_FLAP_COUNT", Int, "3", "More offline transitions than this within `alerts.flap_window` is flapping (1 to 100)."),
@@ -366,6 +387,15 @@ impl ConsoleConfig {
             r.rollup_1m,
             HumanDuration::secs(5 * 365 * 86400),
         )?;
+        if self.store.min_free_mb > MAX_MIN_FREE_MB {
+            return Err(prov.invalid(
+                "store.min_free_mb",
+                format!(
+                    "must be between 0 and {MAX_MIN_FREE_MB} (got {})",
+                    self.store.min_free_mb
+                ),
+            ));
+        }
         let a = &self.alerts;
         check_range(
             prov,
@@ -514,10 +544,12 @@ mod tests {
             env(&[
                 ("EDGEFLEET_CONSOLE_PRESENCE_RESTART_GRACE", "3s"),
                 ("EDGEFLEET_CONSOLE_HTTP_BIND", "127.0.0.1:9"),
+                ("EDGEFLEET_CONSOLE_STORE_MIN_FREE_MB", "4"),
             ]),
         )
         .unwrap();
         assert_eq!(c.presence.restart_grace.get().as_secs(), 3);
+        assert_eq!(c.store.min_free_mb, 4);
         assert_eq!(c.http.bind.port(), 9);
         let err = ConsoleConfig::load(None, env(&[("EDGEFLEET_CONSOLE_HTTP_BIND", "nowhere")]))
             .unwrap_err()
@@ -639,6 +671,11 @@ mod tests {
                 "[alerts]\nwebhook_max_age = \"1s\"",
                 "alerts.webhook_max_age",
                 "",
+            ),
+            (
+                "[store]\nmin_free_mb = 2000000",
+                "store.min_free_mb",
+                "between 0 and 1048576 (got 2000000)",
             ),
             (
                 "[[alerts.webhooks]]\nurl = \"ftp://x\"",
