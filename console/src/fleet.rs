@@ -39,6 +39,9 @@ pub const MAX_CONNECT_FAILURES: u32 = 5;
 const NOTICE_EVERY: Duration = Duration::from_secs(10);
 /// Capacity of the queue of console publishes (enrollment responses) to the broker link.
 const OUTBOX: usize = 4096;
+/// Most events plus status changes held in memory while the free-space guard refuses
+/// writes (a few hundred bytes each).
+pub const MAX_BACKLOG: usize = 100_000;
 
 /// A message the console publishes: enrollment responses and, later, commands.
 #[derive(Debug, Clone)]
@@ -145,6 +148,31 @@ pub struct Fleet {
     connect_failures: Mutex<HashMap<String, (Instant, u32)>>,
     notices: Mutex<HashMap<String, Instant>>,
     log_limiter: Mutex<HashMap<&'static str, Instant>>,
+    backlog: Mutex<Backlog>,
+}
+
+/// What ingest and the sweep accepted while the free-space guard refused writes, held in
+/// memory until [`Fleet::write_backlog`] stores it. The embedded broker has already
+/// acknowledged these messages to their agents, so this is their only copy. Samples are
+/// not held (charts get a gap), nor command results and progress: the command stays
+/// unfinished in sled, and after writes resume the console announces a new epoch, the
+/// agents re-birth, the command is redelivered and the agent answers with its kept result.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Host ids whose in-memory record changed since it was last written.
+    hosts: std::collections::BTreeSet<String>,
+    transitions: Vec<(String, StatusChange)>,
+    events: Vec<(String, EventRecord)>,
+}
+
+impl Backlog {
+    fn len(&self) -> usize {
+        self.transitions.len() + self.events.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.len() == 0
+    }
 }
 
 /// Inventory traffic of one ingest round, handled after the host lock is released.
@@ -248,6 +276,7 @@ impl Fleet {
             hosts: RwLock::new(hosts),
             keys: RwLock::new(keys),
             log_limiter: Mutex::new(HashMap::new()),
+            backlog: Mutex::new(Backlog::default()),
         };
         // Scoped alert rules and maintenance live in memory: rebuild them.
         fleet.apply_scoped(None);
@@ -396,6 +425,111 @@ impl Fleet {
         }
     }
 
+    /// Keeps what a round could not write while the free-space guard refuses writes. Over
+    /// [`MAX_BACKLOG`] the newest are dropped and counted (the oldest already waited
+    /// longest to be stored, and events are keyed by id, so order is not at stake).
+    fn hold_back(
+        &self,
+        hosts: Vec<String>,
+        transitions: Vec<(String, StatusChange)>,
+        events: Vec<(String, EventRecord)>,
+    ) {
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        backlog.hosts.extend(hosts);
+        let mut dropped = 0u64;
+        for t in transitions {
+            if backlog.len() < MAX_BACKLOG {
+                backlog.transitions.push(t);
+            } else {
+                dropped += 1;
+            }
+        }
+        for e in events {
+            if backlog.len() < MAX_BACKLOG {
+                backlog.events.push(e);
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.metrics
+                .store_backlog_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            self.warn_limited("backlog_full", || {
+                tracing::error!(
+                    dropped,
+                    held = MAX_BACKLOG,
+                    "writes are refused and the backlog is full: agent events and status changes are being lost"
+                )
+            });
+        }
+    }
+
+    /// Events and status changes waiting for writes to resume.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.lock().expect("backlog lock").len()
+    }
+
+    /// Stores what was held back while writes were refused, then lets alerts and the live
+    /// stream see its status changes. Does nothing while writes are still refused; on a
+    /// failed write everything stays held for the next try.
+    pub fn write_backlog(&self) {
+        if self.store.is_refusing() {
+            return;
+        }
+        let hosts = self.hosts.write().expect("hosts lock");
+        let backlog = std::mem::take(&mut *self.backlog.lock().expect("backlog lock"));
+        if backlog.is_empty() {
+            return;
+        }
+        let Backlog {
+            hosts: ids,
+            transitions,
+            events,
+        } = backlog;
+        let round = Round {
+            hosts: ids.iter().filter_map(|id| hosts.get(id)).collect(),
+            transitions,
+            events,
+            ..Round::default()
+        };
+        // Transitions must reach disk now, not at the next periodic flush: the ones in a
+        // normal round are flushed too (`Store::write_round`).
+        let written = self
+            .store
+            .write_admitted(&round)
+            .and_then(|()| self.store.flush());
+        let Round {
+            transitions,
+            events,
+            ..
+        } = round;
+        if let Err(e) = written {
+            self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot write what was held back while writes were refused");
+            let mut backlog = self.backlog.lock().expect("backlog lock");
+            backlog.hosts.extend(ids);
+            backlog.transitions.extend(transitions);
+            backlog.events.extend(events);
+            return;
+        }
+        tracing::info!(
+            hosts = ids.len(),
+            transitions = transitions.len(),
+            events = events.len(),
+            "stored what was held back while writes were refused"
+        );
+        let named: Vec<_> = transitions
+            .into_iter()
+            .map(|(id, c)| {
+                let name = hosts.get(&id).and_then(|h| h.hostname.clone());
+                (id, name, c)
+            })
+            .collect();
+        drop(hosts);
+        self.react(&named, &[]);
+    }
+
     /// Appends to the audit log and tells the live stream.
     pub fn record_audit(
         &self,
@@ -500,8 +634,13 @@ impl Fleet {
         }
     }
 
-    /// The time-driven alert rules; run every half second.
+    /// The time-driven alert rules; run every half second. Paused while writes are refused:
+    /// an alert must be stored before it is notified, and transitions held back have not
+    /// reached the engine yet.
     pub fn alert_tick(&self) {
+        if self.store.is_refusing() {
+            return;
+        }
         let facts: Vec<HostFacts> = self
             .hosts
             .read()
@@ -828,6 +967,10 @@ impl Fleet {
 
     /// Verifies and applies one round of messages, then writes everything in one batch.
     pub fn ingest(&self, batch: Vec<Inbound>) {
+        let refusing = self.store.is_refusing();
+        if !refusing {
+            self.write_backlog();
+        }
         let now = now_ms();
         let received: Vec<Instant> = batch.iter().map(|m| m.received).collect();
         let mut changed: BTreeMap<String, ()> = BTreeMap::new();
@@ -1002,6 +1145,25 @@ impl Fleet {
                 }
             }
         }
+        if refusing {
+            // Presence stays current in memory; what must be kept waits in the backlog,
+            // and the rest is left for the agents to send again (see `Backlog`).
+            self.metrics
+                .store_refused_samples
+                .fetch_add(samples.len() as u64, Ordering::Relaxed);
+            for _ in &enrollments {
+                self.metrics.rejected("writes_refused");
+            }
+            drop(hosts);
+            self.hold_back(changed.into_keys().collect(), round_transitions, events);
+            for id in notices {
+                self.notice(&id);
+            }
+            for t in received {
+                self.metrics.ingest_latency(t.elapsed().as_secs_f64());
+            }
+            return;
+        }
         let round = Round {
             hosts: changed.keys().filter_map(|id| hosts.get(id)).collect(),
             transitions: round_transitions,
@@ -1009,7 +1171,7 @@ impl Fleet {
             events,
             results,
         };
-        if let Err(e) = self.store.write_round(&round) {
+        if let Err(e) = self.store.write_admitted(&round) {
             self.metrics
                 .store_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1434,7 +1596,11 @@ impl Fleet {
     /// Marks agents offline whose heartbeats stopped.
     pub fn sweep(&self) {
         let now = now_ms();
-        self.expire_maintenance(now);
+        let refusing = self.store.is_refusing();
+        if !refusing {
+            self.write_backlog();
+            self.expire_maintenance(now);
+        }
         if !self.broker_connected.load(Ordering::Relaxed) {
             return;
         }
@@ -1451,6 +1617,11 @@ impl Fleet {
         if transitions.is_empty() {
             return;
         }
+        if refusing {
+            let ids: Vec<String> = transitions.iter().map(|(id, _)| id.clone()).collect();
+            self.hold_back(ids, transitions, Vec::new());
+            return;
+        }
         let round = Round {
             hosts: transitions
                 .iter()
@@ -1459,7 +1630,7 @@ impl Fleet {
             transitions: transitions.clone(),
             ..Round::default()
         };
-        if let Err(e) = self.store.write_round(&round) {
+        if let Err(e) = self.store.write_admitted(&round) {
             self.metrics
                 .store_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

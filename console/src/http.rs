@@ -34,7 +34,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/demo/login",
         "Demo mode only, loopback only: the admin key, for the UI's \"Log in to the demo\".",
     ),
-    ("GET", "/healthz", "Health: `{\"status\":\"ok\"}`, or 503 `degraded` while store writes fail."),
+    ("GET", "/healthz", "Health: `{\"status\":\"ok\"}`, or 503 `degraded` while store writes fail or are refused for low disk space."),
     (
         "GET",
         "/metrics",
@@ -352,6 +352,10 @@ pub fn app(fleet: Arc<Fleet>) -> Router {
         .merge(rollouts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             fleet.clone(),
+            refuse_writes_on_low_space,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            fleet.clone(),
             require_key,
         ));
     Router::new()
@@ -404,6 +408,27 @@ async fn require_key(
     }
 }
 
+/// While the free-space guard refuses writes, every API request that changes something
+/// (any method but GET, HEAD and OPTIONS) is answered 507 before its handler runs, so no
+/// client is told a change was made that was not stored. Reads go on. Runs after the key
+/// check: an unauthenticated client learns nothing it could not read from `/healthz`.
+async fn refuse_writes_on_low_space(
+    State(fleet): State<Arc<Fleet>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    use axum::http::Method;
+    let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
+    match fleet.store.refusal() {
+        Some(refusal) if !reads.contains(req.method()) => Err(low_space(&refusal)),
+        _ => Ok(next.run(req).await),
+    }
+}
+
+fn low_space(refusal: &crate::space::Refusal) -> ApiError {
+    ApiError::InsufficientStorage(format!("nothing was changed: {refusal}"))
+}
+
 /// The one error type of the API. 4xx carry a precise message; 5xx a generic one, with the
 /// cause logged.
 #[derive(Debug)]
@@ -416,6 +441,9 @@ pub enum ApiError {
     /// 413: a request body over the route's limit.
     TooLarge(String),
     TooManyRequests,
+    /// 507: the free-space guard refuses writes. The one 5xx with a precise message: the
+    /// cause is the operator's to fix, and `/healthz` shows it to anyone anyway.
+    InsufficientStorage(String),
     Internal(String),
 }
 
@@ -432,6 +460,7 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed API key attempts from this address; wait a minute".to_string(),
             ),
+            ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 (
@@ -446,7 +475,10 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(format!("{e:#}"))
+        match e {
+            crate::store::StoreError::LowSpace(refusal) => low_space(&refusal),
+            other => ApiError::Internal(format!("{other:#}")),
+        }
     }
 }
 
@@ -1450,20 +1482,33 @@ async fn live_events(
         .into_response())
 }
 
-/// `200 {"status":"ok"}`, or `503 {"status":"degraded", ...}` while store writes fail, so
-/// a load balancer or an operator's probe sees a console that cannot keep what it ingests.
+/// `200 {"status":"ok"}`, or `503 {"status":"degraded", ...}` while store writes fail or
+/// are refused for low disk space, so a load balancer or an operator's probe sees a
+/// console that cannot keep what it ingests. `store.reason` is `write_error` (sled failed;
+/// after ENOSPC that lasts until a restart) or `low_space` (the guard refuses writes; it
+/// clears by itself once space is freed).
 async fn healthz(State(fleet): State<Arc<Fleet>>) -> Response {
-    match fleet.store.write_failure() {
-        None => Json(serde_json::json!({"status": "ok"})).into_response(),
-        Some(failure) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({
-                "status": "degraded",
-                "store": {"writable": false, "since": failure.since, "error": failure.error},
-            })),
-        )
-            .into_response(),
+    let (reason, since, error) = match (fleet.store.write_failure(), fleet.store.refusal()) {
+        (None, None) => return Json(serde_json::json!({"status": "ok"})).into_response(),
+        (Some(failure), _) => ("write_error", failure.since, failure.error),
+        (None, Some(refusal)) => ("low_space", refusal.since, refusal.to_string()),
+    };
+    let guard = fleet.store.guard();
+    let mut store = serde_json::json!({
+        "writable": false,
+        "reason": reason,
+        "since": since,
+        "error": error,
+        "reserve_bytes": guard.reserve(),
+    });
+    if guard.reserve() > 0 {
+        store["free_bytes"] = guard.free().into();
     }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"status": "degraded", "store": store})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {
@@ -1479,6 +1524,13 @@ async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {
         broker_connected: fleet
             .broker_connected
             .load(std::sync::atomic::Ordering::Relaxed),
+        store_free_bytes: {
+            let guard = fleet.store.guard();
+            (guard.reserve() > 0 && guard.free() != u64::MAX).then(|| guard.free())
+        },
+        store_reserve_bytes: fleet.store.guard().reserve(),
+        store_writes_refused: fleet.store.is_refusing(),
+        store_backlog: fleet.backlog_len(),
     };
     let mut text = fleet.metrics.render(gauges);
     let stats = &fleet.notifier.stats;

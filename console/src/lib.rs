@@ -8,6 +8,7 @@
 //! - `maintenance`: maintenance windows and the command refusal.
 //! - `presence`: the per-agent record and the status rules (pure logic, table in the docs).
 //! - `store`: the sled trees, batched writes, rollups and retention.
+//! - `space`: the free-space guard that refuses writes before the disk is full.
 //! - `http`: the axum REST API, `/healthz` and `/metrics`.
 //! - `metrics`: counters rendered in Prometheus text format.
 //! - `auth`: REST API keys (hashed in sled, roles, failure limits).
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod notify;
 pub mod presence;
 pub mod rollouts;
+pub mod space;
 pub mod store;
 pub mod tls;
 pub mod ui;
@@ -107,7 +109,14 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let identity = load_or_create_identity(&config.data_dir)?;
-    let store = Store::open(&config.data_dir.join("console.sled"))
+    let guard = space::Guard::new(
+        &config.data_dir,
+        config.store.min_free_mb.saturating_mul(1 << 20),
+    );
+    // Sampled before sled opens: a console started on a nearly full disk refuses writes
+    // from its first message.
+    check_space(&guard);
+    let store = Store::open_with(&config.data_dir.join("console.sled"), guard)
         .with_context(|| format!("opening sled in {}", config.data_dir.display()))?;
     let topics = Topics::new(&config.mqtt.topic_prefix)?;
     let p = &config.presence;
@@ -267,6 +276,14 @@ pub async fn run(
             }
         })
     };
+    let space_watch = tokio::spawn(watch_space(
+        fleet.clone(),
+        link.clone(),
+        topics.console_state(),
+        epoch.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
     let retention = {
         let fleet = fleet.clone();
         let shutdown = shutdown.clone();
@@ -342,6 +359,7 @@ pub async fn run(
     sweeper.abort();
     rollouts.abort();
     retention.abort();
+    space_watch.abort();
     publisher.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), delivery).await;
     if let Err(e) = link
@@ -459,6 +477,72 @@ async fn follow_external(
         }
         if link_state.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Samples the data dir's free space and logs a change of the guard: ERROR when writes
+/// stop, INFO when they resume. Once per transition, never per message.
+fn check_space(guard: &space::Guard) -> Option<space::Change> {
+    let change = match guard.check(fleet::now_ms()) {
+        Ok(change) => change?,
+        Err(e) => {
+            // Rare and not per message; sled's own errors still reach `/healthz`.
+            tracing::warn!(dir = %guard.dir().display(), error = %e, "cannot read the data dir's free space");
+            return None;
+        }
+    };
+    let (dir, reserve) = (guard.dir().display(), guard.reserve());
+    match change {
+        space::Change::Refused { free } => tracing::error!(
+            data_dir = %dir,
+            free_bytes = free,
+            reserve_bytes = reserve,
+            "disk space low: refusing writes (API changes answer 507, /healthz is degraded); agent events are held in memory until space is freed"
+        ),
+        space::Change::Resumed { free } => tracing::info!(
+            data_dir = %dir,
+            free_bytes = free,
+            reserve_bytes = reserve,
+            "disk space back above the reserve: writes resume"
+        ),
+    }
+    Some(change)
+}
+
+/// Runs the free-space guard every [`space::CHECK_EVERY`]. When writes resume it stores
+/// what ingest held back, then announces a new console epoch: every agent publishes its
+/// status and birth again, which redelivers the commands whose results could not be stored
+/// (the agent answers with its kept result) and lets inventory and presence catch up.
+async fn watch_space(
+    fleet: Arc<Fleet>,
+    link: Arc<ConsoleLink>,
+    state_topic: String,
+    epoch: Arc<AtomicU64>,
+    state: impl Fn(bool) -> Vec<u8>,
+    shutdown: CancellationToken,
+) {
+    if fleet.store.guard().reserve() == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(space::CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !matches!(
+            check_space(fleet.store.guard()),
+            Some(space::Change::Resumed { .. })
+        ) {
+            continue;
+        }
+        let backlog = fleet.clone();
+        let _ = tokio::task::spawn_blocking(move || backlog.write_backlog()).await;
+        epoch.store(rand::random(), Ordering::Relaxed);
+        if let Err(e) = link.publish(&state_topic, state(true), true).await {
+            tracing::error!(error = %e, "cannot publish the console state after writes resumed");
         }
     }
 }

@@ -13,6 +13,10 @@ pub struct Metrics {
     connect_refused: Mutex<BTreeMap<&'static str, u64>>,
     latency: Mutex<Histogram>,
     pub store_errors: AtomicU64,
+    /// Heartbeat samples not stored because the free-space guard refused writes.
+    pub store_refused_samples: AtomicU64,
+    /// Events and transitions dropped because the held-back backlog was full.
+    pub store_backlog_dropped: AtomicU64,
 }
 
 /// Upper bounds of the ingest latency buckets, in seconds.
@@ -44,6 +48,13 @@ pub struct Gauges {
     pub broker_queue_dropped: u64,
     /// Whether the console is connected to its broker (always, for the embedded one).
     pub broker_connected: bool,
+    /// Free bytes on the data dir's filesystem at the guard's last sample (`None` with the
+    /// guard off).
+    pub store_free_bytes: Option<u64>,
+    pub store_reserve_bytes: u64,
+    pub store_writes_refused: bool,
+    /// Events and transitions held in memory until writes resume.
+    pub store_backlog: usize,
 }
 
 impl Metrics {
@@ -141,6 +152,14 @@ impl Metrics {
         let _ = writeln!(out, "# HELP edgefleet_broker_console_queue_dropped_total Messages the broker link dropped because ingest fell behind.\n# TYPE edgefleet_broker_console_queue_dropped_total counter\nedgefleet_broker_console_queue_dropped_total {}", g.broker_queue_dropped);
         let _ = writeln!(out, "# HELP edgefleet_broker_connected 1 while the console is connected to its MQTT broker (an external broker can be unreachable).\n# TYPE edgefleet_broker_connected gauge\nedgefleet_broker_connected {}", u8::from(g.broker_connected));
         let _ = writeln!(out, "# HELP edgefleet_store_errors_total Failed sled writes.\n# TYPE edgefleet_store_errors_total counter\nedgefleet_store_errors_total {}", self.store_errors.load(Ordering::Relaxed));
+        if let Some(free) = g.store_free_bytes {
+            let _ = writeln!(out, "# HELP edgefleet_store_free_bytes Free bytes on the data dir's filesystem (sampled every second).\n# TYPE edgefleet_store_free_bytes gauge\nedgefleet_store_free_bytes {free}");
+        }
+        let _ = writeln!(out, "# HELP edgefleet_store_reserve_bytes Free space the console keeps (store.min_free_mb); 0 when the guard is off.\n# TYPE edgefleet_store_reserve_bytes gauge\nedgefleet_store_reserve_bytes {}", g.store_reserve_bytes);
+        let _ = writeln!(out, "# HELP edgefleet_store_writes_refused 1 while free space is below the reserve and the console refuses writes.\n# TYPE edgefleet_store_writes_refused gauge\nedgefleet_store_writes_refused {}", u8::from(g.store_writes_refused));
+        let _ = writeln!(out, "# HELP edgefleet_store_backlog Agent events and status changes held in memory until writes resume.\n# TYPE edgefleet_store_backlog gauge\nedgefleet_store_backlog {}", g.store_backlog);
+        let _ = writeln!(out, "# HELP edgefleet_store_refused_samples_total Heartbeat samples not stored while writes were refused.\n# TYPE edgefleet_store_refused_samples_total counter\nedgefleet_store_refused_samples_total {}", self.store_refused_samples.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP edgefleet_store_backlog_dropped_total Events and status changes lost because the backlog was full.\n# TYPE edgefleet_store_backlog_dropped_total counter\nedgefleet_store_backlog_dropped_total {}", self.store_backlog_dropped.load(Ordering::Relaxed));
         out
     }
 }

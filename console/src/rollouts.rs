@@ -527,7 +527,9 @@ impl Fleet {
 
     /// Advances every unfinished rollout; run every second.
     pub fn rollout_tick(&self) {
-        if !self.rollouts.active() {
+        // A rollout step is stored before its command is sent: none while writes are
+        // refused. The rollout waits where it is and goes on once they resume.
+        if !self.rollouts.active() || self.store.is_refusing() {
             return;
         }
         let now = now_ms();

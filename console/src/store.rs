@@ -16,6 +16,11 @@
 //! [`FLUSH_EVERY_MS`]; a power loss can lose the writes of that last window (host updates,
 //! samples, transitions), never corrupt older data. Agents re-send birth and status on the
 //! next connect, so presence heals itself; lost samples are lost.
+//!
+//! **Disk space.** Every store carries a [`crate::space::Guard`]: while the data dir's
+//! filesystem is below its reserve, [`Store::write_round`] refuses with
+//! [`StoreError::LowSpace`] before sled is touched, and the other writers check
+//! [`Store::refusal`] first (fleet ingest, the API, the alert and rollout ticks).
 
 use std::path::Path;
 
@@ -62,6 +67,9 @@ pub struct Round<'a> {
 pub enum StoreError {
     #[error("sled")]
     Sled(#[from] sled::Error),
+    /// The free-space guard refuses writes; nothing was written.
+    #[error("{0}")]
+    LowSpace(crate::space::Refusal),
     #[error("corrupt record in {tree}")]
     Corrupt {
         tree: &'static str,
@@ -198,6 +206,7 @@ pub struct Store {
     results: sled::Tree,
     tiers: [sled::Tree; 3],
     health: std::sync::Arc<std::sync::Mutex<Option<WriteFailure>>>,
+    guard: std::sync::Arc<crate::space::Guard>,
 }
 
 /// Store writes are failing: since when (unix ms) and the latest error, for `/healthz`.
@@ -221,7 +230,13 @@ fn key(id: &str, at_ms: u64) -> Vec<u8> {
 }
 
 impl Store {
+    /// Opens the database with the free-space guard off.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, crate::space::Guard::new(path, 0))
+    }
+
+    /// Opens the database; `guard` decides when writes are refused for lack of space.
+    pub fn open_with(path: &Path, guard: crate::space::Guard) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
@@ -240,7 +255,23 @@ impl Store {
             tiers,
             db,
             health: std::sync::Arc::default(),
+            guard: std::sync::Arc::new(guard),
         })
+    }
+
+    /// The free-space guard (sampled by the console's run loop).
+    pub fn guard(&self) -> &crate::space::Guard {
+        &self.guard
+    }
+
+    /// `Some` while the free-space guard refuses writes. One atomic load.
+    pub fn refusal(&self) -> Option<crate::space::Refusal> {
+        self.guard.refusal()
+    }
+
+    /// Whether the free-space guard refuses writes. One atomic load.
+    pub fn is_refusing(&self) -> bool {
+        self.guard.is_refusing()
     }
 
     /// `Some` while ingest writes fail (a full disk, an I/O error): set by a failed
@@ -265,7 +296,19 @@ impl Store {
 
     /// Writes host records and transitions of one ingest round in one batch per tree, and
     /// keeps [`Store::write_failure`] current.
+    /// Refused with [`StoreError::LowSpace`] while the free-space guard says so (a refusal
+    /// is not a failure of the store: it leaves `write_failure` alone).
     pub fn write_round(&self, round: &Round<'_>) -> Result<(), StoreError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(StoreError::LowSpace(refusal));
+        }
+        self.write_admitted(round)
+    }
+
+    /// [`Store::write_round`] for a caller that asked the guard itself when its round began
+    /// (ingest, the sweep): the guard may have flipped since, and the reserve is there to
+    /// absorb that round rather than lose messages the broker has already acknowledged.
+    pub fn write_admitted(&self, round: &Round<'_>) -> Result<(), StoreError> {
         let result = self.write_round_batches(round);
         let mut health = self.health.lock().expect("not poisoned");
         match &result {

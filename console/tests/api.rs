@@ -38,7 +38,9 @@ struct Env {
 
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db")).unwrap();
+    // The guard is never sampled here (no run loop): tests flip it with `apply`.
+    let guard = edgefleet_console::space::Guard::new(dir.path(), 64 << 20);
+    let store = Store::open_with(&dir.path().join("db"), guard).unwrap();
     let console = Identity::generate();
     let fleet = Arc::new(Fleet::open(store, console.clone(), Topics::default(), TIMINGS).unwrap());
     let key = fleet
@@ -199,6 +201,10 @@ fn metrics_text(env: &Env) -> String {
             sled_bytes: 0,
             broker_queue_dropped: 0,
             broker_connected: true,
+            store_free_bytes: None,
+            store_reserve_bytes: 0,
+            store_writes_refused: false,
+            store_backlog: 0,
         })
 }
 
@@ -1463,4 +1469,188 @@ async fn an_enrollment_request_outside_the_clock_skew_is_refused() {
         request_enrollment(&env, &identity, &env.token, "on-time", "10.9.9.10"),
         EnrollDecision::Approved
     );
+}
+
+/// Drains the console's outbox and counts the messages published on `id`'s command topic.
+fn commands_published(env: &Env, id: &edgefleet_codec::AgentId) -> usize {
+    let mut outbox = env.outbox.lock().unwrap();
+    let topic = Topics::default().agent(id, Channel::Command);
+    let mut n = 0;
+    while let Ok(out) = outbox.try_recv() {
+        n += usize::from(out.topic == topic);
+    }
+    n
+}
+
+/// The free-space guard, driven by hand: below the reserve, API changes get a JSON 507 and
+/// change nothing, reads go on, `/healthz` says why; ingest keeps presence in memory, holds
+/// events and status changes back, and leaves the command result unstored. Once space is
+/// back, the backlog is written, and a birth redelivers the command so the agent's kept
+/// result arrives: nothing an agent sent is lost.
+#[tokio::test]
+async fn low_disk_space_refuses_writes_with_507_holds_events_back_and_loses_nothing_after_recovery()
+{
+    let env = env();
+    let a = enroll(&env);
+    let id = a.identity.agent_id();
+    env.fleet
+        .ingest(vec![sealed(&a, birth(1, 1, "pump-3"), Channel::Birth)]);
+    let (status, cmd) = admin(
+        &env,
+        "POST",
+        &format!("/api/agents/{id}/request-heartbeat"),
+        "",
+    )
+    .await;
+    assert!(status.is_success(), "{status} {cmd}");
+    let command_hex = cmd["id"].as_str().unwrap().to_string();
+    let command_id: [u8; 16] = data_encoding::HEXLOWER
+        .decode(command_hex.as_bytes())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let guard = env.fleet.store.guard();
+    let mib = 1u64 << 20;
+    assert_eq!(
+        guard.apply(10 * mib, now_ms()),
+        Some(edgefleet_console::space::Change::Refused { free: 10 * mib })
+    );
+
+    // The API: every change is refused with a JSON 507 that says why; reads work.
+    let tokens_before = env.fleet.tokens.list().unwrap().len();
+    for (method, uri, body) in [
+        ("POST", "/api/tokens".to_string(), "{}"),
+        ("POST", format!("/api/agents/{id}/request-heartbeat"), ""),
+        (
+            "PUT",
+            format!("/api/agents/{id}/labels"),
+            r#"{"set":{"site":"x"}}"#,
+        ),
+        ("DELETE", format!("/api/agents/{id}"), ""),
+    ] {
+        let (status, body) = admin(&env, method, &uri, body).await;
+        assert_eq!(
+            status,
+            StatusCode::INSUFFICIENT_STORAGE,
+            "{method} {uri}: {body}"
+        );
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("low disk space") && error.contains("store.min_free_mb"),
+            "{error}"
+        );
+    }
+    assert_eq!(env.fleet.tokens.list().unwrap().len(), tokens_before);
+    // Without a key it is still a 401: the key check comes first.
+    let (status, _) = call(&env, "POST", "/api/tokens", None, "{}").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, doc) = get(&env, &format!("/api/agents/{id}")).await;
+    assert_eq!(
+        (status, doc["status"].as_str()),
+        (StatusCode::OK, Some("online"))
+    );
+    let (status, health) = get(&env, "/healthz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{health}");
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["store"]["reason"], "low_space");
+    assert_eq!(health["store"]["free_bytes"], 10 * mib);
+    assert_eq!(health["store"]["reserve_bytes"], 64 * mib);
+
+    // Ingest: presence moves on in memory; the event and the status change wait.
+    env.fleet.ingest(vec![
+        sealed(
+            &a,
+            AgentMessage::Heartbeat(Heartbeat {
+                bd_seq: 1,
+                seq: 2,
+                cpu_pct: Some(55),
+                ..Default::default()
+            }),
+            Channel::Heartbeat,
+        ),
+        sealed(
+            &a,
+            AgentMessage::Event(edgefleet_codec::Event {
+                bd_seq: 1,
+                seq: 3,
+                event_id: 7,
+                at_ms: now_ms(),
+                level: edgefleet_codec::EventLevel::Warn,
+                kind: "door".into(),
+                message: "opened while the disk was full".into(),
+            }),
+            Channel::Event,
+        ),
+        sealed(
+            &a,
+            AgentMessage::CommandResult(edgefleet_codec::CommandResult {
+                bd_seq: 1,
+                seq: 4,
+                command_id,
+                outcome: edgefleet_codec::CommandOutcome::Succeeded,
+                message: "heartbeat sent".into(),
+                at_ms: now_ms(),
+            }),
+            Channel::Result,
+        ),
+        sealed(&a, birth(2, 1, "pump-3"), Channel::Birth),
+    ]);
+    let (_, doc) = get(&env, &format!("/api/agents/{id}")).await;
+    assert_eq!(doc["cpu"], 55, "presence is current in memory: {doc}");
+    assert!(env
+        .fleet
+        .store
+        .events(&id.to_string(), 0, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        env.fleet.backlog_len(),
+        1,
+        "the event (the birth changed no status)"
+    );
+    let (_, c) = get(&env, &format!("/api/commands/{command_hex}")).await;
+    assert_ne!(c["state"], "succeeded", "the result is not stored: {c}");
+    assert_eq!(
+        commands_published(&env, &id),
+        1,
+        "only the first delivery: no redelivery while writes are refused"
+    );
+    let text = metrics_text(&env);
+    assert!(
+        text.contains("edgefleet_store_refused_samples_total 1"),
+        "{text}"
+    );
+
+    // Space is freed: not enough within the hysteresis, then enough.
+    assert_eq!(guard.apply(70 * mib, now_ms()), None);
+    assert!(env.fleet.store.is_refusing());
+    assert!(guard.apply(90 * mib, now_ms()).is_some());
+    env.fleet.write_backlog();
+    assert_eq!(env.fleet.backlog_len(), 0);
+    let events = env.fleet.store.events(&id.to_string(), 0, 10).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].message, "opened while the disk was full");
+    let (status, _) = get(&env, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = admin(&env, "POST", "/api/tokens", "{}").await;
+    assert!(status.is_success(), "{status} {body}");
+    // The run loop's new epoch makes the agent re-birth: the command goes out again and
+    // the agent answers with the result it kept.
+    env.fleet
+        .ingest(vec![sealed(&a, birth(3, 1, "pump-3"), Channel::Birth)]);
+    assert_eq!(commands_published(&env, &id), 1, "redelivered once");
+    env.fleet.ingest(vec![sealed(
+        &a,
+        AgentMessage::CommandResult(edgefleet_codec::CommandResult {
+            bd_seq: 3,
+            seq: 2,
+            command_id,
+            outcome: edgefleet_codec::CommandOutcome::Succeeded,
+            message: "heartbeat sent".into(),
+            at_ms: now_ms(),
+        }),
+        Channel::Result,
+    )]);
+    let (_, c) = get(&env, &format!("/api/commands/{command_hex}")).await;
+    assert_eq!(c["state"], "succeeded", "{c}");
 }
