@@ -974,6 +974,9 @@ impl Fleet {
         let now = now_ms();
         let received: Vec<Instant> = batch.iter().map(|m| m.received).collect();
         let mut changed: BTreeMap<String, ()> = BTreeMap::new();
+        // Hosts whose record changed beyond the routine fields (`store::Hot`): a birth, a
+        // status, a transition, new app states. The rest get the small hot write.
+        let mut whole: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         let mut round_transitions = Vec::new();
         let mut samples = Vec::new();
         let mut events = Vec::new();
@@ -1131,9 +1134,17 @@ impl Fleet {
                         })
                     }
                 };
+                let routine = match &message {
+                    AgentMessage::Birth(_) | AgentMessage::Status(_) => false,
+                    AgentMessage::Heartbeat(hb) => hb.apps.is_none(),
+                    _ => true,
+                };
                 match outcome {
                     Ok(change) => {
                         self.metrics.ingested(kind);
+                        if !routine || change.is_some() {
+                            whole.insert(host_id.clone());
+                        }
                         if let Some(change) = change {
                             self.metrics.transition(cause_name(change.cause));
                             tracing::info!(agent.id = %host_id, status = change.status.as_str(), cause = cause_name(change.cause), "presence");
@@ -1165,7 +1176,12 @@ impl Fleet {
             return;
         }
         let round = Round {
-            hosts: changed.keys().filter_map(|id| hosts.get(id)).collect(),
+            hosts: whole.iter().filter_map(|id| hosts.get(id)).collect(),
+            hot: changed
+                .keys()
+                .filter(|id| !whole.contains(*id))
+                .filter_map(|id| hosts.get(id))
+                .collect(),
             transitions: round_transitions,
             samples,
             events,

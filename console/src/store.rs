@@ -56,7 +56,11 @@ pub struct ResultRecord {
 /// What one ingest round writes, in one batch per tree.
 #[derive(Debug, Default)]
 pub struct Round<'a> {
+    /// Host records written whole (JSON).
     pub hosts: Vec<&'a HostRecord>,
+    /// Host records of which only the fields a heartbeat or other routine telemetry
+    /// changes moved ([`Hot`]): written as a few packed bytes, not the whole record.
+    pub hot: Vec<&'a HostRecord>,
     pub transitions: Vec<(String, StatusChange)>,
     pub samples: Vec<(String, u64, Sample)>,
     pub events: Vec<(String, EventRecord)>,
@@ -201,12 +205,52 @@ impl Sample {
 pub struct Store {
     db: sled::Db,
     hosts: sled::Tree,
+    /// [`Hot`] per host id, newer than the JSON record in `hosts` when its `last_seq` is.
+    hot: sled::Tree,
     transitions: sled::Tree,
     events: sled::Tree,
     results: sled::Tree,
     tiers: [sled::Tree; 3],
     health: std::sync::Arc<std::sync::Mutex<Option<WriteFailure>>>,
     guard: std::sync::Arc<crate::space::Guard>,
+}
+
+/// The fields of a host record that routine telemetry (heartbeats, events, results)
+/// changes, stored apart in a few packed bytes. Writing the whole JSON record for every
+/// heartbeat was half of the ingest cost (BENCHMARKS.md, "Console ingest ceiling").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Hot {
+    pub last_seen: Option<u64>,
+    pub last_seq: (u64, u64),
+    pub vitals: Option<edgefleet_codec::Vitals>,
+}
+
+impl Hot {
+    pub fn of(host: &HostRecord) -> Hot {
+        Hot {
+            last_seen: host.last_seen,
+            last_seq: host.last_seq,
+            vitals: host.vitals,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_cbor::ser::to_vec_packed(self).expect("hot host state always serializes")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Hot> {
+        serde_cbor::from_slice(bytes).ok()
+    }
+
+    /// Applies this state if it is at least as new as the record's own: a whole record
+    /// written after it (a birth, a status change) already holds newer values.
+    pub fn apply(self, host: &mut HostRecord) {
+        if self.last_seq >= host.last_seq {
+            host.last_seen = self.last_seen.max(host.last_seen);
+            host.last_seq = self.last_seq;
+            host.vitals = self.vitals.or(host.vitals);
+        }
+    }
 }
 
 /// Store writes are failing: since when (unix ms) and the latest error, for `/healthz`.
@@ -220,6 +264,16 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// sled merge operator of the rollup tiers: folds one sample into a bucket. A bucket
+/// that cannot be read starts again from the new sample rather than failing the write.
+fn merge_samples(_key: &[u8], old: Option<&[u8]>, new: &[u8]) -> Option<Vec<u8>> {
+    let mut merged = old.and_then(Sample::from_bytes).unwrap_or_default();
+    if let Some(sample) = Sample::from_bytes(new) {
+        merged.merge(&sample);
+    }
+    Some(merged.to_bytes().to_vec())
 }
 
 fn key(id: &str, at_ms: u64) -> Vec<u8> {
@@ -247,8 +301,12 @@ impl Store {
             db.open_tree("r1m")?,
             db.open_tree("r15m")?,
         ];
+        for rollup in &tiers[1..] {
+            rollup.set_merge_operator(merge_samples);
+        }
         Ok(Store {
             hosts: db.open_tree("hosts")?,
+            hot: db.open_tree("hosts_hot")?,
             transitions: db.open_tree("transitions")?,
             events: db.open_tree("events")?,
             results: db.open_tree("results")?,
@@ -280,16 +338,25 @@ impl Store {
         self.health.lock().expect("not poisoned").clone()
     }
 
+    /// Every host record, with its newest routine telemetry ([`Hot`]) applied.
     pub fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let mut out = Vec::new();
         for item in self.hosts.iter() {
-            let (_, v) = item?;
-            out.push(
+            let (k, v) = item?;
+            let mut host: HostRecord =
                 serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
                     tree: "hosts",
                     source,
-                })?,
-            );
+                })?;
+            if let Some(hot) = self.hot.get(&k)? {
+                // A record too damaged to read loses only its routine fields, which the
+                // host's next heartbeat sets again.
+                match Hot::from_bytes(&hot) {
+                    Some(hot) => hot.apply(&mut host),
+                    None => tracing::warn!(host.id = %host.id, "unreadable hot host state ignored"),
+                }
+            }
+            out.push(host);
         }
         Ok(out)
     }
@@ -328,6 +395,7 @@ impl Store {
     fn write_round_batches(&self, round: &Round<'_>) -> Result<(), StoreError> {
         let Round {
             hosts,
+            hot,
             transitions,
             samples,
             events,
@@ -357,6 +425,11 @@ impl Store {
         }
         self.hosts.apply_batch(batch)?;
         let mut batch = sled::Batch::default();
+        for host in hot {
+            batch.insert(host.id.as_bytes(), Hot::of(host).to_bytes());
+        }
+        self.hot.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
         for (id, change) in transitions {
             // A per-database counter keeps two transitions in the same ms apart.
             let mut k = key(id, change.at);
@@ -379,11 +452,8 @@ impl Store {
             for tier in [Tier::OneMinute, Tier::FifteenMinutes] {
                 let bucket = at - at % tier.bucket_ms();
                 let tree = &self.tiers[tier as usize];
-                tree.update_and_fetch(key(id, bucket), |old| {
-                    let mut merged = old.and_then(Sample::from_bytes).unwrap_or_default();
-                    merged.merge(sample);
-                    Some(merged.to_bytes().to_vec())
-                })?;
+                // A blind merge (see `merge_samples`): no read before the write.
+                tree.merge(key(id, bucket), sample.to_bytes())?;
             }
         }
         Ok(())
@@ -516,6 +586,64 @@ mod tests {
             disk_pct: 10,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn routine_fields_written_apart_come_back_on_reopen_and_never_undo_a_newer_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut host = HostRecord::new("abcdefghijklmnop", &[7; 32], 1_000);
+        host.hostname = Some("pump-7".into());
+        host.last_seq = (1, 0);
+        {
+            let store = Store::open(&path).unwrap();
+            let write = |hosts: Vec<&HostRecord>, hot: Vec<&HostRecord>| {
+                store
+                    .write_round(&Round {
+                        hosts,
+                        hot,
+                        ..Round::default()
+                    })
+                    .unwrap()
+            };
+            write(vec![&host], vec![]);
+            // Heartbeats: only the hot state is written.
+            host.last_seq = (1, 9);
+            host.last_seen = Some(5_000);
+            host.vitals = Some(vitals(42));
+            write(vec![], vec![&host]);
+            store.flush().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let loaded = store.load_hosts().unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].last_seq, (1, 9));
+        assert_eq!(loaded[0].last_seen, Some(5_000));
+        assert_eq!(loaded[0].vitals, Some(vitals(42)));
+        assert_eq!(loaded[0].hostname.as_deref(), Some("pump-7"));
+
+        // A birth writes the whole record with a newer sequence: the older hot state,
+        // still in its tree, must not roll it back.
+        host.last_seq = (2, 0);
+        host.last_seen = Some(4_000);
+        host.vitals = Some(vitals(7));
+        store
+            .write_round(&Round {
+                hosts: vec![&host],
+                ..Round::default()
+            })
+            .unwrap();
+        let loaded = store.load_hosts().unwrap();
+        assert_eq!(loaded[0].last_seq, (2, 0));
+        assert_eq!(loaded[0].vitals, Some(vitals(7)));
+        assert_eq!(loaded[0].last_seen, Some(4_000));
+
+        // Unreadable hot bytes cost only the routine fields, never the record.
+        store
+            .hot
+            .insert(host.id.as_bytes(), &b"\xff\x00"[..])
+            .unwrap();
+        assert_eq!(store.load_hosts().unwrap()[0].last_seq, (2, 0));
     }
 
     #[test]
