@@ -389,6 +389,11 @@ impl Session {
             };
             let ca = std::fs::read(path)
                 .map_err(|e| format!("reading the CA file {}: {e}", path.display()))?;
+            // rumqttc builds its rustls config with the process-wide crypto provider. The
+            // agent ships ring; a build that also links aws-lc-rs (the agent built in one
+            // cargo invocation with the console, as the tests do) has two providers
+            // compiled in, and rustls then refuses to pick one by itself.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             // rumqttc checks the certificate against the URL host (the server name).
             opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
                 ca,

@@ -3,8 +3,9 @@
 //! real agent. `cargo xtask bench` runs it and writes its tables into BENCHMARKS.md.
 //!
 //!     cargo build --release -p edgefleet-console -p edgefleet-agent
+//!     cargo build --profile release-agent -p edgefleet-agent
 //!     cargo bench -p edgefleet-tests --bench scale -- [--smoke] [--agents N]
-//!         [--intervals 1s,500ms,...] [--footprint-secs S] [--out FILE]
+//!         [--intervals 1s,500ms,...] [--footprint-secs S] [--footprint-only] [--out FILE]
 //!
 //! `--out` takes an absolute path: cargo runs benches from `tests/`.
 //!
@@ -16,9 +17,10 @@
 //! - recovery: kill -9 and restart the console under the N agents; time until all are
 //!   online again and the offline transitions the restart caused (must be 0);
 //! - agent footprint and wire bytes: one real `edgefleet-agent run` at its default 30 s
-//!   interval, RSS, peak RSS (the inventory scan at start), CPU, threads, and the TCP bytes
-//!   of its MQTT socket (kernel per-socket counters via `ss -ti`, plus 52 bytes of IPv4 and
-//!   TCP headers with timestamps per segment) scaled to a day.
+//!   interval, as shipped (`target/release-agent/edgefleet-agent`), RSS, peak RSS (the
+//!   inventory scan at start), CPU, threads, and the TCP bytes of its MQTT socket (kernel
+//!   per-socket counters via `ss -ti`, plus 52 bytes of IPv4 and TCP headers with
+//!   timestamps per segment) scaled to a day. `--footprint-only` runs just this part.
 //!
 //! - wire efficiency per packet: the same heartbeat as packed CBOR + COSE_Mac0 (ours), as
 //!   JSON and as a Sparkplug-B-style protobuf (prost, `sparkplug_b.proto`).
@@ -46,6 +48,7 @@ struct Options {
     intervals: Vec<String>,
     window: Duration,
     footprint: Duration,
+    footprint_only: bool,
     out: Option<std::path::PathBuf>,
 }
 
@@ -58,6 +61,7 @@ impl Options {
             intervals: vec!["1s".into(), "500ms".into(), "350ms".into(), "285ms".into()],
             window: Duration::from_secs(30),
             footprint: Duration::from_secs(600),
+            footprint_only: false,
             out: None,
         };
         while let Some(arg) = args.next() {
@@ -81,6 +85,7 @@ impl Options {
                     opts.footprint =
                         Duration::from_secs(value()?.parse().context("--footprint-secs")?);
                 }
+                "--footprint-only" => opts.footprint_only = true,
                 "--out" => opts.out = Some(value()?.into()),
                 // cargo bench passes --bench to every bench binary.
                 "--bench" => {}
@@ -326,6 +331,11 @@ async fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let command = if opts.smoke {
         "cargo xtask bench --smoke".to_string()
+    } else if opts.footprint_only {
+        format!(
+            "cargo xtask bench --footprint-only --footprint-secs {}",
+            opts.footprint.as_secs()
+        )
     } else {
         format!(
             "cargo xtask bench (--agents {} --intervals {})",
@@ -341,8 +351,10 @@ async fn main() -> Result<()> {
         today()
     )?;
 
-    wire_per_packet(&mut out)?;
-    connections_ingest_recovery(&opts, tmp.path(), &mut out).await?;
+    if !opts.footprint_only {
+        wire_per_packet(&mut out)?;
+        connections_ingest_recovery(&opts, tmp.path(), &mut out).await?;
+    }
     footprint(&opts, tmp.path(), &mut out).await?;
 
     print!("{out}");
@@ -545,7 +557,14 @@ async fn connections_ingest_recovery(
 async fn footprint(opts: &Options, dir: &std::path::Path, out: &mut String) -> Result<()> {
     eprintln!("footprint: one agent for {:?}", opts.footprint);
     let console = Console::start(&dir.join("console-fp"), ConsoleOpts::default()).await?;
-    let agent = AgentProc::run(&dir.join("agent"), &console.mqtt_url(), &console.token, "")?;
+    let agent_bin = shipped_agent()?;
+    let agent = AgentProc::run_bin(
+        &agent_bin,
+        &dir.join("agent"),
+        &console.mqtt_url(),
+        &console.token,
+        "",
+    )?;
     let pid = agent.pid() as u32;
     let port = console.mqtt.port();
     wait_online(&console, 1, Duration::from_secs(30)).await?;
@@ -562,7 +581,7 @@ async fn footprint(opts: &Options, dir: &std::path::Path, out: &mut String) -> R
     let a1 = proc_sample(pid)?;
     let w1 = socket_bytes(port)?;
     let secs = a1.at.duration_since(a0.at).as_secs_f64();
-    let binary = std::fs::metadata(harness::bin("edgefleet-agent"))?.len();
+    let binary = std::fs::metadata(&agent_bin)?.len();
     let per_day = (w1.wire() - w0.wire()) as f64 / secs * 86_400.0;
     let mins = secs / 60.0;
     writeln!(out, "### Agent footprint and bytes on the wire (one real agent, 30 s heartbeats, {mins:.1} min)\n")?;
@@ -589,16 +608,20 @@ async fn footprint(opts: &Options, dir: &std::path::Path, out: &mut String) -> R
     writeln!(out, "| threads | {} | | |", a1.threads)?;
     writeln!(
         out,
-        "| binary (release, stripped) | **{:.1} MB** | ≤ 8 MB: {} | |",
+        "| binary (profile `release-agent`, stripped) | **{:.1} MB** | ≤ 8 MB: {} | |",
         binary as f64 / 1e6,
         mark(binary <= 8_000_000)
     )?;
     writeln!(
         out,
-        "| TCP bytes both ways on the MQTT socket, incl. keepalives, acks, TCP/IP headers, scaled to a day | **{:.3} MB/day** ({} B payload + {} segments in {secs:.0} s) | ≤ 0.5 MB/day: {} | balena ~2.4 MB/day |\n",
+        "| TCP bytes both ways on the MQTT socket, incl. keepalives, acks, TCP/IP headers, scaled to a day | **{:.3} MB/day** ({} B payload + {} segments in {secs:.0} s; agent → broker {} B in {} segments, broker → agent {} B in {}) | ≤ 0.5 MB/day: {} | balena ~2.4 MB/day |\n",
         per_day / 1e6,
         w1.payload() - w0.payload(),
-        w1.segments - w0.segments,
+        w1.segments() - w0.segments(),
+        w1.sent - w0.sent,
+        w1.segs_out - w0.segs_out,
+        w1.received - w0.received,
+        w1.segs_in - w0.segs_in,
         mark(per_day <= 500_000.0)
     )?;
     drop(agent);
@@ -609,16 +632,38 @@ async fn footprint(opts: &Options, dir: &std::path::Path, out: &mut String) -> R
 struct SocketBytes {
     sent: u64,
     received: u64,
-    segments: u64,
+    segs_out: u64,
+    segs_in: u64,
 }
 
 impl SocketBytes {
     fn payload(&self) -> u64 {
         self.sent + self.received
     }
-    fn wire(&self) -> u64 {
-        self.payload() + self.segments * HEADER_BYTES_PER_SEGMENT
+    fn segments(&self) -> u64 {
+        self.segs_out + self.segs_in
     }
+    fn wire(&self) -> u64 {
+        self.payload() + self.segments() * HEADER_BYTES_PER_SEGMENT
+    }
+}
+
+/// The agent binary as shipped: `target/release-agent/edgefleet-agent`, next to the
+/// `release` directory this bench's binaries live in.
+fn shipped_agent() -> Result<std::path::PathBuf> {
+    let release = harness::bin("edgefleet-agent");
+    let path = release
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("target directory")?
+        .join("release-agent/edgefleet-agent");
+    if !path.is_file() {
+        bail!(
+            "{} is missing: cargo build --profile release-agent -p edgefleet-agent",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// The kernel's counters for the agent's side of its MQTT connection (destination port
@@ -644,7 +689,8 @@ fn socket_bytes(port: u16) -> Result<SocketBytes> {
         match k {
             "bytes_sent" => counters.sent += v,
             "bytes_received" => counters.received += v,
-            "segs_out" | "segs_in" => counters.segments += v,
+            "segs_out" => counters.segs_out += v,
+            "segs_in" => counters.segs_in += v,
             _ => continue,
         }
         found = true;

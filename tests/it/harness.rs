@@ -503,6 +503,18 @@ impl AgentProc {
     /// `edgefleet-agent run` with its own data dir, enrolling with `token`, and a config
     /// file with the given extra TOML lines.
     pub fn run(dir: &Path, console_url: &str, token: &str, extra_toml: &str) -> Result<AgentProc> {
+        AgentProc::run_bin(&bin("edgefleet-agent"), dir, console_url, token, extra_toml)
+    }
+
+    /// [`AgentProc::run`] with a given agent binary (the footprint bench measures the
+    /// shipped `release-agent` build).
+    pub fn run_bin(
+        bin: &Path,
+        dir: &Path,
+        console_url: &str,
+        token: &str,
+        extra_toml: &str,
+    ) -> Result<AgentProc> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("agent.toml");
         std::fs::write(
@@ -513,7 +525,7 @@ impl AgentProc {
             ),
         )?;
         let log = std::fs::File::create(dir.join("agent.log"))?;
-        let child = Command::new(bin("edgefleet-agent"))
+        let child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(&config)

@@ -10,6 +10,7 @@
 //!
 //! `--smoke` (500 agents, short windows, no presence runs) checks that the whole harness
 //! still works, in about a minute once built, and leaves BENCHMARKS.md alone; CI runs it.
+//! `--footprint-only` runs only the agent footprint part and rewrites only its table.
 //! Other options go to the scale bench (`--agents N`, `--intervals 1s,500ms`,
 //! `--window-secs S`, `--footprint-secs S`).
 
@@ -26,6 +27,9 @@ pub const END: &str = "<!-- cargo xtask bench: end -->";
 pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
     crate::build_release_binaries()?;
+    if args.iter().any(|a| a == "--footprint-only") {
+        return footprint_only(root, args);
+    }
 
     let mut generated = String::new();
     let connections = if smoke { "1000" } else { "10000" };
@@ -101,6 +105,41 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     );
     std::fs::write(&path, rewritten)?;
     eprintln!("xtask: BENCHMARKS.md rewritten");
+    Ok(())
+}
+
+/// The footprint heading in the generated section; everything from it to [`END`] is the
+/// footprint table.
+const FOOTPRINT: &str = "### Agent footprint";
+
+/// Runs the scale bench's footprint part alone and replaces only its table (the rest of the
+/// generated section keeps the figures and the date of the last full run).
+fn footprint_only(root: &Path, args: &[String]) -> Result<()> {
+    let out = root.join("target/bench-footprint.md");
+    run(cargo()
+        .args(["bench", "-p", "edgefleet-tests", "--bench", "scale", "--"])
+        .args(args)
+        .arg("--out")
+        .arg(&out))?;
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let (machine, table) = text
+        .split_once(FOOTPRINT)
+        .context("the bench printed no footprint table")?;
+    let path = root.join("BENCHMARKS.md");
+    let doc = std::fs::read_to_string(&path)?;
+    let (Some(start), Some(end)) = (doc.find(FOOTPRINT), doc.find(END)) else {
+        bail!("BENCHMARKS.md has no `{FOOTPRINT}` table before `{END}`");
+    };
+    let rewritten = format!(
+        "{}{FOOTPRINT}{}\n{}\n\n{}",
+        &doc[..start],
+        table.trim_end(),
+        machine.trim(),
+        &doc[end..]
+    );
+    std::fs::write(&path, rewritten)?;
+    eprintln!("xtask: the footprint table in BENCHMARKS.md rewritten");
     Ok(())
 }
 

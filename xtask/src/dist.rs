@@ -99,24 +99,27 @@ pub fn dist(root: &Path, opts: &Options) -> Result<Artifacts> {
 
     let mut build = super::cargo();
     build.args(["build", "--locked", "--profile", &opts.profile]);
-    build.args(["-p", "edgefleet-agent", "-p", "edgefleet-console"]);
+    build.args(["-p", "edgefleet-console"]);
     super::run(&mut build)?;
-    let dir = if opts.profile == "dev" {
-        "debug"
-    } else {
-        "release"
-    };
-    let bins = target_dir(root).join(dir);
+    // The agent is built on its own, in its own profile (release: `release-agent`, size
+    // first; see the workspace Cargo.toml), so the console's features do not unify into it.
+    let agent_profile = super::agent_profile(&opts.profile);
+    let mut build = super::cargo();
+    build.args(["build", "--locked", "--profile", agent_profile]);
+    build.args(["-p", "edgefleet-agent"]);
+    super::run(&mut build)?;
+    let bins = target_dir(root).join(super::profile_dir(&opts.profile));
+    let agent_bins = target_dir(root).join(super::profile_dir(agent_profile));
     let agent_bin = if opts.no_musl || opts.profile == "dev" {
-        bins.join("edgefleet-agent")
+        agent_bins.join("edgefleet-agent")
     } else {
-        match musl_agent(root, &opts.profile) {
+        match musl_agent(root, agent_profile) {
             Ok(path) => path,
             Err(e) => {
                 eprintln!(
                     "xtask dist: WARNING: no static musl agent ({e:#}); packaging the glibc build"
                 );
-                bins.join("edgefleet-agent")
+                agent_bins.join("edgefleet-agent")
             }
         }
     };
@@ -323,12 +326,12 @@ fn musl_agent(root: &Path, profile: &str) -> Result<PathBuf> {
     if !installed.lines().any(|t| t.trim() == MUSL) {
         super::run(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
-    // rustls' aws-lc-sys compiles C for the target: it needs a musl C compiler, which
-    // Debian's musl-tools provides as `musl-gcc`.
+    // ring (the agent's TLS crypto) compiles C for the target: it needs a musl C compiler,
+    // which Debian's musl-tools provides as `musl-gcc`.
     let mut build = super::cargo();
     if !super::on_path("x86_64-linux-musl-gcc") {
         if !super::on_path("musl-gcc") {
-            bail!("no C compiler for musl (aws-lc-sys needs one): apt-get install musl-tools");
+            bail!("no C compiler for musl (ring needs one): apt-get install musl-tools");
         }
         build.env("CC_x86_64_unknown_linux_musl", "musl-gcc");
     }
