@@ -424,7 +424,13 @@ impl Session {
                 true,
             ));
         }
-        let (client, eventloop) = AsyncClient::new(opts, CLIENT_REQUESTS);
+        let (client, mut eventloop) = AsyncClient::new(opts, CLIENT_REQUESTS);
+        // Pings go out only after a keepalive of silence (vendor/rumqttc), so while QoS 0
+        // heartbeats flow a silently dead link shows only in TCP: close it once sent data
+        // has waited two keepalives for an ACK, not after the kernel's ~15 min of retries.
+        eventloop
+            .network_options
+            .set_tcp_user_timeout((self.cfg.keepalive * 2).max(Duration::from_secs(20)));
         Ok((client, eventloop, mac))
     }
 

@@ -373,6 +373,26 @@ pub(crate) async fn socket_connect(
             socket.set_recv_buffer_size(recv_buffer_size).unwrap();
         }
 
+        // EdgeFleet patch: see `NetworkOptions::set_tcp_user_timeout`.
+        #[cfg(any(target_os = "android", target_os = "linux"))]
+        if let Some(timeout) = network_options.tcp_user_timeout {
+            use std::os::fd::AsRawFd;
+            let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+            // SAFETY: a valid socket fd and a pointer to a c_uint of the given length.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_USER_TIMEOUT,
+                    (&ms as *const libc::c_uint).cast(),
+                    std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+
         #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
         {
             if let Some(bind_device) = &network_options.bind_device {

@@ -400,6 +400,9 @@ pub struct NetworkOptions {
     conn_timeout: u64,
     #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
     bind_device: Option<String>,
+    /// EdgeFleet patch: `TCP_USER_TIMEOUT` (Linux): how long sent data may stay
+    /// unacknowledged before the kernel closes the connection.
+    tcp_user_timeout: Option<std::time::Duration>,
 }
 
 impl NetworkOptions {
@@ -411,7 +414,17 @@ impl NetworkOptions {
             conn_timeout: 5,
             #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
             bind_device: None,
+            tcp_user_timeout: None,
         }
+    }
+
+    /// EdgeFleet patch: with idle-only pings, a client that publishes QoS 0 at least every
+    /// keepalive never waits for a PINGRESP, so a silently dead link is noticed only by
+    /// TCP. This bounds that: the kernel closes the connection once sent data has gone
+    /// unacknowledged for `timeout` (Linux `TCP_USER_TIMEOUT`; ignored elsewhere).
+    pub fn set_tcp_user_timeout(&mut self, timeout: std::time::Duration) -> &mut Self {
+        self.tcp_user_timeout = Some(timeout);
+        self
     }
 
     pub fn set_tcp_nodelay(&mut self, nodelay: bool) {
