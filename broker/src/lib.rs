@@ -133,6 +133,9 @@ impl Inbound {
 pub struct BrokerStats {
     /// Messages dropped because the console did not drain its queue fast enough.
     pub console_queue_dropped: AtomicU64,
+    /// Of those, messages other than heartbeats (births, statuses, events, results): only
+    /// once the queue is completely full, after heartbeats stopped being admitted.
+    pub console_queue_dropped_other: AtomicU64,
     /// Messages delivered to the console queue.
     pub console_received: AtomicU64,
     /// CONNECTs refused because the client id is unsafe for rumqttd.
@@ -166,8 +169,10 @@ impl EmbeddedBroker {
     /// Starts the broker and the console link, and waits until the listeners accept.
     ///
     /// `filters` are the console's subscriptions; its messages arrive on the returned
-    /// receiver. The pump that fills it never blocks the router: when the channel is full
+    /// receiver. The pump that fills it never blocks the router: when the queue is full
     /// the message is dropped and counted in [`BrokerStats::console_queue_dropped`].
+    /// Heartbeats stop being admitted at [`HEARTBEAT_SHARE`] of the queue, so births,
+    /// statuses, events and results keep the rest (see [`pump`]).
     pub fn start(
         config: &BrokerConfig,
         policy: ConnectPolicy,
@@ -226,7 +231,7 @@ impl EmbeddedBroker {
                 .subscribe(filter.clone())
                 .map_err(|e| BrokerError::Link(e.to_string()))?;
         }
-        let (inbound_tx, inbound_rx) = mpsc::channel(config.console_queue.max(1));
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.console_queue.max(4));
         std::thread::Builder::new()
             .name("broker-link".into())
             .spawn({
@@ -380,12 +385,24 @@ fn server_settings(
     }
 }
 
+/// Share of the console queue heartbeats may fill. A heartbeat lost under overload is
+/// replaced by the next one; a birth, status, event or result is not (the broker has
+/// already acknowledged it), so those keep the last quarter of the queue to themselves.
+pub const HEARTBEAT_SHARE: (usize, usize) = (3, 4);
+
 /// Moves router notifications to the console's channel. It must never block: a stalled
-/// local link makes rumqttd drop messages silently once its segments wrap.
+/// local link makes rumqttd drop messages silently once its segments wrap. One queue keeps
+/// each agent's messages in order (the console rejects a sequence number that goes back).
 fn pump(mut rx: LinkRx, tx: mpsc::Sender<Inbound>, stats: &BrokerStats) {
+    let reserved = tx.max_capacity() - tx.max_capacity() * HEARTBEAT_SHARE.0 / HEARTBEAT_SHARE.1;
     loop {
         match rx.recv() {
             Ok(Some(Notification::Forward(forward))) => {
+                let heartbeat = forward.publish.topic.ends_with(b"/hb");
+                if heartbeat && tx.capacity() <= reserved {
+                    stats.console_queue_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
                 let inbound = Inbound::new(topic, forward.publish.payload);
                 match tx.try_send(inbound) {
@@ -394,6 +411,9 @@ fn pump(mut rx: LinkRx, tx: mpsc::Sender<Inbound>, stats: &BrokerStats) {
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         stats.console_queue_dropped.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .console_queue_dropped_other
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }

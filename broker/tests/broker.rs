@@ -392,3 +392,87 @@ async fn a_flood_of_valid_connects_for_one_id_keeps_one_connection_and_the_broke
         .expect("link open");
     assert_eq!(&got.payload[..], b"last");
 }
+
+/// With the console not draining, heartbeats fill only their share of the queue; births
+/// and events sent after them still get in, in order, and only they are counted as
+/// "other" drops once the queue is completely full.
+#[tokio::test]
+async fn a_full_console_queue_sheds_heartbeats_first_and_keeps_births_and_events() {
+    use std::sync::atomic::Ordering;
+    let filters = vec!["ef/a/+/+".to_string()];
+    let cfg = BrokerConfig {
+        console_queue: 16,
+        ..config()
+    };
+    let (broker, _link, mut inbound) =
+        EmbeddedBroker::start(&cfg, allow_password("ok"), &filters).expect("broker starts");
+    let (agent, mut el) = client(&broker, "aaaaaaaaaaaaaaaa", "ok");
+    let code = timeout(Duration::from_secs(5), connack(&mut el))
+        .await
+        .expect("connack in time");
+    assert_eq!(code, Ok(ConnectReturnCode::Success));
+    let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let stats = broker.stats();
+    let forwarded = || {
+        stats.console_received.load(Ordering::Relaxed)
+            + stats.console_queue_dropped.load(Ordering::Relaxed)
+    };
+    let settle = |n: u64| async move {
+        timeout(Duration::from_secs(10), async {
+            while forwarded() < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the broker forwards everything to the pump");
+    };
+    // 20 heartbeats: 12 (three quarters of 16) are queued, 8 are shed.
+    for i in 0..20u8 {
+        agent
+            .publish("ef/a/aaaaaaaaaaaaaaaa/hb", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .expect("queued");
+    }
+    settle(20).await;
+    assert_eq!(stats.console_received.load(Ordering::Relaxed), 12);
+    assert_eq!(stats.console_queue_dropped.load(Ordering::Relaxed), 8);
+    // A birth and 5 events: the first 4 fill the reserved quarter, the last 2 are lost
+    // and counted as such.
+    agent
+        .publish(
+            "ef/a/aaaaaaaaaaaaaaaa/birth",
+            QoS::AtLeastOnce,
+            false,
+            vec![100],
+        )
+        .await
+        .expect("queued");
+    for i in 0..5u8 {
+        agent
+            .publish(
+                "ef/a/aaaaaaaaaaaaaaaa/event",
+                QoS::AtLeastOnce,
+                false,
+                vec![101 + i],
+            )
+            .await
+            .expect("queued");
+    }
+    settle(26).await;
+    assert_eq!(stats.console_received.load(Ordering::Relaxed), 16);
+    assert_eq!(stats.console_queue_dropped_other.load(Ordering::Relaxed), 2);
+    let mut got = Vec::new();
+    while let Ok(m) = inbound.try_recv() {
+        got.push((
+            m.topic.rsplit('/').next().unwrap().to_string(),
+            m.payload[0],
+        ));
+    }
+    let expected: Vec<(String, u8)> = (0..12)
+        .map(|i| ("hb".to_string(), i))
+        .chain([("birth".to_string(), 100)])
+        .chain((101..104).map(|i| ("event".to_string(), i)))
+        .collect();
+    assert_eq!(got, expected, "one queue, in publish order");
+    driver.abort();
+}

@@ -1520,7 +1520,8 @@ async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {
             .count(),
         agents_total: hosts.len(),
         sled_bytes: fleet.store.size_on_disk(),
-        broker_queue_dropped: crate::broker_dropped(),
+        broker_queue_dropped: crate::broker_dropped().0,
+        broker_queue_dropped_other: crate::broker_dropped().1,
         broker_connected: fleet
             .broker_connected
             .load(std::sync::atomic::Ordering::Relaxed),

@@ -68,12 +68,16 @@ use crate::store::{Store, Tier};
 
 static BROKER: OnceLock<EmbeddedBroker> = OnceLock::new();
 
-/// Messages the broker link had to drop because ingest fell behind.
-pub fn broker_dropped() -> u64 {
-    BROKER
-        .get()
-        .map(|b| b.stats().console_queue_dropped.load(Ordering::Relaxed))
-        .unwrap_or(0)
+/// Messages the broker link had to drop because ingest fell behind: all of them, and
+/// those that were not heartbeats.
+pub fn broker_dropped() -> (u64, u64) {
+    BROKER.get().map_or((0, 0), |b| {
+        let stats = b.stats();
+        (
+            stats.console_queue_dropped.load(Ordering::Relaxed),
+            stats.console_queue_dropped_other.load(Ordering::Relaxed),
+        )
+    })
 }
 
 /// Addresses the console actually bound.

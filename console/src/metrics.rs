@@ -46,6 +46,8 @@ pub struct Gauges {
     pub agents_total: usize,
     pub sled_bytes: u64,
     pub broker_queue_dropped: u64,
+    /// Of those, births, statuses, events and results (heartbeats are shed first).
+    pub broker_queue_dropped_other: u64,
     /// Whether the console is connected to its broker (always, for the embedded one).
     pub broker_connected: bool,
     /// Free bytes on the data dir's filesystem at the guard's last sample (`None` with the
@@ -150,6 +152,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP edgefleet_agents_total Agents known.\n# TYPE edgefleet_agents_total gauge\nedgefleet_agents_total {}", g.agents_total);
         let _ = writeln!(out, "# HELP edgefleet_sled_bytes Size of the sled database on disk.\n# TYPE edgefleet_sled_bytes gauge\nedgefleet_sled_bytes {}", g.sled_bytes);
         let _ = writeln!(out, "# HELP edgefleet_broker_console_queue_dropped_total Messages the broker link dropped because ingest fell behind.\n# TYPE edgefleet_broker_console_queue_dropped_total counter\nedgefleet_broker_console_queue_dropped_total {}", g.broker_queue_dropped);
+        let _ = writeln!(out, "# HELP edgefleet_broker_console_queue_dropped_other_total Of those, messages other than heartbeats (births, statuses, events, results), dropped only once the queue was full.\n# TYPE edgefleet_broker_console_queue_dropped_other_total counter\nedgefleet_broker_console_queue_dropped_other_total {}", g.broker_queue_dropped_other);
         let _ = writeln!(out, "# HELP edgefleet_broker_connected 1 while the console is connected to its MQTT broker (an external broker can be unreachable).\n# TYPE edgefleet_broker_connected gauge\nedgefleet_broker_connected {}", u8::from(g.broker_connected));
         let _ = writeln!(out, "# HELP edgefleet_store_errors_total Failed sled writes.\n# TYPE edgefleet_store_errors_total counter\nedgefleet_store_errors_total {}", self.store_errors.load(Ordering::Relaxed));
         if let Some(free) = g.store_free_bytes {

@@ -200,6 +200,7 @@ fn metrics_text(env: &Env) -> String {
             agents_total: 0,
             sled_bytes: 0,
             broker_queue_dropped: 0,
+            broker_queue_dropped_other: 0,
             broker_connected: true,
             store_free_bytes: None,
             store_reserve_bytes: 0,
