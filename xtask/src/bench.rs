@@ -8,8 +8,9 @@
 //!   bytes on the wire, with a real console, the simulator and a real agent.
 //! - Presence latency (`tests/benches/alert_latency.rs`), in the full run only.
 //!
-//! `--smoke` (500 agents, short windows, no presence runs) checks that the whole harness
-//! still works, in about a minute once built, and leaves BENCHMARKS.md alone; CI runs it.
+//! `--smoke` (500 agents, short windows, no presence runs, dev profile) checks that the
+//! whole harness still works, in about a minute once built, and leaves BENCHMARKS.md
+//! alone; `cargo xtask ci` runs it.
 //! `--footprint-only` runs only the agent footprint part and rewrites only its table.
 //! Other options go to the scale bench (`--agents N`, `--intervals 1s,500ms`,
 //! `--window-secs S`, `--footprint-secs S`).
@@ -26,7 +27,15 @@ pub const END: &str = "<!-- cargo xtask bench: end -->";
 
 pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
-    crate::build_release_binaries()?;
+    // The smoke run checks that the harness still works, not the figures: it runs on the
+    // dev profile, whose binaries CI has already built for the tests, instead of spending
+    // a release build of every crate.
+    let profile = if smoke { "dev" } else { "release" };
+    if smoke {
+        run(cargo().args(["build", "-p", "edgefleet-console", "-p", "edgefleet-agent"]))?;
+    } else {
+        crate::build_release_binaries()?;
+    }
     if args.iter().any(|a| a == "--footprint-only") {
         return footprint_only(root, args);
     }
@@ -35,7 +44,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let connections = if smoke { "1000" } else { "10000" };
     let broker = capture(cargo().args([
         "run",
-        "--release",
+        "--profile",
+        profile,
         "--quiet",
         "-p",
         "edgefleet-broker",
@@ -62,7 +72,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let out = root.join("target/bench-scale.md");
     let mut scale = cargo();
     scale
-        .args(["bench", "-p", "edgefleet-tests", "--bench", "scale", "--"])
+        .args(["bench", "--profile", profile])
+        .args(["-p", "edgefleet-tests", "--bench", "scale", "--"])
         .args(args)
         .arg("--out")
         .arg(&out);

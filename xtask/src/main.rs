@@ -120,6 +120,9 @@ fn ci() -> Result<()> {
     run(cargo()
         .args(["test", "--locked", "-p", "edgefleet-tests", "--test", "it"])
         .env("EDGEFLEET_TEST_BROKER", "mosquitto"))?;
+    // The scale bench, reduced (500 agents, seconds-long windows, dev profile): the bench
+    // harness must not rot between full runs (issue 9).
+    bench::bench(&root, &["--smoke".to_string()])?;
     // The fuzz crates are outside the workspace (cargo-fuzz builds them with its own flags;
     // `cargo xtask fuzz` runs them). Building them plainly proves every target still
     // compiles. edge-agent/fuzz is left to `cargo xtask fuzz`: it would rebuild the whole
