@@ -100,6 +100,13 @@ pub fn connect(
         let ca = std::fs::read(path).map_err(|_| BrokerError::TlsFile {
             path: path.to_path_buf(),
         })?;
+        // rumqttc builds its rustls config with the process-wide crypto provider. A build
+        // that also links ring (the agent's provider, unified in by a workspace-wide cargo
+        // invocation such as the tests') has two compiled in, and rustls then refuses to
+        // pick one: name the console's own, aws-lc-rs, unless one is already installed.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
         opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
             ca,
             alpn: None,
