@@ -50,7 +50,7 @@ const PUBLISH: u8 = 3;
 const PINGREQ: u8 = 12;
 
 #[tokio::test]
-async fn no_ping_while_publishing_every_keepalive_and_a_ping_once_silent() {
+async fn a_client_that_hears_nothing_pings_every_keepalive_even_while_publishing() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, mut seen) = mpsc::unbounded_channel();
@@ -107,9 +107,12 @@ async fn no_ping_while_publishing_every_keepalive_and_a_ping_once_silent() {
         }
     }
     assert!(publishes >= 6, "{publishes} publishes in 8 s");
-    assert_eq!(
-        pings_while_publishing, 0,
-        "a PINGREQ while a publish went out every keepalive"
+    // The fake broker answers nothing but CONNECT and PINGREQ: a QoS 0 publisher hears
+    // nothing else, so it pings about once per keepalive to learn the link is alive
+    // (a blackhole that swallows its publishes must end the connection).
+    assert!(
+        pings_while_publishing >= 5,
+        "{pings_while_publishing} PINGREQs in 8 s of publishing to a silent broker"
     );
     assert!(
         !pings_while_silent.is_empty()

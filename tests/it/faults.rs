@@ -1427,16 +1427,9 @@ async fn a_remote_site_link_loses_nothing_runs_each_command_once_and_is_offline_
             continue;
         }
         offline_spells += 1;
-        // The proxy's blackhole swallows bytes mid-stream, which a real network does not
-        // (TCP retransmits). Since the agent pings only after a keepalive of silence
-        // (vendor/rumqttc) it no longer notices a blackhole while its heartbeats flow, so
-        // a connection that outlived the blackhole is closed as soon as traffic resumes and
-        // the broker reads the torn stream: its will lands just after the outage, caused
-        // by it. Allow one keepalive (5 s) for that; an offline spell later than that is
-        // still a false one.
         let outage = outages
             .iter()
-            .find(|o| *at >= o.start_ms && *at <= o.end_ms.unwrap() + 5_000)
+            .find(|o| *at >= o.start_ms && *at <= o.end_ms.unwrap())
             .unwrap_or_else(|| {
                 panic!("offline ({cause}) at {at} outside every outage {outages:?}; history {history:?}")
             });

@@ -274,7 +274,12 @@ impl EventLoop {
                 let now = Instant::now();
                 let timeout = self.keepalive_timeout.as_mut().unwrap();
                 if !self.state.await_pingresp {
-                    let due = self.state.last_outgoing() + keep_alive;
+                    // Also due after a keepalive with nothing received: a client that only
+                    // publishes QoS 0 must still notice a link that swallows everything
+                    // (the fault proxy's blackhole; tests/it/faults.rs, remote site). So a
+                    // ping is saved only while the broker sends something every keepalive.
+                    let due = (self.state.last_outgoing() + keep_alive)
+                        .min(self.state.last_incoming() + keep_alive);
                     if due > now {
                         self.ping_settling = false;
                         timeout.as_mut().reset(due);

@@ -191,9 +191,15 @@ impl MqttState {
         self.last_outgoing
     }
 
+    /// EdgeFleet patch: when the client last read a packet from the network.
+    pub(crate) fn last_incoming(&self) -> Instant {
+        self.last_incoming
+    }
+
     /// EdgeFleet patch: the CONNECT went out (it does not pass through this state).
     pub(crate) fn connected(&mut self) {
         self.last_outgoing = Instant::now();
+        self.last_incoming = Instant::now();
         self.await_pingresp = false;
     }
 
