@@ -857,6 +857,36 @@ impl Drop for SmallFs {
     }
 }
 
+/// A console whose data dir is a 16 MiB tmpfs (the harness keeps data in `<dir>/data` and
+/// logs in `<dir>`: only the data is small), with `agents` simulated agents at 1 s.
+async fn small_disk_fleet(
+    min_free_mb: u64,
+    agents: usize,
+) -> (tempfile::TempDir, SmallFs, Console, AgentProc) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("console");
+    let fs = SmallFs::mount(&dir.join("data"), "16m");
+    let console = Console::start(
+        &dir,
+        ConsoleOpts {
+            heartbeat_interval: "1s",
+            extra_toml: format!("[store]\nmin_free_mb = {min_free_mb}\n"),
+            ..ConsoleOpts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sim = AgentProc::simulate(
+        &tmp.path().join("sim"),
+        &console.mqtt_url(),
+        &console.token,
+        agents,
+        "1s",
+    )
+    .unwrap();
+    (tmp, fs, console, sim)
+}
+
 /// Scenario 4, the disk filled faster than the free-space guard samples it (here: the guard
 /// off, `store.min_free_mb = 0`): the console's data dir is a 16 MiB tmpfs filled to the
 /// last byte, so sled itself hits ENOSPC. Writes fail with a logged error and `/healthz`
@@ -870,28 +900,7 @@ async fn a_full_disk_degrades_healthz_keeps_reads_working_and_corrupts_nothing()
         return;
     }
     const AGENTS: usize = 20;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("console");
-    // The harness keeps data in `<dir>/data` and logs in `<dir>`: only the data is small.
-    let fs = SmallFs::mount(&dir.join("data"), "16m");
-    let mut console = Console::start(
-        &dir,
-        ConsoleOpts {
-            heartbeat_interval: "1s",
-            extra_toml: "[store]\nmin_free_mb = 0\n".into(),
-            ..ConsoleOpts::default()
-        },
-    )
-    .await
-    .unwrap();
-    let _sim = AgentProc::simulate(
-        &tmp.path().join("sim"),
-        &console.mqtt_url(),
-        &console.token,
-        AGENTS,
-        "1s",
-    )
-    .unwrap();
+    let (tmp, fs, mut console, _sim) = small_disk_fleet(0, AGENTS).await;
     wait_online(&console, AGENTS, Duration::from_secs(60)).await;
     let ids = agent_ids(&console).await;
     let before = console.get(&format!("/api/agents/{}", ids[0])).await;
@@ -985,27 +994,8 @@ async fn a_low_disk_refuses_writes_then_recovers_without_a_restart_and_loses_no_
     }
     const AGENTS: usize = 20;
     const MIB: u64 = 1 << 20;
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, fs, console, _sim) = small_disk_fleet(4, AGENTS).await;
     let dir = tmp.path().join("console");
-    let fs = SmallFs::mount(&dir.join("data"), "16m");
-    let console = Console::start(
-        &dir,
-        ConsoleOpts {
-            heartbeat_interval: "1s",
-            extra_toml: "[store]\nmin_free_mb = 4\n".into(),
-            ..ConsoleOpts::default()
-        },
-    )
-    .await
-    .unwrap();
-    let _sim = AgentProc::simulate(
-        &tmp.path().join("sim"),
-        &console.mqtt_url(),
-        &console.token,
-        AGENTS,
-        "1s",
-    )
-    .unwrap();
     let config = edgefleet_config::AgentConfig {
         console_urls: vec![console.mqtt_url()],
         data_dir: tmp.path().join("agent"),
