@@ -900,7 +900,7 @@ async fn a_full_disk_degrades_healthz_keeps_reads_working_and_corrupts_nothing()
         return;
     }
     const AGENTS: usize = 20;
-    let (tmp, fs, mut console, _sim) = small_disk_fleet(0, AGENTS).await;
+    let (_tmp, fs, mut console, _sim) = small_disk_fleet(0, AGENTS).await;
     wait_online(&console, AGENTS, Duration::from_secs(60)).await;
     let ids = agent_ids(&console).await;
     let before = console.get(&format!("/api/agents/{}", ids[0])).await;
