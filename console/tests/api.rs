@@ -1325,6 +1325,89 @@ async fn unicode_and_sql_like_searches_are_literal_substrings() {
 }
 
 #[tokio::test]
+async fn host_names_sort_case_insensitively_with_nulls_last_on_every_page() {
+    // Mixed case, non-ASCII and a host with no name yet, over several pages, so the list's
+    // partial selection of a page and its per-request sort keys are both exercised.
+    let env = env();
+    let mut names: Vec<Option<String>> = Vec::new();
+    for i in 0..57 {
+        let agent = enroll(&env);
+        let name = match i % 4 {
+            0 => Some(format!("Host-{:02}", i % 19)),
+            1 => Some(format!("host-{:02}", i % 19)),
+            2 => Some(format!("Ärger-{i}")),
+            // Enrolled and never born: no host name (sorted last in both orders).
+            _ => None,
+        };
+        if let Some(n) = &name {
+            env.fleet
+                .ingest(vec![sealed(&agent, birth(1, 1, n), Channel::Birth)]);
+        }
+        names.push(name);
+    }
+    let (_, all) = get(&env, "/api/agents?per_page=200").await;
+    let mut expected: Vec<(Option<String>, String)> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let name = a["hostname"].as_str().map(str::to_lowercase);
+            (name, a["id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(expected.len(), 57);
+    for order in ["asc", "desc"] {
+        expected.sort_by(|a, b| {
+            let by_name = match (&a.0, &b.0) {
+                (Some(x), Some(y)) if order == "asc" => x.cmp(y),
+                (Some(x), Some(y)) => y.cmp(x),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            by_name.then_with(|| a.1.cmp(&b.1))
+        });
+        let mut got = Vec::new();
+        for page in 1..=3 {
+            let (status, doc) = get(
+                &env,
+                &format!("/api/agents?sort=hostname&order={order}&per_page=25&page={page}"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{doc}");
+            assert_eq!(doc["total"], 57);
+            got.extend(
+                doc["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["id"].as_str().unwrap().to_string()),
+            );
+        }
+        let want: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+        assert_eq!(got, want, "order={order}");
+    }
+    // A page past the end is empty, with the total still right.
+    let (_, doc) = get(&env, "/api/agents?per_page=25&page=4").await;
+    assert_eq!(
+        (
+            doc["total"].as_u64(),
+            doc["items"].as_array().unwrap().len()
+        ),
+        (Some(57), 0)
+    );
+    // Upper-case search terms find lower-case names and the other way round.
+    let (_, doc) = get(&env, "/api/agents?q=HOST-0&per_page=200").await;
+    let want = names
+        .iter()
+        .flatten()
+        .filter(|n| n.to_lowercase().contains("host-0"))
+        .count();
+    assert_eq!(doc["total"].as_u64(), Some(want as u64));
+    assert!(want > 10, "the test's names must hit both cases");
+}
+
+#[tokio::test]
 async fn path_traversal_in_artifact_and_asset_names_is_a_404() {
     let env = env();
     let _ = env

@@ -6,6 +6,7 @@
 //!   (`broker/examples/idle_connections.rs`, 10,000 raw MQTT connections).
 //! - `tests/benches/scale.rs`: connections, console ingest, recovery, agent footprint and
 //!   bytes on the wire, with a real console, the simulator and a real agent.
+//! - API latency with 100,000 hosts in the store (`console/benches/api_latency.rs`).
 //! - Presence latency (`tests/benches/alert_latency.rs`), in the full run only.
 //!
 //! `--smoke` (500 agents, short windows, no presence runs, dev profile) checks that the
@@ -80,6 +81,20 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     run(&mut scale)?;
     generated.push_str(
         &std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?,
+    );
+
+    // API latency with a large store (benchmark 4); in process, the console's own bench.
+    let hosts = if smoke { "5000" } else { "100000" };
+    let requests = if smoke { "20" } else { "200" };
+    let api = root.join("target/bench-api.md");
+    run(cargo()
+        .args(["bench", "--profile", profile])
+        .args(["-p", "edgefleet-console", "--bench", "api_latency", "--"])
+        .args([hosts, requests, "--out"])
+        .arg(&api))?;
+    generated.push('\n');
+    generated.push_str(
+        &std::fs::read_to_string(&api).with_context(|| format!("reading {}", api.display()))?,
     );
 
     if smoke {

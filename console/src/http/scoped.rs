@@ -83,11 +83,15 @@ impl HostFilter {
             && self.label.as_ref().is_none_or(|s| s.matches(&labels))
     }
 
-    pub fn apply(&self, hosts: Vec<HostRecord>) -> Vec<HostRecord> {
+    /// The hosts that match, owned or borrowed ([`Fleet::with_hosts`]).
+    pub fn apply<H: std::borrow::Borrow<HostRecord>>(&self, hosts: Vec<H>) -> Vec<H> {
         if self.is_empty() {
             return hosts;
         }
-        hosts.into_iter().filter(|h| self.matches(h)).collect()
+        hosts
+            .into_iter()
+            .filter(|h| self.matches(h.borrow()))
+            .collect()
     }
 }
 
@@ -340,8 +344,10 @@ async fn group_agents(
     }
     let q = ListQuery::parse(&params)?;
     let filter = HostFilter::parse(&fleet, Some(&id), params.get("label"))?;
-    let hosts = filter.apply(fleet.snapshot());
-    Ok(Json(list_agents(&fleet, &hosts, &q, now_ms())))
+    let now = now_ms();
+    Ok(Json(fleet.with_hosts(|hosts| {
+        list_agents(&fleet, &filter.apply(hosts), &q, now)
+    })))
 }
 
 #[derive(serde::Serialize)]
