@@ -15,6 +15,9 @@
 //! - Small router segments, so memory stays bounded with thousands of clients.
 //! - `next_connection_delay_ms = 0`, because accepts are already slow.
 
+mod limit;
+pub use limit::ConnectLimit;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -73,6 +76,9 @@ pub struct BrokerConfig {
     pub segment_count: usize,
     /// Capacity of the channel between the router and the console.
     pub console_queue: usize,
+    /// New connections per peer address, checked right after `accept` (patched rumqttd,
+    /// `vendor/rumqttd`); `None` accepts all.
+    pub connect_limit_per_ip: Option<ConnectLimit>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +99,10 @@ impl Default for BrokerConfig {
             segment_size: 256 * 1024,
             segment_count: 4,
             console_queue: 65_536,
+            connect_limit_per_ip: Some(ConnectLimit {
+                burst: 1_000,
+                per_second: 100,
+            }),
         }
     }
 }
@@ -142,6 +152,9 @@ pub struct BrokerStats {
     pub refused_client_id: AtomicU64,
     /// CONNECTs refused by the console's policy.
     pub refused_policy: AtomicU64,
+    /// Connections closed at accept because their address was over
+    /// [`BrokerConfig::connect_limit_per_ip`].
+    pub refused_per_ip: AtomicU64,
 }
 
 /// A running embedded broker. It cannot be stopped (rumqttd has no shutdown); it lives as
@@ -193,10 +206,28 @@ impl EmbeddedBroker {
         };
 
         let connections = connection_settings(config, policy, stats.clone());
+        // One limiter for both listeners: the limit is per address, not per port.
+        let accept_filter = config.connect_limit_per_ip.map(|limit| {
+            let limiter = limit::PerIpLimiter::new(limit);
+            let stats = stats.clone();
+            rumqttd::AcceptFilter(Arc::new(move |peer: SocketAddr| {
+                let admitted = limiter.admit(peer.ip(), Instant::now());
+                if !admitted {
+                    stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                }
+                admitted
+            }))
+        });
         let mut v4 = HashMap::new();
         v4.insert(
             "mqtt".to_string(),
-            server_settings("mqtt", mqtt_addr, None, connections.clone()),
+            server_settings(
+                "mqtt",
+                mqtt_addr,
+                None,
+                connections.clone(),
+                accept_filter.clone(),
+            ),
         );
         if let (Some(tls), Some(addr)) = (&config.tls, tls_addr) {
             let tls_config = TlsConfig::Rustls {
@@ -206,7 +237,7 @@ impl EmbeddedBroker {
             };
             v4.insert(
                 "mqtts".to_string(),
-                server_settings("mqtts", addr, Some(tls_config), connections),
+                server_settings("mqtts", addr, Some(tls_config), connections, accept_filter),
             );
         }
         let rumqttd_config = Config {
@@ -375,6 +406,7 @@ fn server_settings(
     listen: SocketAddr,
     tls: Option<TlsConfig>,
     connections: ConnectionSettings,
+    accept_filter: Option<rumqttd::AcceptFilter>,
 ) -> ServerSettings {
     ServerSettings {
         name: name.to_string(),
@@ -382,6 +414,7 @@ fn server_settings(
         tls,
         next_connection_delay_ms: 0,
         connections,
+        accept_filter,
     }
 }
 

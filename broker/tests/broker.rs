@@ -335,7 +335,16 @@ async fn a_flood_of_bad_connects_from_one_address_does_not_lock_out_a_legitimate
     for n in 0..5 {
         let t = std::time::Instant::now();
         let id = format!("aaaaaaaaaaaaaaaa-{n}");
-        let (mut s, code) = raw::try_connect(addr, id.as_bytes(), "ok").await;
+        // From another address: the flood's own address runs into the per-address limit
+        // (the default, 1,000 at once then 100/s) and is closed at accept.
+        let (mut s, code) = edgefleet_tests::rawmqtt::try_connect_from(
+            "127.0.0.2".parse().unwrap(),
+            addr,
+            id.as_bytes(),
+            &id,
+            "ok",
+        )
+        .await;
         assert_eq!(code, Some(0), "legitimate connect {n} during the flood");
         use tokio::io::AsyncWriteExt;
         s.write_all(&raw::publish("ef/a/aaaaaaaaaaaaaaaa/hb", &[n as u8]))
@@ -353,11 +362,21 @@ async fn a_flood_of_bad_connects_from_one_address_does_not_lock_out_a_legitimate
         .expect("the flood finishes")
         .unwrap();
     let policy_refusals = broker.stats().refused_policy.load(Ordering::Relaxed);
+    let per_ip = broker.stats().refused_per_ip.load(Ordering::Relaxed);
     eprintln!(
-        "2000 bad CONNECTs refused in {:?}; legitimate connect+publish during the flood: {legit_ms:?} ms",
+        "2000 bad CONNECTs refused in {:?} ({policy_refusals} by the policy, the rest closed \
+         at accept by the per-address limit); legitimate connect+publish during the flood: \
+         {legit_ms:?} ms",
         started.elapsed()
     );
-    assert_eq!(policy_refusals, 2000);
+    assert!(policy_refusals <= 2000, "{policy_refusals}");
+    // The burst (less the token of the start-up readiness probe) reaches the policy.
+    assert!(policy_refusals >= 999, "{policy_refusals}");
+    assert_eq!(
+        policy_refusals + per_ip,
+        2000,
+        "every bad CONNECT refused once"
+    );
 }
 
 /// Session churn: one client id connecting again and again (valid credentials). No limit
@@ -475,4 +494,141 @@ async fn a_full_console_queue_sheds_heartbeats_first_and_keeps_births_and_events
         .collect();
     assert_eq!(got, expected, "one queue, in publish order");
     driver.abort();
+}
+
+/// One address opening connections faster than `connect_limit_per_ip` allows: past its
+/// burst the broker closes the sockets at accept (before TLS, CONNECT or the policy), the
+/// refusals are counted, and a client from another address connects as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_over_the_per_address_limit_are_closed_at_accept_and_others_still_get_in() {
+    let mut cfg = config();
+    cfg.connect_limit_per_ip = Some(edgefleet_broker::ConnectLimit {
+        burst: 20,
+        per_second: 5,
+    });
+    let (policy, asked) = counting_policy("ok");
+    let (broker, _link, _inbound) =
+        EmbeddedBroker::start(&cfg, policy, &["ef/a/+/+".to_string()]).expect("broker starts");
+    let addr = broker.mqtt_addr();
+    let started = std::time::Instant::now();
+    let mut admitted = Vec::new();
+    for n in 0..100 {
+        let id = format!("bbbbbbbbbbbbbbbb-{n}");
+        let (s, code) = raw::try_connect(addr, id.as_bytes(), "ok").await;
+        if code == Some(0) {
+            admitted.push(s);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let refused = broker
+        .stats()
+        .refused_per_ip
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "100 connects in {secs:.2} s: {} admitted, {refused} closed at accept",
+        admitted.len()
+    );
+    // `EmbeddedBroker::start` spent one token of 127.0.0.1 on its readiness probe.
+    assert!(
+        admitted.len() >= 19,
+        "the burst is admitted: {}",
+        admitted.len()
+    );
+    assert!(
+        admitted.len() as f64 <= 20.0 + 5.0 * secs + 1.0,
+        "{} admitted in {secs:.2} s",
+        admitted.len()
+    );
+    assert_eq!(refused as usize, 100 - admitted.len());
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::Relaxed),
+        admitted.len(),
+        "closed sockets never reach the connect policy"
+    );
+    // Another address has its own allowance.
+    let (_s, code) = edgefleet_tests::rawmqtt::try_connect_from(
+        "127.0.0.3".parse().unwrap(),
+        addr,
+        b"cccccccccccccccc-1",
+        "cccccccccccccccc-1",
+        "ok",
+    )
+    .await;
+    assert_eq!(code, Some(0));
+}
+
+/// rumqttd 0.20 ran the TLS handshake on its accept loop with no deadline, so a client that
+/// opened a socket to the TLS port and sent nothing stopped everyone else from connecting
+/// (`vendor/rumqttd`, EdgeFleet patch). Now the handshake runs in the connection's task,
+/// within the CONNECT deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_starts_its_tls_handshake_holds_up_nobody() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mut cfg = config();
+    cfg.tls = Some(edgefleet_broker::TlsListener {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cert,
+        key,
+    });
+    let (broker, _link, _inbound) =
+        EmbeddedBroker::start(&cfg, allow_password("ok"), &["ef/a/+/+".to_string()])
+            .expect("broker starts");
+    let tls_addr = broker.tls_addr().expect("a TLS listener");
+
+    // Three sockets that never send a byte.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(tls_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let mut tls = timeout(
+        Duration::from_secs(3),
+        connector.connect("localhost".try_into().unwrap(), tcp),
+    )
+    .await
+    .expect("the handshake is not held up by the silent sockets")
+    .expect("the handshake succeeds");
+    tls.write_all(&edgefleet_tests::rawmqtt::connect(
+        b"dddddddddddddddd-1",
+        "dddddddddddddddd-1",
+        "ok",
+    ))
+    .await
+    .unwrap();
+    let mut connack = [0u8; 4];
+    timeout(Duration::from_secs(3), tls.read_exact(&mut connack))
+        .await
+        .expect("a CONNACK within 3 s")
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
+    eprintln!(
+        "TLS connect beside 3 silent sockets: {:?}",
+        started.elapsed()
+    );
+
+    // The silent sockets are closed once the deadline (5 s, the CONNECT timeout) passes.
+    for mut s in silent {
+        assert!(
+            raw::closed_within(&mut s, Duration::from_secs(10)).await,
+            "a silent socket is closed after the handshake deadline"
+        );
+    }
 }

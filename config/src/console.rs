@@ -74,6 +74,11 @@ pub struct MqttConfig {
     pub ca_file: Option<PathBuf>,
     pub max_payload: usize,
     pub max_connections: usize,
+    /// New connections one peer address (IPv4, or IPv6 /64) may open at once; 0 turns the
+    /// per-address limit of the embedded broker off.
+    pub connect_burst_per_ip: u32,
+    /// New connections per second one peer address may open after its burst.
+    pub connects_per_ip_per_s: u32,
     pub topic_prefix: String,
 }
 
@@ -164,6 +169,10 @@ impl Default for MqttConfig {
             ca_file: None,
             max_payload: 64 * 1024,
             max_connections: 10_000,
+            // A site's whole fleet behind one NAT address reconnecting at once (with the
+            // agents' jittered backoff) stays far under these; one host flooding does not.
+            connect_burst_per_ip: 1_000,
+            connects_per_ip_per_s: 100,
             topic_prefix: "ef".to_string(),
         }
     }
@@ -222,6 +231,8 @@ pub const KEYS: &[KeyDoc] = &[
     key!("mqtt.ca_file", "EDGEFLEET_CONSOLE_MQTT_CA_FILE", Text, "(system roots)", "CA for the external broker's TLS certificate."),
     key!("mqtt.max_payload", "EDGEFLEET_CONSOLE_MQTT_MAX_PAYLOAD", Int, "65536", "Largest MQTT payload accepted, bytes (1 KiB to 1 MiB)."),
     key!("mqtt.max_connections", "EDGEFLEET_CONSOLE_MQTT_MAX_CONNECTIONS", Int, "10000", "Connection limit of the embedded broker (1 to 100000)."),
+    key!("mqtt.connect_burst_per_ip", "EDGEFLEET_CONSOLE_MQTT_CONNECT_BURST_PER_IP", Int, "1000", "New connections one address (IPv4, IPv6 /64) may open at once before `mqtt.connects_per_ip_per_s` applies; over it the embedded broker closes the socket at once. 0 turns the limit off."),
+    key!("mqtt.connects_per_ip_per_s", "EDGEFLEET_CONSOLE_MQTT_CONNECTS_PER_IP_PER_S", Int, "100", "New connections per second one address may open after its burst (1 to 100000)."),
     key!("mqtt.topic_prefix", "EDGEFLEET_CONSOLE_MQTT_TOPIC_PREFIX", Text, "ef", "MQTT topic prefix; must match the agents'."),
     key!("presence.heartbeat_interval", "EDGEFLEET_CONSOLE_PRESENCE_HEARTBEAT_INTERVAL", Text, "30s", "Expected agent heartbeat interval when a birth does not say."),
     key!("presence.missed_intervals", "EDGEFLEET_CONSOLE_PRESENCE_MISSED_INTERVALS", Int, "2", "Missed heartbeat intervals (plus `presence.grace`) before an agent is offline by timeout."),
@@ -326,6 +337,24 @@ impl ConsoleConfig {
                 format!(
                     "must be between 1 and 100000 (got {})",
                     self.mqtt.max_connections
+                ),
+            ));
+        }
+        if self.mqtt.connect_burst_per_ip > 1_000_000 {
+            return Err(prov.invalid(
+                "mqtt.connect_burst_per_ip",
+                format!(
+                    "must be between 0 (off) and 1000000 (got {})",
+                    self.mqtt.connect_burst_per_ip
+                ),
+            ));
+        }
+        if !(1..=100_000).contains(&self.mqtt.connects_per_ip_per_s) {
+            return Err(prov.invalid(
+                "mqtt.connects_per_ip_per_s",
+                format!(
+                    "must be between 1 and 100000 (got {})",
+                    self.mqtt.connects_per_ip_per_s
                 ),
             ));
         }
@@ -612,6 +641,16 @@ mod tests {
                 "[mqtt]\nmax_connections = 0",
                 "mqtt.max_connections",
                 "between 1 and 100000",
+            ),
+            (
+                "[mqtt]\nconnects_per_ip_per_s = 0",
+                "mqtt.connects_per_ip_per_s",
+                "between 1 and 100000 (got 0)",
+            ),
+            (
+                "[mqtt]\nconnect_burst_per_ip = 2000000",
+                "mqtt.connect_burst_per_ip",
+                "between 0 (off) and 1000000",
             ),
             ("[mqtt]\ntopic_prefix = \"$SYS\"", "mqtt.topic_prefix", ""),
             (

@@ -1513,16 +1513,20 @@ async fn healthz(State(fleet): State<Arc<Fleet>>) -> Response {
 }
 
 async fn metrics(State(fleet): State<Arc<Fleet>>) -> Response {
-    let hosts = fleet.snapshot();
-    let gauges = crate::metrics::Gauges {
-        agents_online: hosts
+    let (agents_online, agents_total) = fleet.with_hosts(|hosts| {
+        let online = hosts
             .iter()
             .filter(|h| h.status == AgentStatus::Online)
-            .count(),
-        agents_total: hosts.len(),
+            .count();
+        (online, hosts.len())
+    });
+    let gauges = crate::metrics::Gauges {
+        agents_online,
+        agents_total,
         sled_bytes: fleet.store.size_on_disk(),
         broker_queue_dropped: crate::broker_dropped().0,
         broker_queue_dropped_other: crate::broker_dropped().1,
+        broker_connects_refused_per_ip: crate::broker_refused_per_ip(),
         broker_connected: fleet
             .broker_connected
             .load(std::sync::atomic::Ordering::Relaxed),

@@ -80,6 +80,14 @@ pub fn broker_dropped() -> (u64, u64) {
     })
 }
 
+/// Connections the embedded broker closed at accept because their address was over
+/// `mqtt.connect_burst_per_ip` (0 behind an external broker).
+pub fn broker_refused_per_ip() -> u64 {
+    BROKER
+        .get()
+        .map_or(0, |b| b.stats().refused_per_ip.load(Ordering::Relaxed))
+}
+
 /// Addresses the console actually bound.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -399,6 +407,12 @@ async fn start_embedded(
         },
         max_connections: config.mqtt.max_connections,
         max_payload: config.mqtt.max_payload,
+        connect_limit_per_ip: (config.mqtt.connect_burst_per_ip > 0).then_some(
+            edgefleet_broker::ConnectLimit {
+                burst: config.mqtt.connect_burst_per_ip,
+                per_second: config.mqtt.connects_per_ip_per_s,
+            },
+        ),
         ..BrokerConfig::default()
     };
     let policy_fleet = fleet.clone();

@@ -48,6 +48,9 @@ pub struct Gauges {
     pub broker_queue_dropped: u64,
     /// Of those, births, statuses, events and results (heartbeats are shed first).
     pub broker_queue_dropped_other: u64,
+    /// Connections the embedded broker closed because their address was over
+    /// `mqtt.connect_burst_per_ip` / `mqtt.connects_per_ip_per_s`.
+    pub broker_connects_refused_per_ip: u64,
     /// Whether the console is connected to its broker (always, for the embedded one).
     pub broker_connected: bool,
     /// Free bytes on the data dir's filesystem at the guard's last sample (`None` with the
@@ -153,6 +156,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP edgefleet_sled_bytes Size of the sled database on disk.\n# TYPE edgefleet_sled_bytes gauge\nedgefleet_sled_bytes {}", g.sled_bytes);
         let _ = writeln!(out, "# HELP edgefleet_broker_console_queue_dropped_total Messages the broker link dropped because ingest fell behind.\n# TYPE edgefleet_broker_console_queue_dropped_total counter\nedgefleet_broker_console_queue_dropped_total {}", g.broker_queue_dropped);
         let _ = writeln!(out, "# HELP edgefleet_broker_console_queue_dropped_other_total Of those, messages other than heartbeats (births, statuses, events, results), dropped only once the queue was full.\n# TYPE edgefleet_broker_console_queue_dropped_other_total counter\nedgefleet_broker_console_queue_dropped_other_total {}", g.broker_queue_dropped_other);
+        let _ = writeln!(out, "# HELP edgefleet_broker_connects_refused_per_ip_total Connections the embedded broker closed at once because their address was over its connect limit (mqtt.connect_burst_per_ip).\n# TYPE edgefleet_broker_connects_refused_per_ip_total counter\nedgefleet_broker_connects_refused_per_ip_total {}", g.broker_connects_refused_per_ip);
         let _ = writeln!(out, "# HELP edgefleet_broker_connected 1 while the console is connected to its MQTT broker (an external broker can be unreachable).\n# TYPE edgefleet_broker_connected gauge\nedgefleet_broker_connected {}", u8::from(g.broker_connected));
         let _ = writeln!(out, "# HELP edgefleet_store_errors_total Failed sled writes.\n# TYPE edgefleet_store_errors_total counter\nedgefleet_store_errors_total {}", self.store_errors.load(Ordering::Relaxed));
         if let Some(free) = g.store_free_bytes {

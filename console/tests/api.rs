@@ -201,6 +201,7 @@ fn metrics_text(env: &Env) -> String {
             sled_bytes: 0,
             broker_queue_dropped: 0,
             broker_queue_dropped_other: 0,
+            broker_connects_refused_per_ip: 0,
             broker_connected: true,
             store_free_bytes: None,
             store_reserve_bytes: 0,

@@ -82,10 +82,41 @@ pub async fn try_connect(
     username: &str,
     password: &str,
 ) -> (TcpStream, Option<u8>) {
-    let mut s = TcpStream::connect(addr).await.expect("broker listening");
-    s.write_all(&connect(client_id, username, password))
+    let s = TcpStream::connect(addr).await.expect("broker listening");
+    connect_on(s, client_id, username, password).await
+}
+
+/// [`try_connect`] from a chosen loopback source address (any of 127.0.0.0/8), as
+/// another host would connect.
+pub async fn try_connect_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    client_id: &[u8],
+    username: &str,
+    password: &str,
+) -> (TcpStream, Option<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    let s = socket.connect(addr).await.expect("broker listening");
+    connect_on(s, client_id, username, password).await
+}
+
+/// Sends CONNECT on `s` and reads the answer: `None` when the broker closes the socket
+/// instead (also when it closed it before the CONNECT could be written).
+async fn connect_on(
+    mut s: TcpStream,
+    client_id: &[u8],
+    username: &str,
+    password: &str,
+) -> (TcpStream, Option<u8>) {
+    if s.write_all(&connect(client_id, username, password))
         .await
-        .expect("send CONNECT");
+        .is_err()
+    {
+        return (s, None);
+    }
     let ack = tokio::time::timeout(Duration::from_secs(10), read(&mut s))
         .await
         .expect("an answer or a close within 10 s");

@@ -117,6 +117,21 @@ pub struct ServerSettings {
     pub tls: Option<TlsConfig>,
     pub next_connection_delay_ms: u64,
     pub connections: ConnectionSettings,
+    /// EdgeFleet patch: asked right after `accept` whether a connection from this peer may
+    /// go on; `false` closes the socket before any TLS or MQTT work. `None` (the default)
+    /// admits everyone, as upstream. It runs on the accept loop, so it must be quick.
+    #[serde(skip)]
+    pub accept_filter: Option<AcceptFilter>,
+}
+
+/// EdgeFleet patch: see [`ServerSettings::accept_filter`].
+#[derive(Clone)]
+pub struct AcceptFilter(pub Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>);
+
+impl fmt::Debug for AcceptFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AcceptFilter")
+    }
 }
 
 impl ServerSettings {

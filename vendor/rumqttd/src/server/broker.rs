@@ -366,9 +366,13 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 
     // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
+    // EdgeFleet patch: a free function, so that it runs in the connection's own task.
+    async fn tls_accept(
+        tls: Option<&crate::TlsConfig>,
+        stream: TcpStream,
+    ) -> Result<(Box<dyn N>, Option<String>), Error> {
         #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
+        match tls {
             Some(c) => {
                 let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
                 Ok((network, tenant_id))
@@ -376,7 +380,10 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             None => Ok((Box::new(stream), None)),
         }
         #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
+        {
+            let _ = tls;
+            Ok((Box::new(stream), None))
+        }
     }
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
@@ -390,6 +397,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             listen_addr = self.config.listen.to_string(),
             "Listening for remote connections",
         );
+        // EdgeFleet patch: the TLS handshake has the same deadline as the CONNECT packet.
+        let handshake = Duration::from_millis(config.connection_timeout_ms.into());
         loop {
             // Await new network connection.
             let (stream, addr) = match listener.accept().await {
@@ -400,66 +409,89 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
+            // EdgeFleet patch: `ServerSettings::accept_filter` (a per-address limit) decides
+            // before any work is spent on the connection.
+            if let Some(filter) = &self.config.accept_filter {
+                if !(filter.0)(addr) {
+                    tracing::debug!(?addr, "refused by the accept filter; closed");
+                    drop(stream);
                     continue;
                 }
-            };
+            }
 
-            info!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
-
+            // EdgeFleet patch: the TLS handshake used to run here, on the accept loop and
+            // without a deadline, so one client that opened a socket and sent nothing
+            // stopped every other client from connecting. It now runs in the connection's
+            // task, within `connection_timeout_ms`.
             let config = config.clone();
             let router_tx = self.router_tx.clone();
             count += 1;
-
             let protocol = self.protocol.clone();
-            match link_type {
-                #[cfg(feature = "websocket")]
-                LinkType::Websocket => {
-                    let stream = match accept_hdr_async(network, WSCallback).await {
-                        Ok(s) => Box::new(WsStream::new(s)),
-                        Err(e) => {
-                            error!(error=?e, "Websocket failed handshake");
-                            continue;
+            let tls = self.config.tls.clone();
+            let name = self.config.name.clone();
+            let will_handler = self.awaiting_will_handler.clone();
+            task::spawn(async move {
+                let (network, tenant_id) =
+                    match time::timeout(handshake, Self::tls_accept(tls.as_ref(), stream)).await {
+                        Ok(Ok(o)) => o,
+                        Ok(Err(e)) => {
+                            error!(error=?e, "Tls accept error");
+                            return;
+                        }
+                        Err(_) => {
+                            warn!(?addr, ?handshake, "Tls handshake timed out");
+                            return;
                         }
                     };
-                    task::spawn(
+
+                info!(
+                    name=?name, ?addr, count, tenant=?tenant_id, "accept"
+                );
+
+                match link_type {
+                    #[cfg(feature = "websocket")]
+                    LinkType::Websocket => {
+                        let stream = match accept_hdr_async(network, WSCallback).await {
+                            Ok(s) => Box::new(WsStream::new(s)),
+                            Err(e) => {
+                                error!(error=?e, "Websocket failed handshake");
+                                return;
+                            }
+                        };
                         remote(
                             config,
                             tenant_id.clone(),
                             router_tx,
                             stream,
                             protocol,
-                            self.awaiting_will_handler.clone(),
+                            will_handler,
                         )
                         .instrument(tracing::info_span!(
                             "websocket_link",
                             client_id = field::Empty,
                             connection_id = field::Empty
-                        )),
-                    )
+                        ))
+                        .await
+                    }
+                    LinkType::Remote => {
+                        remote(
+                            config,
+                            tenant_id.clone(),
+                            router_tx,
+                            network,
+                            protocol,
+                            will_handler,
+                        )
+                        .instrument(tracing::error_span!(
+                            "remote_link",
+                            ?tenant_id,
+                            client_id = field::Empty,
+                            connection_id = field::Empty,
+                        ))
+                        .await
+                    }
                 }
-                LinkType::Remote => task::spawn(
-                    remote(
-                        config,
-                        tenant_id.clone(),
-                        router_tx,
-                        network,
-                        protocol,
-                        self.awaiting_will_handler.clone(),
-                    )
-                    .instrument(tracing::error_span!(
-                        "remote_link",
-                        ?tenant_id,
-                        client_id = field::Empty,
-                        connection_id = field::Empty,
-                    )),
-                ),
-            };
+            });
 
             time::sleep(delay).await;
         }
