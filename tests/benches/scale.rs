@@ -16,6 +16,8 @@
 //!   console's publish→stored histogram (`/metrics`), loss, console CPU and RSS;
 //! - recovery: kill -9 and restart the console under the N agents; time until all are
 //!   online again and the offline transitions the restart caused (must be 0);
+//! - then the same ingest steps with a fresh console and fleet behind an external Mosquitto
+//!   (started by the harness), with Mosquitto's CPU beside the console's;
 //! - agent footprint and wire bytes: one real `edgefleet-agent run` at its default 30 s
 //!   interval, as shipped (`target/release-agent/edgefleet-agent`), RSS, peak RSS (the
 //!   inventory scan at start), CPU, threads, and the TCP bytes of its MQTT socket (kernel
@@ -36,7 +38,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use harness::{wait_for, AgentProc, Console, ConsoleOpts};
+use harness::{wait_for, AgentProc, Console, ConsoleOpts, Mosquitto};
 
 /// IPv4 (20) + TCP (20) + the timestamp option Linux sends on every segment (12).
 const HEADER_BYTES_PER_SEGMENT: u64 = 52;
@@ -369,7 +371,16 @@ async fn connections_ingest_recovery(
     dir: &std::path::Path,
     out: &mut String,
 ) -> Result<()> {
-    let console = Console::start(&dir.join("console"), ConsoleOpts::default()).await?;
+    // Every simulated agent connects from 127.0.0.1, which a real fleet never does: the
+    // per-address connect limit would measure itself, not the console.
+    let console = Console::start(
+        &dir.join("console"),
+        ConsoleOpts {
+            extra_toml: "[mqtt]\nconnect_burst_per_ip = 0\n".into(),
+            ..ConsoleOpts::default()
+        },
+    )
+    .await?;
     let mut fleet = Fleet {
         console,
         sim: None,
@@ -418,72 +429,7 @@ async fn connections_ingest_recovery(
         online_after.as_secs_f64()
     )?;
 
-    // Ingest at each interval.
-    writeln!(
-        out,
-        "### Console ingest ({n} simulated agents, embedded rumqttd)\n"
-    )?;
-    writeln!(
-        out,
-        "| interval | offered /s | stored /s | p50 | p99 | lost | console CPU (of 2 cores: 200 %) | console RSS | simulator CPU | p99 < 100 ms, 0 loss |\n|---|---|---|---|---|---|---|---|---|---|"
-    )?;
-    for interval in &opts.intervals {
-        eprintln!("ingest: {n} agents at {interval}");
-        let secs = humantime_secs(interval)?;
-        if let Err(e) = fleet.simulate(interval).await {
-            // Past saturation the births drown among the heartbeats the broker link
-            // drops, so the fleet never gets back online: that is the answer for this
-            // rate, not a failure of the run.
-            let m = metrics(&fleet.console).await?;
-            writeln!(
-                out,
-                "| {interval} | {:.0} | saturated: {} of {n} online, {:.0} messages dropped by the broker link ({e:#}) | | | | | | | **no** |",
-                n as f64 / secs,
-                get(&m, ONLINE),
-                get(&m, DROPPED)
-            )?;
-            break;
-        }
-        // Warm-up: the first heartbeats after the ramp bunch up.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let m0 = metrics(&fleet.console).await?;
-        let c0 = proc_sample(fleet.console_pid()?)?;
-        let s0 = proc_sample(fleet.sim_pid()?)?;
-        tokio::time::sleep(opts.window).await;
-        let m1 = metrics(&fleet.console).await?;
-        let c1 = proc_sample(fleet.console_pid()?)?;
-        let s1 = proc_sample(fleet.sim_pid()?)?;
-        let elapsed = c1.at.duration_since(c0.at).as_secs_f64();
-        let offered = n as f64 / secs;
-        let stored = (get(&m1, HEARTBEATS) - get(&m0, HEARTBEATS)) / elapsed;
-        let dropped = get(&m1, DROPPED) - get(&m0, DROPPED);
-        let rejected: f64 = m1
-            .iter()
-            .filter(|(k, _)| k.starts_with("edgefleet_ingest_rejected_total"))
-            .map(|(k, v)| v - get(&m0, k))
-            .sum();
-        let lost = dropped + rejected;
-        // Heartbeats are periodic per agent, so a window may hold one more or fewer per
-        // agent than the average; 2 % of the offered rate is that rounding, not loss.
-        let kept_up = stored >= offered * 0.98;
-        let ok = lost == 0.0 && kept_up && p99_under_100ms(&m0, &m1);
-        // The smoke run offers a rate far below capacity: losing anything there is a bug,
-        // not a speed, so it fails the run. Speeds are never asserted.
-        if opts.smoke && (lost > 0.0 || !kept_up) {
-            bail!("smoke: {lost} heartbeats lost, {stored:.0}/s stored of {offered:.0}/s offered");
-        }
-        writeln!(
-            out,
-            "| {interval} | {offered:.0} | {stored:.0} | {} | {} | {lost:.0} dropped or rejected | {:.0} % | {} MB | {:.0} % | {} |",
-            quantile(&m0, &m1, 0.5),
-            quantile(&m0, &m1, 0.99),
-            cpu_percent(&c0, &c1),
-            c1.rss_kib / 1024,
-            cpu_percent(&s0, &s1),
-            if ok { "yes" } else if !kept_up { "**no** (stored < offered)" } else { "**no**" }
-        )?;
-    }
-    writeln!(out)?;
+    ingest_table(&mut fleet, opts, "embedded rumqttd", out).await?;
 
     // Recovery: restart the console under the fleet at the agent default interval.
     eprintln!("recovery: {n} agents");
@@ -551,6 +497,120 @@ async fn connections_ingest_recovery(
         sim.signal("TERM");
         let _ = tokio::time::timeout(Duration::from_secs(10), sim.child.wait()).await;
     }
+    drop(fleet);
+
+    // The same steps behind an external Mosquitto (issue 9: both brokers in one run): a
+    // fresh console and fleet, so the first pass leaves nothing behind.
+    eprintln!("ingest behind Mosquitto: {n} agents");
+    let console = Console::start(
+        &dir.join("console-mosquitto"),
+        ConsoleOpts {
+            mosquitto: Some(String::new()),
+            ..ConsoleOpts::default()
+        },
+    )
+    .await?;
+    let mut fleet = Fleet {
+        console,
+        sim: None,
+        dir: dir.join("mosquitto-fleet"),
+        agents: n,
+        starts: 0,
+    };
+    std::fs::create_dir_all(&fleet.dir)?;
+    ingest_table(&mut fleet, opts, "external Mosquitto", out).await?;
+    if let Some(sim) = fleet.sim.as_mut() {
+        sim.signal("TERM");
+        let _ = tokio::time::timeout(Duration::from_secs(10), sim.child.wait()).await;
+    }
+    Ok(())
+}
+
+/// The ingest table: the fleet at each of `opts.intervals`, until one saturates.
+async fn ingest_table(
+    fleet: &mut Fleet,
+    opts: &Options,
+    broker: &str,
+    out: &mut String,
+) -> Result<()> {
+    let n = opts.agents;
+    // Behind Mosquitto the broker's own CPU is part of the price; the embedded broker's is
+    // in the console's figure.
+    let broker_pid = fleet.console.broker.as_ref().and_then(Mosquitto::pid);
+    let broker_column = if broker_pid.is_some() {
+        " Mosquitto CPU |"
+    } else {
+        ""
+    };
+    writeln!(out, "### Console ingest ({n} simulated agents, {broker})\n")?;
+    writeln!(
+        out,
+        "| interval | offered /s | stored /s | p50 | p99 | lost | console CPU (of 2 cores: 200 %) | console RSS | simulator CPU |{broker_column} p99 < 100 ms, 0 loss |\n|---|---|---|---|---|---|---|---|---|---|{}",
+        if broker_pid.is_some() { "---|" } else { "" }
+    )?;
+    for interval in &opts.intervals {
+        eprintln!("ingest: {n} agents at {interval}");
+        let secs = humantime_secs(interval)?;
+        if let Err(e) = fleet.simulate(interval).await {
+            // Past saturation the births drown among the heartbeats the broker link
+            // drops, so the fleet never gets back online: that is the answer for this
+            // rate, not a failure of the run.
+            let m = metrics(&fleet.console).await?;
+            writeln!(
+                out,
+                "| {interval} | {:.0} | saturated: {} of {n} online, {:.0} messages dropped by the broker link ({e:#}) | | | | | | | **no** |",
+                n as f64 / secs,
+                get(&m, ONLINE),
+                get(&m, DROPPED)
+            )?;
+            break;
+        }
+        // Warm-up: the first heartbeats after the ramp bunch up.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let m0 = metrics(&fleet.console).await?;
+        let c0 = proc_sample(fleet.console_pid()?)?;
+        let s0 = proc_sample(fleet.sim_pid()?)?;
+        let b0 = broker_pid.map(proc_sample).transpose()?;
+        tokio::time::sleep(opts.window).await;
+        let m1 = metrics(&fleet.console).await?;
+        let c1 = proc_sample(fleet.console_pid()?)?;
+        let s1 = proc_sample(fleet.sim_pid()?)?;
+        let b1 = broker_pid.map(proc_sample).transpose()?;
+        let elapsed = c1.at.duration_since(c0.at).as_secs_f64();
+        let offered = n as f64 / secs;
+        let stored = (get(&m1, HEARTBEATS) - get(&m0, HEARTBEATS)) / elapsed;
+        let dropped = get(&m1, DROPPED) - get(&m0, DROPPED);
+        let rejected: f64 = m1
+            .iter()
+            .filter(|(k, _)| k.starts_with("edgefleet_ingest_rejected_total"))
+            .map(|(k, v)| v - get(&m0, k))
+            .sum();
+        let lost = dropped + rejected;
+        // Heartbeats are periodic per agent, so a window may hold one more or fewer per
+        // agent than the average; 2 % of the offered rate is that rounding, not loss.
+        let kept_up = stored >= offered * 0.98;
+        let ok = lost == 0.0 && kept_up && p99_under_100ms(&m0, &m1);
+        // The smoke run offers a rate far below capacity: losing anything there is a bug,
+        // not a speed, so it fails the run. Speeds are never asserted.
+        if opts.smoke && (lost > 0.0 || !kept_up) {
+            bail!("smoke: {lost} heartbeats lost, {stored:.0}/s stored of {offered:.0}/s offered");
+        }
+        writeln!(
+            out,
+            "| {interval} | {offered:.0} | {stored:.0} | {} | {} | {lost:.0} dropped or rejected | {:.0} % | {} MB | {:.0} % |{} {} |",
+            quantile(&m0, &m1, 0.5),
+            quantile(&m0, &m1, 0.99),
+            cpu_percent(&c0, &c1),
+            c1.rss_kib / 1024,
+            cpu_percent(&s0, &s1),
+            match (b0, b1) {
+                (Some(b0), Some(b1)) => format!(" {:.0} % |", cpu_percent(&b0, &b1)),
+                _ => String::new(),
+            },
+            if ok { "yes" } else if !kept_up { "**no** (stored < offered)" } else { "**no**" }
+        )?;
+    }
+    writeln!(out)?;
     Ok(())
 }
 

@@ -117,6 +117,12 @@ impl Mosquitto {
         bail!("mosquitto did not listen on {} within 10 s", self.addr)
     }
 
+    /// The broker's process id while it runs (the scale bench samples its CPU).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("mosquitto-{}.log", self.starts)))
             .unwrap_or_default()
