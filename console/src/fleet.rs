@@ -1697,8 +1697,9 @@ impl Fleet {
     /// Runs `f` over every host that is not deleted, under the read lock and without
     /// cloning a record: what the host list and the fleet summary need at 100,000 hosts,
     /// where [`Fleet::snapshot`] alone cost about 200 ms a request (BENCHMARKS.md, "API
-    /// latency"). Ingest waits for the lock meanwhile, so `f` must be short and must not
-    /// block.
+    /// latency"). Ingest waits for the lock meanwhile, so `f` must be short, must not
+    /// block, and must take no other lock (a writer queued on this one would otherwise
+    /// deadlock against a thread that holds that lock and wants this one).
     pub fn with_hosts<R>(&self, f: impl FnOnce(Vec<&HostRecord>) -> R) -> R {
         let hosts = self.hosts.read().expect("hosts lock");
         f(hosts.values().filter(|h| h.deleted_at.is_none()).collect())

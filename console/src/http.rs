@@ -1641,7 +1641,16 @@ impl ListQuery {
 /// work on the records in place (a host name is lowercased at most once per request, not
 /// once per comparison), only the requested page is sorted in full (a selection finds it
 /// first), and summaries are built for that page alone.
-pub fn list_agents(fleet: &Fleet, hosts: &[&HostRecord], q: &ListQuery, now: u64) -> AgentPage {
+///
+/// `alerts` (firing alerts per host) is counted by the caller before it takes the hosts'
+/// lock: no other lock is taken while that one is held.
+pub fn list_agents(
+    fleet: &Fleet,
+    hosts: &[&HostRecord],
+    alerts: &HashMap<String, usize>,
+    q: &ListQuery,
+    now: u64,
+) -> AgentPage {
     // Built once per request: a searcher per host was most of a search's time.
     let needle = q.q.as_deref().map(Needle::new);
     let mut rows: Vec<(Option<SortKey<'_>>, &HostRecord)> = hosts
@@ -1674,7 +1683,6 @@ pub fn list_agents(fleet: &Fleet, hosts: &[&HostRecord], q: &ListQuery, now: u64
         rows.truncate(end);
     }
     rows.sort_unstable_by(order);
-    let alerts = fleet.alerts.firing_counts();
     let items = rows
         .iter()
         .skip(skip)
@@ -1776,8 +1784,9 @@ async fn list(
     let q = ListQuery::parse(&params)?;
     let filter = scoped::HostFilter::parse(&fleet, params.get("group"), params.get("label"))?;
     let now = now_ms();
+    let alerts = fleet.alerts.firing_counts();
     Ok(Json(fleet.with_hosts(|hosts| {
-        list_agents(&fleet, &filter.apply(hosts), &q, now)
+        list_agents(&fleet, &filter.apply(hosts), &alerts, &q, now)
     })))
 }
 
@@ -1960,7 +1969,14 @@ async fn results(
     Ok(Json(list))
 }
 
-pub fn fleet_summary(fleet: &Fleet, hosts: &[&HostRecord], now: u64) -> FleetSummary {
+/// `firing_alerts` (hosts with a firing alert) is counted by the caller before it takes
+/// the hosts' lock.
+pub fn fleet_summary(
+    fleet: &Fleet,
+    hosts: &[&HostRecord],
+    firing_alerts: usize,
+    now: u64,
+) -> FleetSummary {
     // One pass: at 100,000 hosts each pass over the records costs milliseconds.
     let (mut online, mut offline, mut pending, mut stale) = (0, 0, 0, 0);
     let mut hotspots = api::Hotspots {
@@ -2005,7 +2021,7 @@ pub fn fleet_summary(fleet: &Fleet, hosts: &[&HostRecord], now: u64) -> FleetSum
         },
         stale,
         pending,
-        firing_alerts: fleet.alerts.firing_hosts(),
+        firing_alerts,
         hotspots,
         os,
     }
@@ -2018,7 +2034,8 @@ async fn summary(
     only_params(&params, &["group", "label"])?;
     let filter = scoped::HostFilter::parse(&fleet, params.get("group"), params.get("label"))?;
     let now = now_ms();
+    let firing = fleet.alerts.firing_hosts();
     Ok(Json(fleet.with_hosts(|hosts| {
-        fleet_summary(&fleet, &filter.apply(hosts), now)
+        fleet_summary(&fleet, &filter.apply(hosts), firing, now)
     })))
 }

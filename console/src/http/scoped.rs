@@ -345,8 +345,9 @@ async fn group_agents(
     let q = ListQuery::parse(&params)?;
     let filter = HostFilter::parse(&fleet, Some(&id), params.get("label"))?;
     let now = now_ms();
+    let alerts = fleet.alerts.firing_counts();
     Ok(Json(fleet.with_hosts(|hosts| {
-        list_agents(&fleet, &filter.apply(hosts), &q, now)
+        list_agents(&fleet, &filter.apply(hosts), &alerts, &q, now)
     })))
 }
 
