@@ -33,13 +33,7 @@ fn main() {
             Store::open(&dir.path().join("db")).unwrap(),
             console.clone(),
             Topics::default(),
-            Timings {
-                default_interval_ms: 30_000,
-                missed_intervals: 2,
-                grace_ms: 5_000,
-                restart_grace_ms: 60_000,
-                stale_after_ms: 900_000,
-            },
+            Timings::of(&edgefleet_config::console::PresenceConfig::default()),
         )
         .unwrap(),
     );

@@ -131,14 +131,7 @@ pub async fn run(
     let store = Store::open_with(&config.data_dir.join("console.sled"), guard)
         .with_context(|| format!("opening sled in {}", config.data_dir.display()))?;
     let topics = Topics::new(&config.mqtt.topic_prefix)?;
-    let p = &config.presence;
-    let timings = Timings {
-        default_interval_ms: p.heartbeat_interval.get().as_millis() as u64,
-        missed_intervals: p.missed_intervals.into(),
-        grace_ms: p.grace.get().as_millis() as u64,
-        restart_grace_ms: p.restart_grace.get().as_millis() as u64,
-        stale_after_ms: p.stale_after.get().as_millis() as u64,
-    };
+    let timings = Timings::of(&config.presence);
     let a = &config.alerts;
     let settings = fleet::AlertSettings {
         rules: alerts::Rules {

@@ -120,6 +120,21 @@ pub struct Timings {
     pub stale_after_ms: u64,
 }
 
+impl Timings {
+    /// The timings of a `[presence]` config (`Timings::of(&PresenceConfig::default())` for
+    /// the defaults: 30 s interval, 2 missed, 5 s grace, 60 s restart grace, stale at
+    /// 15 min).
+    pub fn of(p: &edgefleet_config::console::PresenceConfig) -> Timings {
+        Timings {
+            default_interval_ms: p.heartbeat_interval.get().as_millis() as u64,
+            missed_intervals: p.missed_intervals.into(),
+            grace_ms: p.grace.get().as_millis() as u64,
+            restart_grace_ms: p.restart_grace.get().as_millis() as u64,
+            stale_after_ms: p.stale_after.get().as_millis() as u64,
+        }
+    }
+}
+
 impl HostRecord {
     pub fn new(id: &str, public_key: &[u8; 32], now_ms: u64) -> HostRecord {
         HostRecord {
