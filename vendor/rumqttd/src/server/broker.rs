@@ -493,7 +493,14 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             });
 
-            time::sleep(delay).await;
+            // EdgeFleet patch: no timer at all when the delay is 0. `sleep(0)` still waits
+            // for the next tick of tokio's 1 ms timer wheel, which capped accepts at about
+            // 850 a second and made agents reconnecting after a console restart time out
+            // before their CONNACK (their abandoned connections' wills then flipped hosts
+            // offline).
+            if !delay.is_zero() {
+                time::sleep(delay).await;
+            }
         }
     }
 }
