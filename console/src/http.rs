@@ -1651,7 +1651,7 @@ pub fn list_agents(
     q: &ListQuery,
     now: u64,
 ) -> AgentPage {
-    // Built once per request: a searcher per host was most of a search's time.
+    // One searcher per request, not one per host.
     let needle = q.q.as_deref().map(Needle::new);
     let mut rows: Vec<(Option<SortKey<'_>>, &HostRecord)> = hosts
         .iter()
