@@ -1010,22 +1010,14 @@ async fn bulk_command(
         }
         None => {
             let q = bulk.q.as_ref().map(|q| q.trim().to_lowercase());
+            let needle = q.as_deref().map(Needle::new);
             let filter =
                 scoped::HostFilter::parse(&fleet, bulk.group.as_ref(), bulk.label.as_ref())?;
             let mut ids: Vec<String> = filter
                 .apply(fleet.snapshot())
                 .into_iter()
                 .filter(|h| h.approval == crate::presence::Approval::Active)
-                .filter(|h| bulk.status.is_none_or(|s| h.status == s))
-                .filter(|h| bulk.os.as_ref().is_none_or(|os| h.os.as_ref() == Some(os)))
-                .filter(|h| {
-                    q.as_ref().is_none_or(|q| {
-                        h.hostname
-                            .as_ref()
-                            .is_some_and(|n| n.to_lowercase().contains(q))
-                            || h.ips.iter().any(|ip| ip.contains(q.as_str()))
-                    })
-                })
+                .filter(|h| matches_query(h, bulk.status, bulk.os.as_ref(), needle.as_ref()))
                 .map(|h| h.id)
                 .collect();
             ids.sort();
@@ -1656,19 +1648,7 @@ pub fn list_agents(
     let mut rows: Vec<(Option<SortKey<'_>>, &HostRecord)> = hosts
         .iter()
         .copied()
-        .filter(|h| q.status.is_none_or(|s| h.status == s))
-        .filter(|h| q.os.as_ref().is_none_or(|os| h.os.as_ref() == Some(os)))
-        .filter(|h| {
-            needle.as_ref().is_none_or(|needle| {
-                // The display name is the host name today (`Fleet::summary_counted`).
-                h.hostname
-                    .as_deref()
-                    .is_some_and(|name| needle.in_lowercase_of(name))
-                    || h.ips
-                        .iter()
-                        .any(|ip| needle.finder.find(ip.as_bytes()).is_some())
-            })
-        })
+        .filter(|h| matches_query(h, q.status, q.os.as_ref(), needle.as_ref()))
         .map(|h| (SortKey::of(h, q.sort), h))
         .collect();
     let total = rows.len();
@@ -1694,6 +1674,27 @@ pub fn list_agents(
         page: q.page,
         per_page: q.per_page,
     }
+}
+
+/// The host list's `status`, `os` and `q` filters; bulk commands select hosts with the
+/// same rule, so a bulk command reaches exactly the hosts the list shows.
+fn matches_query(
+    h: &HostRecord,
+    status: Option<AgentStatus>,
+    os: Option<&String>,
+    needle: Option<&Needle<'_>>,
+) -> bool {
+    status.is_none_or(|s| h.status == s)
+        && os.is_none_or(|os| h.os.as_ref() == Some(os))
+        && needle.is_none_or(|needle| {
+            // The display name is the host name today (`Fleet::summary_counted`).
+            h.hostname
+                .as_deref()
+                .is_some_and(|name| needle.in_lowercase_of(name))
+                || h.ips
+                    .iter()
+                    .any(|ip| needle.finder.find(ip.as_bytes()).is_some())
+        })
 }
 
 /// A search term of the host list (already lowercase, see [`ListQuery::parse`]).

@@ -264,11 +264,19 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// Stops the simulator (SIGTERM: its agents disconnect cleanly), if it runs.
+    async fn stop_sim(&mut self) -> bool {
+        let Some(mut sim) = self.sim.take() else {
+            return false;
+        };
+        sim.signal("TERM");
+        let _ = tokio::time::timeout(Duration::from_secs(10), sim.child.wait()).await;
+        true
+    }
+
     /// (Re)starts the simulator at `interval` and waits for every agent to be online.
     async fn simulate(&mut self, interval: &str) -> Result<Duration> {
-        if let Some(mut sim) = self.sim.take() {
-            sim.signal("TERM");
-            let _ = tokio::time::timeout(Duration::from_secs(10), sim.child.wait()).await;
+        if self.stop_sim().await {
             wait_for(
                 Duration::from_secs(120),
                 "the old fleet offline",
@@ -499,10 +507,7 @@ async fn connections_ingest_recovery(
     }
     ingest_table(&mut fleet, opts, "embedded rumqttd", out).await?;
 
-    if let Some(sim) = fleet.sim.as_mut() {
-        sim.signal("TERM");
-        let _ = tokio::time::timeout(Duration::from_secs(10), sim.child.wait()).await;
-    }
+    fleet.stop_sim().await;
     drop(fleet);
 
     // The same steps behind an external Mosquitto (issue 9: both brokers in one run): a
@@ -525,10 +530,7 @@ async fn connections_ingest_recovery(
     };
     std::fs::create_dir_all(&fleet.dir)?;
     ingest_table(&mut fleet, opts, "external Mosquitto", out).await?;
-    if let Some(sim) = fleet.sim.as_mut() {
-        sim.signal("TERM");
-        let _ = tokio::time::timeout(Duration::from_secs(10), sim.child.wait()).await;
-    }
+    fleet.stop_sim().await;
     Ok(())
 }
 
