@@ -141,6 +141,7 @@ pub fn open_agent(
             | Kind::EnrollResponse
             | Kind::ConsoleState
             | Kind::InventoryAck
+            | Kind::EventReceipt
     ) {
         return Err(DecodeError::WrongKind {
             expected: "agent telemetry",

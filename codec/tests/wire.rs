@@ -259,9 +259,9 @@ proptest! {
     }
 
     #[test]
-    fn enrollment_and_console_state_round_trip(epoch in any::<u64>(), at in any::<u64>(), reason in text(), host in text()) {
+    fn enrollment_and_console_state_round_trip(epoch in any::<u64>(), at in any::<u64>(), receipts in any::<bool>(), reason in text(), host in text()) {
         let c = console();
-        let state = ConsoleState { online: true, epoch, public_key: *c.public_key().as_bytes(), at };
+        let state = ConsoleState { online: true, epoch, public_key: *c.public_key().as_bytes(), at, receipts };
         let signed = sign_console(&ConsoleMessage::ConsoleState(state.clone()), None, &c);
         prop_assert_eq!(open_console_state_pinning(&signed, &c.public_key().fingerprint()), Ok(state.clone()));
         prop_assert_eq!(open_console_state_self_signed(&signed), Ok(state.clone()));
@@ -555,6 +555,7 @@ fn console_state_with_an_unpinned_key_is_refused() {
         epoch: 1,
         public_key: *impostor.public_key().as_bytes(),
         at: 0,
+        receipts: false,
     };
     let signed = sign_console(&ConsoleMessage::ConsoleState(state), None, &impostor);
     assert_eq!(
@@ -567,6 +568,7 @@ fn console_state_with_an_unpinned_key_is_refused() {
         epoch: 1,
         public_key: *console().public_key().as_bytes(),
         at: 0,
+        receipts: false,
     };
     let signed = sign_console(&ConsoleMessage::ConsoleState(lying), None, &impostor);
     assert_eq!(
@@ -599,5 +601,41 @@ fn enroll_request_for_another_id_is_refused() {
     assert_eq!(
         open_enroll_request(&forged, &a.agent_id()),
         Err(VerifyError::WrongKeyId)
+    );
+}
+
+#[test]
+fn an_event_receipt_round_trips_only_for_its_agent_and_a_full_one_fits_a_packet() {
+    let c = console();
+    let target = agent().agent_id();
+    let receipt = ConsoleMessage::EventReceipt(EventReceipt {
+        at: u64::MAX,
+        event_ids: (u64::MAX - MAX_RECEIPT_IDS as u64..u64::MAX).collect(),
+    });
+    let signed = sign_console(&receipt, Some(&target), &c);
+    assert_eq!(signed[0], Kind::EventReceipt.header());
+    assert!(
+        signed.len() <= MAX_PAYLOAD,
+        "{} bytes for the largest receipt",
+        signed.len()
+    );
+    assert_eq!(
+        open_console(&signed, Some(&target), &c.public_key()),
+        Ok(receipt)
+    );
+    let other = Identity::from_seed(&[9; 32]).agent_id();
+    assert_eq!(
+        open_console(&signed, Some(&other), &c.public_key()),
+        Err(VerifyError::BadSignature),
+        "a receipt cannot be moved to another agent's topic"
+    );
+    assert!(
+        open_agent(
+            &signed,
+            &target,
+            &MacKey::derive_console(&c, &agent().public_key()).unwrap()
+        )
+        .is_err(),
+        "not agent telemetry"
     );
 }

@@ -4,7 +4,7 @@
 //! sled is the source of truth; the in-memory map is rebuilt from it on start and every
 //! change is written back in the same ingest round.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -152,8 +152,10 @@ pub struct Fleet {
 }
 
 /// What ingest and the sweep accepted while the free-space guard refused writes, held in
-/// memory until [`Fleet::write_backlog`] stores it. The embedded broker has already
-/// acknowledged these messages to their agents, so this is their only copy. Samples are
+/// memory until [`Fleet::write_backlog`] stores it. The broker has already acknowledged
+/// these messages to their agents; status changes held here are the only copy (a crash
+/// loses them, and presence heals on the next birth), while events are not receipted
+/// until they are stored, so their agents keep them and send them again. Samples are
 /// not held (charts get a gap), nor command results and progress: the command stays
 /// unfinished in sled, and after writes resume the console announces a new epoch, the
 /// agents re-birth, the command is redelivered and the agent answers with its kept result.
@@ -163,6 +165,11 @@ struct Backlog {
     hosts: std::collections::BTreeSet<String>,
     transitions: Vec<(String, StatusChange)>,
     events: Vec<(String, EventRecord)>,
+    /// (host id, event id) of `events`: an agent sends an event again until its receipt
+    /// comes, and the copies must not fill the backlog.
+    event_keys: HashSet<(String, u64)>,
+    /// The receipts owed once `events` are stored.
+    receipts: Vec<(AgentId, u64)>,
 }
 
 impl Backlog {
@@ -433,6 +440,7 @@ impl Fleet {
         hosts: Vec<String>,
         transitions: Vec<(String, StatusChange)>,
         events: Vec<(String, EventRecord)>,
+        receipts: Vec<(AgentId, u64)>,
     ) {
         let mut backlog = self.backlog.lock().expect("backlog lock");
         backlog.hosts.extend(hosts);
@@ -444,10 +452,16 @@ impl Fleet {
                 dropped += 1;
             }
         }
-        for e in events {
+        for (e, receipt) in events.into_iter().zip(receipts) {
+            if backlog.event_keys.contains(&(e.0.clone(), e.1.event_id)) {
+                continue;
+            }
             if backlog.len() < MAX_BACKLOG {
+                backlog.event_keys.insert((e.0.clone(), e.1.event_id));
                 backlog.events.push(e);
+                backlog.receipts.push(receipt);
             } else {
+                // Not receipted: the agent keeps it and sends it again later.
                 dropped += 1;
             }
         }
@@ -486,6 +500,8 @@ impl Fleet {
             hosts: ids,
             transitions,
             events,
+            event_keys,
+            receipts,
         } = backlog;
         let round = Round {
             hosts: ids.iter().filter_map(|id| hosts.get(id)).collect(),
@@ -511,6 +527,8 @@ impl Fleet {
             backlog.hosts.extend(ids);
             backlog.transitions.extend(transitions);
             backlog.events.extend(events);
+            backlog.event_keys.extend(event_keys);
+            backlog.receipts.extend(receipts);
             return;
         }
         tracing::info!(
@@ -527,7 +545,38 @@ impl Fleet {
             })
             .collect();
         drop(hosts);
+        self.send_receipts(receipts);
         self.react(&named, &[]);
+    }
+
+    /// Tells agents that their events are stored (flushed): they may forget them. Sent
+    /// only after the write and its flush; a receipt lost on the way costs a resend.
+    fn send_receipts(&self, receipts: Vec<(AgentId, u64)>) {
+        let mut by_agent: BTreeMap<String, (AgentId, Vec<u64>)> = BTreeMap::new();
+        for (agent, event_id) in receipts {
+            by_agent
+                .entry(agent.to_string())
+                .or_insert_with(|| (agent, Vec::new()))
+                .1
+                .push(event_id);
+        }
+        let at = now_ms() / 1000;
+        for (agent, ids) in by_agent.into_values() {
+            for chunk in ids.chunks(edgefleet_codec::MAX_RECEIPT_IDS) {
+                let receipt = ConsoleMessage::EventReceipt(edgefleet_codec::EventReceipt {
+                    at,
+                    event_ids: chunk.to_vec(),
+                });
+                let out = Outgoing {
+                    topic: self.topics.agent(&agent, edgefleet_codec::Channel::Command),
+                    payload: sign_console(&receipt, Some(&agent), &self.identity),
+                };
+                if self.outbox.try_send(out).is_err() {
+                    // The agent sends the events again after its receipt timeout.
+                    self.metrics.rejected("outbox_full");
+                }
+            }
+        }
     }
 
     /// Appends to the audit log and tells the live stream.
@@ -980,6 +1029,7 @@ impl Fleet {
         let mut round_transitions = Vec::new();
         let mut samples = Vec::new();
         let mut events = Vec::new();
+        let mut receipts: Vec<(AgentId, u64)> = Vec::new();
         let mut results = Vec::new();
         let mut enrollments = Vec::new();
         let mut notices = Vec::new();
@@ -1066,6 +1116,7 @@ impl Fleet {
                                 InventoryWork::Unavailable(ev.message.clone()),
                             ));
                         }
+                        receipts.push((id.clone(), ev.event_id));
                         events.push((
                             host_id.clone(),
                             EventRecord {
@@ -1166,7 +1217,12 @@ impl Fleet {
                 self.metrics.rejected("writes_refused");
             }
             drop(hosts);
-            self.hold_back(changed.into_keys().collect(), round_transitions, events);
+            self.hold_back(
+                changed.into_keys().collect(),
+                round_transitions,
+                events,
+                receipts,
+            );
             for id in notices {
                 self.notice(&id);
             }
@@ -1187,11 +1243,15 @@ impl Fleet {
             events,
             results,
         };
-        if let Err(e) = self.store.write_admitted(&round) {
-            self.metrics
-                .store_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, "cannot write ingest round to sled");
+        match self.store.write_admitted(&round) {
+            // The round is flushed when it has events (`Store::write_round`).
+            Ok(()) => self.send_receipts(receipts),
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot write ingest round to sled");
+            }
         }
         let name = |id: &String| hosts.get(id).and_then(|h| h.hostname.clone());
         let transitions: Vec<_> = round
@@ -1635,7 +1695,7 @@ impl Fleet {
         }
         if refusing {
             let ids: Vec<String> = transitions.iter().map(|(id, _)| id.clone()).collect();
-            self.hold_back(ids, transitions, Vec::new());
+            self.hold_back(ids, transitions, Vec::new(), Vec::new());
             return;
         }
         let round = Round {

@@ -180,6 +180,7 @@ pub async fn run(
                 epoch: epoch.load(Ordering::Relaxed),
                 public_key: *identity.public_key().as_bytes(),
                 at: fleet::now_ms() / 1000,
+                receipts: true,
             });
             sign_console(&msg, None, &identity)
         }

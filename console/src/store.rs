@@ -440,11 +440,13 @@ impl Store {
             );
         }
         self.transitions.apply_batch(batch)?;
-        if !transitions.is_empty() {
+        if !transitions.is_empty() || !events.is_empty() {
             // A status change is what operators and alerts act on: it must survive a
             // crash right after it (a clean stop lost to kill -9 came back as a timeout
-            // and fired an alert). Transitions are rare next to heartbeats, so the flush
-            // is cheap; heartbeats and samples keep the periodic flush.
+            // and fired an alert). Events are receipted to their agents once written,
+            // and an agent forgets a receipted event, so it must be on disk first. Both
+            // are rare next to heartbeats, so the flush is cheap; heartbeats and samples
+            // keep the periodic flush.
             self.db.flush()?;
         }
         for (id, at, sample) in samples {

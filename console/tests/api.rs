@@ -1557,14 +1557,24 @@ async fn an_enrollment_request_outside_the_clock_skew_is_refused() {
 }
 
 /// Drains the console's outbox and counts the messages published on `id`'s command topic.
-fn commands_published(env: &Env, id: &edgefleet_codec::AgentId) -> usize {
+/// The kinds of what the console published to `id` since the last call.
+fn published_to(env: &Env, id: &edgefleet_codec::AgentId) -> Vec<edgefleet_codec::Kind> {
     let mut outbox = env.outbox.lock().unwrap();
     let topic = Topics::default().agent(id, Channel::Command);
-    let mut n = 0;
+    let mut kinds = Vec::new();
     while let Ok(out) = outbox.try_recv() {
-        n += usize::from(out.topic == topic);
+        if out.topic == topic {
+            kinds.push(edgefleet_codec::Kind::from_header(out.payload[0]).unwrap());
+        }
     }
-    n
+    kinds
+}
+
+fn commands_published(env: &Env, id: &edgefleet_codec::AgentId) -> usize {
+    published_to(env, id)
+        .into_iter()
+        .filter(|k| *k == edgefleet_codec::Kind::Command)
+        .count()
 }
 
 /// The free-space guard, driven by hand: below the reserve, API changes get a JSON 507 and
@@ -1696,9 +1706,10 @@ async fn low_disk_space_refuses_writes_with_507_holds_events_back_and_loses_noth
     let (_, c) = get(&env, &format!("/api/commands/{command_hex}")).await;
     assert_ne!(c["state"], "succeeded", "the result is not stored: {c}");
     assert_eq!(
-        commands_published(&env, &id),
-        1,
-        "only the first delivery: no redelivery while writes are refused"
+        published_to(&env, &id),
+        [edgefleet_codec::Kind::Command],
+        "only the first delivery: no redelivery while writes are refused, and no receipt \
+         for the event held in memory"
     );
     let text = metrics_text(&env);
     assert!(
@@ -1712,6 +1723,11 @@ async fn low_disk_space_refuses_writes_with_507_holds_events_back_and_loses_noth
     assert!(guard.apply(90 * mib, now_ms()).is_some());
     env.fleet.write_backlog();
     assert_eq!(env.fleet.backlog_len(), 0);
+    assert_eq!(
+        published_to(&env, &id),
+        [edgefleet_codec::Kind::EventReceipt],
+        "the event is receipted once it is stored"
+    );
     let events = env.fleet.store.events(&id.to_string(), 0, 10).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].message, "opened while the disk was full");

@@ -507,6 +507,12 @@ fn status(data_dir: &Path) -> Result<()> {
         s.last_heartbeat.map(ago).unwrap_or_else(|| "never".into())
     );
     println!("queue depth:   {} ({} bytes)", s.queue_depth, s.queue_bytes);
+    if s.unreceipted > 0 {
+        println!(
+            "unreceipted:   {} events delivered, waiting for the console to confirm storing them",
+            s.unreceipted
+        );
+    }
     if s.dropped_heartbeats > 0 || s.over_cap > 0 {
         println!(
             "queue cap:     {} heartbeat samples dropped, {} pushes over the cap",

@@ -4,13 +4,17 @@
 //! Items are unsealed [`AgentMessage`]s: they are stamped with the current `(bd_seq, seq)`
 //! and sealed only when sent (docs/wire.md). Keys are sled's monotonic ids, big-endian, so
 //! iteration order is arrival order and survives restarts. An item is removed only after
-//! the broker acknowledged it (PUBACK). Over the byte cap the oldest heartbeats go first;
-//! events and results are never dropped, even when they alone exceed the cap.
+//! the broker acknowledged it (PUBACK); an event, when the console sends receipts, only
+//! after the console's [`edgefleet_codec::EventReceipt`] ([`Receipts`]). Over the byte cap
+//! the oldest heartbeats go first; events and results are never dropped, even when they
+//! alone exceed the cap.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use edgefleet_codec::{AgentMessage, Kind};
+use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -46,6 +50,8 @@ pub enum Tag {
     Plain,
     /// A queue item, removed when acknowledged.
     Queued(u64),
+    /// A queued event: on PUBACK it waits for the console's receipt ([`Receipts`]).
+    Event { key: u64, event_id: u64 },
     /// The clean offline status sent on shutdown.
     Goodbye,
 }
@@ -190,7 +196,7 @@ impl Delivery {
     /// A publish request was accepted by the client. Queued items must be requested in
     /// key order.
     pub fn requested(&mut self, tag: Tag) {
-        if let Tag::Queued(key) = tag {
+        if let Some(key) = tag.queue_key() {
             self.cursor = Some(key);
             self.queued_in_flight += 1;
         }
@@ -209,7 +215,7 @@ impl Delivery {
     /// The broker acknowledged `pkid`: what it was, if we were waiting for it.
     pub fn acked(&mut self, pkid: u16) -> Option<Tag> {
         let tag = self.by_pkid.remove(&pkid)?;
-        if matches!(tag, Tag::Queued(_)) {
+        if tag.queue_key().is_some() {
             self.queued_in_flight = self.queued_in_flight.saturating_sub(1);
         }
         Some(tag)
@@ -220,6 +226,13 @@ impl Delivery {
         self.cursor
     }
 
+    /// Reads the queue from its oldest item again: what waits for a receipt goes out once
+    /// more (the console may have lost it). Items still in flight may go twice; the
+    /// console stores each event once, by its id.
+    pub fn rewind(&mut self) {
+        self.cursor = None;
+    }
+
     /// Queue items requested and not yet acknowledged.
     pub fn queued_in_flight(&self) -> usize {
         self.queued_in_flight
@@ -228,6 +241,96 @@ impl Delivery {
     /// Publish requests not yet written by the client.
     pub fn unwritten(&self) -> usize {
         self.requested.len()
+    }
+}
+
+impl Tag {
+    /// The queue item behind this publish, if any.
+    pub fn queue_key(self) -> Option<u64> {
+        match self {
+            Tag::Queued(key) | Tag::Event { key, .. } => Some(key),
+            Tag::Plain | Tag::Goodbye => None,
+        }
+    }
+}
+
+/// Receipts a connection has seen for ids it was not waiting for, kept so a receipt that
+/// overtakes its PUBACK still counts. Bounded: a stale receipt costs a resend at worst.
+const MAX_EARLY_RECEIPTS: usize = 1024;
+
+/// Events the broker acknowledged that wait for the console's receipt, for one connection.
+/// A new connection starts empty and reads the queue from the start, so whatever was
+/// waiting goes out again.
+#[derive(Debug, Default)]
+pub struct Receipts {
+    /// What the console state on this connection said; `None` until it arrives, and until
+    /// then acknowledged events wait (a console without receipts releases them).
+    console_sends: Option<bool>,
+    /// Event id → (queue key, acknowledged or last resent at).
+    awaiting: BTreeMap<u64, (u64, Instant)>,
+    early: HashSet<u64>,
+}
+
+impl Receipts {
+    /// The broker acknowledged the event `event_id` held under queue `key`: the key to
+    /// remove now, or `None` while it waits for its receipt.
+    pub fn acked(&mut self, key: u64, event_id: u64, now: Instant) -> Option<u64> {
+        if self.console_sends == Some(false) || self.early.remove(&event_id) {
+            return Some(key);
+        }
+        self.awaiting.insert(event_id, (key, now));
+        None
+    }
+
+    /// The console stored `event_ids`: the queue keys to remove.
+    pub fn receipted(&mut self, event_ids: &[u64]) -> Vec<u64> {
+        let mut keys = Vec::new();
+        for id in event_ids {
+            match self.awaiting.remove(id) {
+                Some((key, _)) => keys.push(key),
+                None if self.early.len() < MAX_EARLY_RECEIPTS => {
+                    self.early.insert(*id);
+                }
+                None => {}
+            }
+        }
+        keys
+    }
+
+    /// The console state said whether it sends receipts: the keys to remove now (every
+    /// waiting one, from a console that does not).
+    pub fn console(&mut self, sends: bool) -> Vec<u64> {
+        self.console_sends = Some(sends);
+        if sends {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.awaiting)
+            .into_values()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// Something has waited longer than `timeout` for its receipt.
+    pub fn overdue(&self, now: Instant, timeout: Duration) -> bool {
+        self.awaiting
+            .values()
+            .any(|(_, since)| now.saturating_duration_since(*since) >= timeout)
+    }
+
+    /// Everything waiting is being sent again: its clocks start over.
+    pub fn resent(&mut self, now: Instant) {
+        for (_, since) in self.awaiting.values_mut() {
+            *since = now;
+        }
+    }
+
+    /// Events acknowledged by the broker and not yet receipted.
+    pub fn len(&self) -> usize {
+        self.awaiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.awaiting.is_empty()
     }
 }
 
@@ -467,5 +570,83 @@ mod tests {
         let d = Delivery::new();
         let again = q.peek_after(d.cursor(), 10).unwrap();
         assert_eq!(describe(&again), ["ev1", "ev2"]);
+    }
+
+    #[test]
+    fn an_event_waits_for_its_receipt_not_its_puback() {
+        let t0 = Instant::now();
+        let mut r = Receipts::default();
+        // Before the console state arrives, acknowledged events wait.
+        assert_eq!(r.acked(10, 1, t0), None);
+        assert_eq!(r.console(true), Vec::<u64>::new());
+        assert_eq!(r.acked(11, 2, t0), None);
+        assert_eq!(r.acked(12, 3, t0), None);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.receipted(&[3, 1]), [12, 10]);
+        assert_eq!(
+            r.receipted(&[3]),
+            Vec::<u64>::new(),
+            "a second receipt does nothing"
+        );
+        assert_eq!(r.len(), 1);
+
+        // Overdue only after the timeout; a resend restarts the clock.
+        let timeout = Duration::from_secs(60);
+        assert!(!r.overdue(t0 + Duration::from_secs(59), timeout));
+        assert!(r.overdue(t0 + timeout, timeout));
+        r.resent(t0 + timeout);
+        assert!(!r.overdue(t0 + timeout + Duration::from_secs(1), timeout));
+        assert_eq!(r.receipted(&[2]), [11]);
+        assert!(r.is_empty() && !r.overdue(t0 + 10 * timeout, timeout));
+    }
+
+    #[test]
+    fn a_receipt_that_overtakes_its_puback_still_counts() {
+        let t0 = Instant::now();
+        let mut r = Receipts::default();
+        r.console(true);
+        assert_eq!(r.receipted(&[7]), Vec::<u64>::new());
+        assert_eq!(r.acked(70, 7, t0), Some(70), "removed at once");
+        assert_eq!(r.acked(71, 7, t0), None, "the early receipt is used up");
+        // The early set is bounded.
+        let many: Vec<u64> = (1000..1000 + 2 * MAX_EARLY_RECEIPTS as u64).collect();
+        r.receipted(&many);
+        assert!(r.early.len() <= MAX_EARLY_RECEIPTS);
+    }
+
+    #[test]
+    fn a_console_without_receipts_releases_what_waits_and_what_comes() {
+        let t0 = Instant::now();
+        let mut r = Receipts::default();
+        assert_eq!(r.acked(10, 1, t0), None);
+        assert_eq!(r.acked(11, 2, t0), None);
+        let mut released = r.console(false);
+        released.sort_unstable();
+        assert_eq!(released, [10, 11]);
+        assert_eq!(r.acked(12, 3, t0), Some(12));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn events_are_queue_items_for_the_window_and_a_rewind_reads_from_the_start() {
+        let mut d = Delivery::new();
+        d.requested(Tag::Queued(1));
+        d.requested(Tag::Event {
+            key: 2,
+            event_id: 9,
+        });
+        assert_eq!((d.cursor(), d.queued_in_flight()), (Some(2), 2));
+        d.outgoing(1);
+        d.outgoing(2);
+        assert_eq!(
+            d.acked(2),
+            Some(Tag::Event {
+                key: 2,
+                event_id: 9
+            })
+        );
+        assert_eq!(d.queued_in_flight(), 1);
+        d.rewind();
+        assert_eq!(d.cursor(), None);
     }
 }

@@ -32,7 +32,7 @@ use crate::enrollment::{EnrollState, Enrollment, EnrollmentFile};
 use crate::heartbeat::Heartbeats;
 use crate::identity::{hex, ConsolePin};
 use crate::probe::Probe;
-use crate::queue::{Delivery, Tag};
+use crate::queue::{Delivery, Receipts, Tag};
 use crate::service::ServiceManager;
 use crate::state::Storage;
 use crate::status::{now_ms, AgentStatusSnapshot};
@@ -41,6 +41,10 @@ use crate::status::{now_ms, AgentStatusSnapshot};
 pub const MAX_PACKET: usize = 64 * 1024;
 /// How many queued items may await their PUBACK at once.
 const QUEUE_WINDOW: usize = 16;
+/// How long an acknowledged event waits for the console's receipt before the queue is
+/// read from the start again (a console that crashed between the broker's PUBACK and its
+/// write never sends one). A reconnect or a new console epoch resends at once.
+pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Capacity of rumqttc's request channel.
 const CLIENT_REQUESTS: usize = 128;
 /// Longest event message kept; longer ones are cut (a sealed payload must fit a packet).
@@ -162,6 +166,8 @@ struct Link {
     bd_seq: u64,
     seq: u64,
     delivery: Delivery,
+    /// Acknowledged events waiting for the console's receipt.
+    receipts: Receipts,
     /// The console epoch seen on this connection.
     epoch: Option<u64>,
     connected: bool,
@@ -309,6 +315,7 @@ impl Session {
                                 // everything this connection publishes comes after it.
                                 seq: 1,
                                 delivery: Delivery::new(),
+                                receipts: Receipts::default(),
                                 epoch: None,
                                 connected: false,
                                 approved: self.approved(),
@@ -667,6 +674,9 @@ impl Session {
             self.status
                 .send_modify(|s| s.last_heartbeat = Some(now_ms()));
         }
+        if link.receipts.overdue(Instant::now(), RECEIPT_TIMEOUT) {
+            self.resend_unreceipted(link, "no receipt in time");
+        }
     }
 
     /// One full heartbeat into the queue, stamped with the time, while offline.
@@ -704,14 +714,14 @@ impl Session {
             }
             for (key, mut msg) in items {
                 let channel = channel_of(&msg);
-                match self.publish(
-                    link,
-                    &mut msg,
-                    channel,
-                    QoS::AtLeastOnce,
-                    false,
-                    Tag::Queued(key),
-                ) {
+                let tag = match &msg {
+                    AgentMessage::Event(e) => Tag::Event {
+                        key,
+                        event_id: e.event_id,
+                    },
+                    _ => Tag::Queued(key),
+                };
+                match self.publish(link, &mut msg, channel, QoS::AtLeastOnce, false, tag) {
                     Sent::Yes => {}
                     Sent::NotNow => return,
                     Sent::TooLarge => {
@@ -732,13 +742,59 @@ impl Session {
     }
 
     fn acked(&mut self, link: &mut Link, pkid: u16) {
-        if let Some(Tag::Queued(key)) = link.delivery.acked(pkid) {
+        let done = match link.delivery.acked(pkid) {
+            Some(Tag::Queued(key)) => Some(key),
+            Some(Tag::Event { key, event_id }) => {
+                link.receipts.acked(key, event_id, Instant::now())
+            }
+            _ => return,
+        };
+        self.forget(done);
+        self.pump_queue(link);
+        self.update_queue_status_with(link);
+    }
+
+    /// Removes delivered queue items.
+    fn forget(&self, keys: impl IntoIterator<Item = u64>) {
+        for key in keys {
             if let Err(e) = self.cfg.storage.queue.remove(key) {
                 tracing::error!(queue.key = key, error = %e, "cannot remove a delivered queue item; it will be sent again");
             }
-            self.pump_queue(link);
-            self.update_queue_status();
         }
+    }
+
+    /// The console stored these events: they leave the queue.
+    fn event_receipt(&mut self, link: &mut Link, receipt: &edgefleet_codec::EventReceipt) {
+        let keys = link.receipts.receipted(&receipt.event_ids);
+        tracing::debug!(
+            receipted = receipt.event_ids.len(),
+            removed = keys.len(),
+            "event receipt"
+        );
+        self.forget(keys);
+        self.update_queue_status_with(link);
+    }
+
+    /// Events acknowledged by the broker but not receipted by the console in
+    /// [`RECEIPT_TIMEOUT`]: read the queue from the start again, so they go out once more.
+    fn resend_unreceipted(&mut self, link: &mut Link, why: &'static str) {
+        if link.receipts.is_empty() {
+            return;
+        }
+        tracing::info!(
+            events = link.receipts.len(),
+            why,
+            "sending events again that the console has not confirmed storing"
+        );
+        link.receipts.resent(Instant::now());
+        link.delivery.rewind();
+        self.pump_queue(link);
+    }
+
+    fn update_queue_status_with(&self, link: &Link) {
+        let unreceipted = link.receipts.len();
+        self.status.send_modify(|s| s.unreceipted = unreceipted);
+        self.update_queue_status();
     }
 
     fn update_queue_status(&self) {
@@ -1004,6 +1060,10 @@ impl Session {
             Ok(ConsoleMessage::Command(cmd)) => cmd,
             Ok(ConsoleMessage::InventoryAck(ack)) => {
                 self.inventory_ack(link, ack);
+                return;
+            }
+            Ok(ConsoleMessage::EventReceipt(receipt)) => {
+                self.event_receipt(link, &receipt);
                 return;
             }
             Ok(other) => {
@@ -1397,15 +1457,24 @@ impl Session {
                 Ok(ConsoleMessage::ConsoleState(state)) => {
                     if !state.online {
                         tracing::info!(epoch = state.epoch, "the console is offline");
-                    } else if link.epoch != Some(state.epoch) {
-                        if link.epoch.is_some() && link.can_send() {
-                            tracing::info!(
-                                epoch = state.epoch,
-                                "the console restarted: publishing status and birth again"
-                            );
-                            self.announce(link);
+                    } else {
+                        let released = link.receipts.console(state.receipts);
+                        if !released.is_empty() {
+                            self.forget(released);
+                            self.update_queue_status_with(link);
                         }
-                        link.epoch = Some(state.epoch);
+                        if link.epoch != Some(state.epoch) {
+                            if link.epoch.is_some() && link.can_send() {
+                                tracing::info!(
+                                    epoch = state.epoch,
+                                    "the console restarted: publishing status and birth again"
+                                );
+                                self.announce(link);
+                                // It may have died between the broker's PUBACK and its write.
+                                self.resend_unreceipted(link, "the console restarted");
+                            }
+                            link.epoch = Some(state.epoch);
+                        }
                     }
                 }
                 Ok(other) => {
@@ -1493,6 +1562,14 @@ impl Session {
                                 Some(Tag::Goodbye) => return true,
                                 Some(Tag::Queued(key)) => {
                                     let _ = self.cfg.storage.queue.remove(key);
+                                }
+                                Some(Tag::Event { key, event_id }) => {
+                                    // Not `self.forget`: the session is not `Sync`.
+                                    if let Some(key) =
+                                        link.receipts.acked(key, event_id, Instant::now())
+                                    {
+                                        let _ = self.cfg.storage.queue.remove(key);
+                                    }
                                 }
                                 _ => {}
                             }

@@ -27,6 +27,10 @@ pub struct AgentStatusSnapshot {
     /// Items in the store-and-forward queue.
     pub queue_depth: usize,
     pub queue_bytes: u64,
+    /// Queued events the broker acknowledged that wait for the console's receipt (they
+    /// stay in the queue until it comes).
+    #[serde(default)]
+    pub unreceipted: usize,
     /// Unix milliseconds of the last live heartbeat handed to the MQTT client.
     pub last_heartbeat: Option<u64>,
     /// Hex SHA-256 of the pinned console key; `None` before first contact.

@@ -59,18 +59,42 @@ impl Console {
         format!("mqtt://{}", self.broker.mqtt_addr())
     }
 
+    /// A console state from a console that does not send event receipts.
     async fn publish_state(&self, signer: &Identity, epoch: u64) {
+        self.publish_state_with(signer, epoch, false).await;
+    }
+
+    async fn publish_state_with(&self, signer: &Identity, epoch: u64, receipts: bool) {
         let state = ConsoleMessage::ConsoleState(ConsoleState {
             online: true,
             epoch,
             public_key: *signer.public_key().as_bytes(),
             at: now_unix(),
+            receipts,
         });
         self.link
             .publish(
                 &Topics::default().console_state(),
                 sign_console(&state, None, signer),
                 true,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Confirms that the console stored `event_ids` of the agent in `data_dir`.
+    async fn receipt(&self, data_dir: &Path, event_ids: Vec<u64>) {
+        let seed = edgefleet_config::keyfile::read_secret(&data_dir.join("agent.key")).unwrap();
+        let id = Identity::from_seed(&seed.try_into().unwrap()).agent_id();
+        let receipt = ConsoleMessage::EventReceipt(edgefleet_codec::EventReceipt {
+            at: now_unix(),
+            event_ids,
+        });
+        self.link
+            .publish(
+                &Topics::default().agent(&id, edgefleet_codec::Channel::Command),
+                sign_console(&receipt, Some(&id), &self.identity),
+                false,
             )
             .await
             .unwrap();
@@ -131,7 +155,10 @@ impl Console {
                 .await
                 .unwrap_or_else(|_| panic!("no {what} from {id} in time"))
                 .expect("broker link open");
-            if self.approve_enrollment(&msg).await || !msg.topic.starts_with(&format!("ef/a/{id}/"))
+            // The console's own publishes to the agent (receipts on `cmd`) come back too.
+            if self.approve_enrollment(&msg).await
+                || !msg.topic.starts_with(&format!("ef/a/{id}/"))
+                || msg.topic.ends_with("/cmd")
             {
                 continue;
             }
@@ -512,4 +539,71 @@ async fn simulate_runs_n_agents_that_keep_their_identities_across_restarts() {
         )
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stay_queued_until_the_console_receipts_them_and_go_again_after_a_console_restart() {
+    let mut console = Console::start();
+    console.publish_state_with(&console.identity, 1, true).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let agent = start_agent(&console.url(), &dir, 3).await;
+    console
+        .expect(&dir, "birth", |m| matches!(m, AgentMessage::Birth(_)))
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            agent
+                .emit_event(EventLevel::Info, "test", &format!("e{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let event_ids = |m: &AgentMessage| match m {
+        AgentMessage::Event(e) => Some(e.event_id),
+        _ => None,
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = console
+            .expect(&dir, "event", |m| matches!(m, AgentMessage::Event(_)))
+            .await;
+        seen.extend(event_ids(&m));
+    }
+    assert_eq!(seen, ids);
+    // The broker acknowledged all three (PUBACK): they stay queued, waiting for a receipt.
+    let s = agent
+        .wait_for(DEADLINE, |s| s.unreceipted == 3)
+        .await
+        .expect("the PUBACKs arrive and the events wait for their receipt");
+    assert_eq!(s.queue_depth, 3);
+
+    // One receipt: that event leaves the queue.
+    console.receipt(&dir, vec![ids[1]]).await;
+    let s = agent
+        .wait_for(DEADLINE, |s| s.unreceipted == 2)
+        .await
+        .unwrap();
+    assert_eq!(s.queue_depth, 2);
+
+    // The console restarts (a new epoch on the same connection): it may have lost what it
+    // had not receipted, so the other two go out again, in order, with the same ids.
+    console.publish_state_with(&console.identity, 2, true).await;
+    let mut again = Vec::new();
+    while again.len() < 2 {
+        let m = console
+            .expect(&dir, "event sent again", |m| {
+                matches!(m, AgentMessage::Event(_))
+            })
+            .await;
+        again.extend(event_ids(&m));
+    }
+    assert_eq!(again, [ids[0], ids[2]]);
+    console.receipt(&dir, vec![ids[0], ids[2]]).await;
+    agent
+        .wait_for(DEADLINE, |s| s.queue_depth == 0 && s.unreceipted == 0)
+        .await
+        .expect("receipted events leave the queue");
+    agent.shutdown().await;
 }

@@ -887,6 +887,52 @@ async fn small_disk_fleet(
     (tmp, fs, console, sim)
 }
 
+/// A real agent in this process next to `others` simulated ones, online.
+async fn event_agent(
+    console: &Console,
+    dir: &std::path::Path,
+    others: usize,
+) -> edgefleet_agent::AgentHandle {
+    let config = edgefleet_config::AgentConfig {
+        console_urls: vec![console.mqtt_url()],
+        data_dir: dir.join("agent"),
+        token: Some(console.token.clone()),
+        heartbeat_interval: edgefleet_config::HumanDuration::secs(1),
+        ..Default::default()
+    };
+    let agent = edgefleet_agent::spawn(edgefleet_agent::AgentOptions::new(
+        config,
+        // A seed past the simulator's: the same simulated hostname would make this agent
+        // adopt (take over) one of the simulated hosts under the duplicate-host rule.
+        edgefleet_agent::probe::SimProbe::new(1000),
+    ))
+    .await
+    .unwrap();
+    wait_online(console, others + 1, Duration::from_secs(60)).await;
+    agent
+}
+
+async fn emit_event(agent: &edgefleet_agent::AgentHandle, text: String) -> u64 {
+    agent
+        .emit_event(edgefleet_codec::EventLevel::Info, "disk", &text)
+        .await
+        .unwrap()
+}
+
+/// The event ids stored for `agent`, once there are `n` of them.
+async fn stored_event_ids(console: &Console, agent: &str, n: usize) -> Vec<u64> {
+    wait_for(Duration::from_secs(30), "every event stored", || async {
+        let doc = console.get(&format!("/api/agents/{agent}/events")).await;
+        let ids: Vec<u64> = doc
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["event_id"].as_u64())
+            .collect();
+        (ids.len() >= n).then_some(ids)
+    })
+    .await
+}
+
 /// Scenario 4, the disk filled faster than the free-space guard samples it (here: the guard
 /// off, `store.min_free_mb = 0`): the console's data dir is a 16 MiB tmpfs filled to the
 /// last byte, so sled itself hits ENOSPC. Writes fail with a logged error and `/healthz`
@@ -985,9 +1031,6 @@ async fn a_full_disk_degrades_healthz_keeps_reads_working_and_corrupts_nothing()
 /// is stored, a new API change and a new event are stored, and sled never saw an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_disk_refuses_writes_then_recovers_without_a_restart_and_loses_no_event() {
-    use edgefleet_agent::probe::SimProbe;
-    use edgefleet_config::HumanDuration;
-
     // About the console's own store; the Mosquitto pass adds nothing.
     if harness::external_broker() {
         return;
@@ -996,32 +1039,9 @@ async fn a_low_disk_refuses_writes_then_recovers_without_a_restart_and_loses_no_
     const MIB: u64 = 1 << 20;
     let (tmp, fs, console, _sim) = small_disk_fleet(4, AGENTS).await;
     let dir = tmp.path().join("console");
-    let config = edgefleet_config::AgentConfig {
-        console_urls: vec![console.mqtt_url()],
-        data_dir: tmp.path().join("agent"),
-        token: Some(console.token.clone()),
-        heartbeat_interval: HumanDuration::secs(1),
-        ..Default::default()
-    };
-    let agent = edgefleet_agent::spawn(edgefleet_agent::AgentOptions::new(
-        config,
-        // A seed past the simulator's: the same simulated hostname would make this agent
-        // adopt (take over) one of the simulated hosts under the duplicate-host rule.
-        SimProbe::new(1000),
-    ))
-    .await
-    .unwrap();
+    let agent = event_agent(&console, tmp.path(), AGENTS).await;
     let id = agent.agent_id().to_string();
-    wait_online(&console, AGENTS + 1, Duration::from_secs(60)).await;
-    let emit = |text: String| {
-        let agent = &agent;
-        async move {
-            agent
-                .emit_event(edgefleet_codec::EventLevel::Info, "disk", &text)
-                .await
-                .unwrap()
-        }
-    };
+    let emit = |text: String| emit_event(&agent, text);
     let mut sent = vec![emit("before".into()).await];
     wait_for(
         Duration::from_secs(20),
@@ -1102,16 +1122,7 @@ async fn a_low_disk_refuses_writes_then_recovers_without_a_restart_and_loses_no_
         tokens.as_array().unwrap().len() + 1
     );
     sent.push(emit("after".into()).await);
-    let events = wait_for(Duration::from_secs(20), "every event stored", || async {
-        let doc = console.get(&format!("/api/agents/{id}/events")).await;
-        let ids: Vec<u64> = doc
-            .as_array()?
-            .iter()
-            .filter_map(|e| e["event_id"].as_u64())
-            .collect();
-        (ids.len() == sent.len()).then_some(ids)
-    })
-    .await;
+    let events = stored_event_ids(&console, &id, sent.len()).await;
     assert_eq!(events, sent, "every event once, in order");
 
     let text = metrics_text(&console).await.unwrap();
@@ -1148,6 +1159,63 @@ async fn a_low_disk_refuses_writes_then_recovers_without_a_restart_and_loses_no_
     assert_eq!(verify["ok"], true, "{verify}");
     agent.shutdown().await;
     drop(console);
+}
+
+/// Nothing acknowledged is lost when the console dies between the broker's PUBACK and its
+/// own write. While the free-space guard refuses writes, events the broker acknowledged are
+/// only in the console's memory; it kills -9 there. The agent had kept them (no receipt
+/// yet), sends them again to the restarted console, and forgets them once it receipts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_console_held_unstored_when_killed_come_again_from_their_agent() {
+    // The embedded broker dies with the console; behind Mosquitto the agent's connection
+    // stays up and the new console epoch triggers the resend (agent session test).
+    if harness::external_broker() {
+        return;
+    }
+    const AGENTS: usize = 2;
+    const MIB: u64 = 1 << 20;
+    let (tmp, fs, mut console, _sim) = small_disk_fleet(4, AGENTS).await;
+    let agent = event_agent(&console, tmp.path(), AGENTS).await;
+    let id = agent.agent_id().to_string();
+    let mut sent = vec![emit_event(&agent, "before".into()).await];
+    assert_eq!(stored_event_ids(&console, &id, 1).await, sent);
+    agent
+        .wait_for(Duration::from_secs(10), |s| s.queue_depth == 0)
+        .await
+        .expect("the stored event is receipted and leaves the queue");
+
+    let filler = fs.fill_leaving(2 * MIB);
+    wait_for(Duration::from_secs(10), "writes refused", || async {
+        let text = metrics_text(&console).await?;
+        (metric(&text, "edgefleet_store_writes_refused") >= 1.0).then_some(())
+    })
+    .await;
+    for n in 0..10 {
+        sent.push(emit_event(&agent, format!("held {n}")).await);
+    }
+    wait_for(Duration::from_secs(20), "the events held back", || async {
+        let text = metrics_text(&console).await?;
+        (metric(&text, "edgefleet_store_backlog") >= 10.0).then_some(())
+    })
+    .await;
+    let s = agent
+        .wait_for(Duration::from_secs(10), |s| s.unreceipted == 10)
+        .await
+        .expect("the broker acknowledged all ten and no receipt came");
+    assert_eq!(s.queue_depth, 10, "{s:?}");
+
+    console.kill().await;
+    std::fs::remove_file(&filler).unwrap();
+    console.restart().await.unwrap();
+    let events = stored_event_ids(&console, &id, sent.len()).await;
+    assert_eq!(events, sent, "every event once, in order");
+    agent
+        .wait_for(Duration::from_secs(20), |s| {
+            s.queue_depth == 0 && s.unreceipted == 0
+        })
+        .await
+        .expect("all receipted after the restart");
+    agent.shutdown().await;
 }
 
 /// A package list the test changes while the agent runs: one package's version is the

@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod event;
 pub mod heartbeat;
 pub mod inventory;
+pub mod receipt;
 pub mod result;
 pub mod status;
 
@@ -25,6 +26,7 @@ pub use heartbeat::{Deadband, Heartbeat, HeartbeatReporter, Vitals};
 pub use inventory::{
     inventory_digest, InventoryAck, InventoryChunk, InventoryDelta, Package, CHUNK_PACKAGES,
 };
+pub use receipt::{EventReceipt, MAX_RECEIPT_IDS};
 pub use result::{CommandOutcome, CommandProgress, CommandResult};
 pub use status::Status;
 
@@ -53,10 +55,11 @@ pub enum Kind {
     EnrollResponse = 10,
     ConsoleState = 11,
     InventoryAck = 12,
+    EventReceipt = 13,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Status,
         Kind::Birth,
         Kind::Heartbeat,
@@ -70,6 +73,7 @@ impl Kind {
         Kind::EnrollResponse,
         Kind::ConsoleState,
         Kind::InventoryAck,
+        Kind::EventReceipt,
     ];
 
     /// The header byte that precedes the COSE structure.
@@ -104,6 +108,7 @@ impl Kind {
             Kind::EnrollResponse => "enroll_response",
             Kind::ConsoleState => "console_state",
             Kind::InventoryAck => "inventory_ack",
+            Kind::EventReceipt => "event_receipt",
         }
     }
 }
@@ -128,6 +133,7 @@ pub enum ConsoleMessage {
     EnrollResponse(EnrollResponse),
     ConsoleState(ConsoleState),
     InventoryAck(InventoryAck),
+    EventReceipt(EventReceipt),
 }
 
 /// Every message kind on the wire: the closed set.
@@ -237,6 +243,7 @@ impl ConsoleMessage {
             ConsoleMessage::EnrollResponse(_) => Kind::EnrollResponse,
             ConsoleMessage::ConsoleState(_) => Kind::ConsoleState,
             ConsoleMessage::InventoryAck(_) => Kind::InventoryAck,
+            ConsoleMessage::EventReceipt(_) => Kind::EventReceipt,
         }
     }
 
@@ -246,6 +253,7 @@ impl ConsoleMessage {
             ConsoleMessage::EnrollResponse(m) => encode(m),
             ConsoleMessage::ConsoleState(m) => encode(m),
             ConsoleMessage::InventoryAck(m) => encode(m),
+            ConsoleMessage::EventReceipt(m) => encode(m),
         }
     }
 
@@ -255,6 +263,7 @@ impl ConsoleMessage {
             Kind::EnrollResponse => ConsoleMessage::EnrollResponse(decode(body)?),
             Kind::ConsoleState => ConsoleMessage::ConsoleState(decode(body)?),
             Kind::InventoryAck => ConsoleMessage::InventoryAck(decode(body)?),
+            Kind::EventReceipt => ConsoleMessage::EventReceipt(decode(body)?),
             got => {
                 return Err(DecodeError::WrongKind {
                     expected: "console message",
@@ -297,7 +306,7 @@ mod tests {
             Kind::from_header(0x02),
             Err(DecodeError::UnsupportedVersion(0))
         );
-        assert_eq!(Kind::from_header(0x1d), Err(DecodeError::UnknownKind(13)));
+        assert_eq!(Kind::from_header(0x1e), Err(DecodeError::UnknownKind(14)));
         assert_eq!(Kind::from_header(0x1f), Err(DecodeError::UnknownKind(15)));
     }
 }
