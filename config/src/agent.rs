@@ -22,6 +22,8 @@ pub struct AgentConfig {
     pub token: Option<String>,
     pub data_dir: PathBuf,
     pub heartbeat_interval: HumanDuration,
+    /// While the console is unreachable, one full sample is queued this often.
+    pub history_interval: HumanDuration,
     pub keepalive: HumanDuration,
     pub queue_cap_mb: u64,
     /// update-app: the largest artifact download, in MB.
@@ -85,6 +87,7 @@ impl Default for AgentConfig {
             token: None,
             data_dir: PathBuf::from("/var/lib/edgefleet-agent"),
             heartbeat_interval: HumanDuration::secs(30),
+            history_interval: HumanDuration::secs(300),
             keepalive: HumanDuration::secs(30),
             queue_cap_mb: 16,
             artifact_max_mb: 512,
@@ -107,6 +110,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "token", env: "EDGEFLEET_AGENT_TOKEN", kind: ValueKind::Text, default: "(none)", meaning: "Enrollment token (secret, from `edgefleet tokens create`): lets a new agent enroll, and names the only console key it will pin." },
     KeyDoc { key: "data_dir", env: "EDGEFLEET_AGENT_DATA_DIR", kind: ValueKind::Text, default: "/var/lib/edgefleet-agent", meaning: "Key, pinned console key, state database and queue." },
     KeyDoc { key: "heartbeat_interval", env: "EDGEFLEET_AGENT_HEARTBEAT_INTERVAL", kind: ValueKind::Text, default: "30s", meaning: "Time between heartbeats, 1s to 1h." },
+    KeyDoc { key: "history_interval", env: "EDGEFLEET_AGENT_HISTORY_INTERVAL", kind: ValueKind::Text, default: "5m", meaning: "While the console is unreachable, one full heartbeat sample is queued this often, 1s to 1h, and sent with its time once the link is back, so charts have no gap (about 60 bytes each; over `queue_cap_mb` the oldest go first)." },
     KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "30s", meaning: "MQTT keepalive, 5s to 20m. Keep it below cellular NAT idle timeouts (about 2.5 min); the broker declares the agent dead after 1.5x. The agent pings after a keepalive with nothing sent or nothing received, and drops a link whose data goes unacknowledged for two keepalives." },
     KeyDoc { key: "queue_cap_mb", env: "EDGEFLEET_AGENT_QUEUE_CAP_MB", kind: ValueKind::Int, default: "16", meaning: "Store-and-forward queue cap in MB, 1 to 4096. Over it the oldest heartbeats go first; events and results are never dropped." },
     KeyDoc { key: "artifact_max_mb", env: "EDGEFLEET_AGENT_ARTIFACT_MAX_MB", kind: ValueKind::Int, default: "512", meaning: "update-app: the largest artifact download in MB, 1 to 65536; a bigger one is refused before it fills the disk." },
@@ -148,6 +152,13 @@ impl AgentConfig {
             prov,
             "heartbeat_interval",
             self.heartbeat_interval,
+            HumanDuration::secs(1),
+            HumanDuration::secs(3600),
+        )?;
+        check_range(
+            prov,
+            "history_interval",
+            self.history_interval,
             HumanDuration::secs(1),
             HumanDuration::secs(3600),
         )?;

@@ -127,6 +127,7 @@ pub async fn spawn(opts: AgentOptions) -> Result<AgentHandle> {
         ca_file: config.ca_file.clone(),
         token,
         heartbeat_interval: config.heartbeat_interval.get(),
+        history_interval: config.history_interval.get(),
         keepalive: config.keepalive.get(),
         topics,
         storage,

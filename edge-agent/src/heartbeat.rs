@@ -2,8 +2,8 @@
 //!
 //! [`Heartbeats`] combines three small clocks-in-hand types: the codec's
 //! [`HeartbeatReporter`] (report by exception, keyframes), a [`Pacer`] for the live
-//! interval, and a [`History`] that keeps one sample per [`HISTORY_EVERY`] for the
-//! store-and-forward queue while no heartbeat can be sent. None of them reads the clock;
+//! interval, and a [`History`] that keeps one sample per `history_interval` (default
+//! [`HISTORY_EVERY`]) for the store-and-forward queue while no heartbeat can be sent. None of them reads the clock;
 //! the session passes `now`, so tests run on tokio's paused clock or plain instants.
 
 use std::time::Duration;
@@ -11,7 +11,8 @@ use std::time::Duration;
 use edgefleet_codec::{Deadband, Heartbeat, HeartbeatReporter, Vitals};
 use tokio::time::Instant;
 
-/// While disconnected, one heartbeat sample is queued for history this often.
+/// While disconnected, one heartbeat sample is queued for history this often, by default
+/// (the agent's `history_interval`).
 pub const HISTORY_EVERY: Duration = Duration::from_secs(300);
 
 /// Live heartbeats of a connection: the first right after the connect, then one every
@@ -97,11 +98,16 @@ impl History {
 }
 
 impl Heartbeats {
-    pub fn new(interval: Duration, deadband: Deadband, now: Instant) -> Heartbeats {
+    pub fn new(
+        interval: Duration,
+        history_every: Duration,
+        deadband: Deadband,
+        now: Instant,
+    ) -> Heartbeats {
         Heartbeats {
             reporter: HeartbeatReporter::new(deadband),
             pacer: Pacer::new(interval),
-            history: History::new(HISTORY_EVERY, now),
+            history: History::new(history_every, now),
         }
     }
 
@@ -176,7 +182,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn live_heartbeats_start_at_connect_and_follow_the_interval() {
         let t0 = Instant::now();
-        let mut hb = Heartbeats::new(Duration::from_secs(30), Deadband::default(), t0);
+        let mut hb = Heartbeats::new(Duration::from_secs(30), HISTORY_EVERY, Deadband::default(), t0);
         assert_eq!(hb.live_deadline(), None, "nothing before a connect");
         tokio::time::sleep(Duration::from_secs(7)).await;
         hb.connected(Instant::now());
@@ -195,7 +201,7 @@ mod tests {
     #[test]
     fn the_first_after_each_connect_is_a_keyframe_and_every_tenth_after_that() {
         let t = Instant::now();
-        let mut hb = Heartbeats::new(Duration::from_secs(30), Deadband::default(), t);
+        let mut hb = Heartbeats::new(Duration::from_secs(30), HISTORY_EVERY, Deadband::default(), t);
         hb.connected(t);
         let full: Vec<bool> = (0..12)
             .map(|_| hb.live(&vitals(10), t, false) == vitals(10).keyframe())
@@ -217,7 +223,7 @@ mod tests {
     #[test]
     fn history_samples_are_full_stamped_and_due_five_minutes_after_the_last_heartbeat() {
         let t0 = Instant::now();
-        let mut hb = Heartbeats::new(Duration::from_secs(30), Deadband::default(), t0);
+        let mut hb = Heartbeats::new(Duration::from_secs(30), HISTORY_EVERY, Deadband::default(), t0);
         hb.connected(t0);
         hb.live(&vitals(10), t0 + Duration::from_secs(60), false);
         hb.disconnected();

@@ -78,6 +78,8 @@ pub struct SessionConfig {
     /// Pins the console key on first contact (docs/wire.md, "Console key pinning").
     pub token: Option<EnrollToken>,
     pub heartbeat_interval: Duration,
+    /// While offline, one history sample is queued this often (`history_interval`).
+    pub history_interval: Duration,
     pub keepalive: Duration,
     pub topics: Topics,
     pub storage: Storage,
@@ -108,6 +110,7 @@ impl std::fmt::Debug for SessionConfig {
             .field("agent", &self.identity.agent_id())
             .field("urls", &self.urls)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("history_interval", &self.history_interval)
             .finish_non_exhaustive()
     }
 }
@@ -232,7 +235,12 @@ impl Session {
             .storage
             .interval_override()
             .map_or(cfg.heartbeat_interval, |s| Duration::from_secs(s.into()));
-        let heartbeats = Heartbeats::new(interval, Deadband::default(), Instant::now());
+        let heartbeats = Heartbeats::new(
+            interval,
+            cfg.history_interval,
+            Deadband::default(),
+            Instant::now(),
+        );
         let enrollment = cfg.enrollment.load();
         status.send_modify(|s| {
             s.agent_id = id.to_string();

@@ -200,6 +200,7 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             ca_file: None,
             token: opts.token.clone(),
             heartbeat_interval: opts.heartbeat_interval,
+            history_interval: crate::heartbeat::HISTORY_EVERY,
             keepalive: Duration::from_secs(30),
             topics: Topics::default(),
             storage,

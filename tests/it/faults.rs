@@ -1319,6 +1319,8 @@ async fn a_remote_site_link_loses_nothing_runs_each_command_once_and_is_offline_
         data_dir: dir.clone(),
         token: Some(console.token.clone()),
         heartbeat_interval: HumanDuration::secs(5),
+        // Samples kept while the link is down come with their time once it is back.
+        history_interval: HumanDuration::secs(5),
         keepalive: HumanDuration::secs(5),
         allow_scripts: true,
         script_allowlist: Some(allow),
@@ -1505,6 +1507,37 @@ async fn a_remote_site_link_loses_nothing_runs_each_command_once_and_is_offline_
     assert!(
         offline_spells >= 2,
         "the console noticed only {offline_spells} outages: {history:?}"
+    );
+    // Heartbeat gaps are filled from the agent's history: while it was offline it queued a
+    // sample every 5 s, stamped with its time, and sent them once the link was back.
+    let chart = console
+        .get(&format!("/api/agents/{id}/metrics?range=1h"))
+        .await;
+    let points: Vec<u64> = chart["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["at"].as_u64())
+        .collect();
+    let filled: Vec<usize> = outages
+        .iter()
+        .map(|o| {
+            points
+                .iter()
+                .filter(|at| **at >= o.start_ms && **at <= o.end_ms.unwrap())
+                .count()
+        })
+        .collect();
+    eprintln!("remote site: chart points inside each outage {filled:?}");
+    // The agent notices a silent link only after a keepalive and an unanswered ping
+    // (about 10 s here), so short outages have no sample; the longest one must.
+    let longest = (0..outages.len())
+        .max_by_key(|i| outages[*i].end_ms.unwrap() - outages[*i].start_ms)
+        .unwrap();
+    assert!(
+        filled[longest] > 0,
+        "no heartbeat sample inside the longest outage {:?}: chart points {points:?}",
+        outages[longest]
     );
     let (up, down) = proxy.bytes_forwarded();
     eprintln!(
