@@ -182,7 +182,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn live_heartbeats_start_at_connect_and_follow_the_interval() {
         let t0 = Instant::now();
-        let mut hb = Heartbeats::new(Duration::from_secs(30), HISTORY_EVERY, Deadband::default(), t0);
+        let mut hb = Heartbeats::new(
+            Duration::from_secs(30),
+            HISTORY_EVERY,
+            Deadband::default(),
+            t0,
+        );
         assert_eq!(hb.live_deadline(), None, "nothing before a connect");
         tokio::time::sleep(Duration::from_secs(7)).await;
         hb.connected(Instant::now());
@@ -201,7 +206,12 @@ mod tests {
     #[test]
     fn the_first_after_each_connect_is_a_keyframe_and_every_tenth_after_that() {
         let t = Instant::now();
-        let mut hb = Heartbeats::new(Duration::from_secs(30), HISTORY_EVERY, Deadband::default(), t);
+        let mut hb = Heartbeats::new(
+            Duration::from_secs(30),
+            HISTORY_EVERY,
+            Deadband::default(),
+            t,
+        );
         hb.connected(t);
         let full: Vec<bool> = (0..12)
             .map(|_| hb.live(&vitals(10), t, false) == vitals(10).keyframe())
@@ -223,7 +233,12 @@ mod tests {
     #[test]
     fn history_samples_are_full_stamped_and_due_five_minutes_after_the_last_heartbeat() {
         let t0 = Instant::now();
-        let mut hb = Heartbeats::new(Duration::from_secs(30), HISTORY_EVERY, Deadband::default(), t0);
+        let mut hb = Heartbeats::new(
+            Duration::from_secs(30),
+            HISTORY_EVERY,
+            Deadband::default(),
+            t0,
+        );
         hb.connected(t0);
         hb.live(&vitals(10), t0 + Duration::from_secs(60), false);
         hb.disconnected();

@@ -41,6 +41,12 @@ use crate::status::{now_ms, AgentStatusSnapshot};
 pub const MAX_PACKET: usize = 64 * 1024;
 /// How many queued items may await their PUBACK at once.
 const QUEUE_WINDOW: usize = 16;
+/// rumqttc's deadline for the TCP + TLS + CONNECT/CONNACK handshake and for each write
+/// (its `connection_timeout`, 5 s by default). At 64 kbit/s and 600 ms round trips the TLS
+/// handshake alone takes seconds and a 64 KiB message takes 8 s to write, and an agent
+/// that gives up on a connect the broker later completes leaves a will behind (a false
+/// offline). A dead link is still closed by `TCP_USER_TIMEOUT` and the keepalive.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an acknowledged event waits for the console's receipt before the queue is
 /// read from the start again (a console that crashed between the broker's PUBACK and its
 /// write never sends one). A reconnect or a new console epoch resends at once.
@@ -445,7 +451,8 @@ impl Session {
         // has waited two keepalives for an ACK, not after the kernel's ~15 min of retries.
         eventloop
             .network_options
-            .set_tcp_user_timeout((self.cfg.keepalive * 2).max(Duration::from_secs(20)));
+            .set_tcp_user_timeout((self.cfg.keepalive * 2).max(Duration::from_secs(20)))
+            .set_connection_timeout(NETWORK_TIMEOUT.as_secs());
         Ok((client, eventloop, mac))
     }
 
