@@ -37,6 +37,7 @@ pub mod inventory;
 pub mod labels;
 pub mod live;
 pub mod maintenance;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod presence;
@@ -300,12 +301,21 @@ pub async fn run(
         ];
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
+            let mut trim = tokio::time::interval(memory::TRIM_EVERY);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {
                         let fleet = fleet.clone();
-                        let _ = tokio::task::spawn_blocking(move || enforce_retention(&fleet, keep)).await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            enforce_retention(&fleet, keep);
+                            memory::trim()
+                        }).await;
+                    }
+                    _ = trim.tick() => {
+                        if let Ok(Some(freed)) = tokio::task::spawn_blocking(memory::trim).await {
+                            tracing::debug!(freed_bytes = freed, "heap trimmed");
+                        }
                     }
                 }
             }

@@ -177,6 +177,10 @@ struct Link {
     delivery: Delivery,
     /// Acknowledged events waiting for the console's receipt.
     receipts: Receipts,
+    /// The console state said offline (its last-will): no timed resends meanwhile, since
+    /// an external broker queues them for the console's session, and it comes back with a
+    /// new epoch, which resends anyway.
+    console_down: bool,
     /// The console epoch seen on this connection.
     epoch: Option<u64>,
     connected: bool,
@@ -330,6 +334,7 @@ impl Session {
                                 seq: 1,
                                 delivery: Delivery::new(),
                                 receipts: Receipts::default(),
+                                console_down: false,
                                 epoch: None,
                                 connected: false,
                                 approved: self.approved(),
@@ -689,7 +694,7 @@ impl Session {
             self.status
                 .send_modify(|s| s.last_heartbeat = Some(now_ms()));
         }
-        if link.receipts.overdue(Instant::now(), RECEIPT_TIMEOUT) {
+        if !link.console_down && link.receipts.overdue(Instant::now(), RECEIPT_TIMEOUT) {
             self.resend_unreceipted(link, "no receipt in time");
         }
     }
@@ -806,10 +811,16 @@ impl Session {
         self.pump_queue(link);
     }
 
+    /// The queue figures and the unreceipted count, in one update (a reader never sees
+    /// one without the other).
     fn update_queue_status_with(&self, link: &Link) {
         let unreceipted = link.receipts.len();
-        self.status.send_modify(|s| s.unreceipted = unreceipted);
-        self.update_queue_status();
+        let queue = &self.cfg.storage.queue;
+        self.status.send_modify(|s| {
+            s.unreceipted = unreceipted;
+            s.queue_depth = queue.len();
+            s.queue_bytes = queue.bytes();
+        });
     }
 
     fn update_queue_status(&self) {
@@ -1470,6 +1481,7 @@ impl Session {
         if let Some(pinned) = self.pinned {
             match open_console(payload, None, &pinned) {
                 Ok(ConsoleMessage::ConsoleState(state)) => {
+                    link.console_down = !state.online;
                     if !state.online {
                         tracing::info!(epoch = state.epoch, "the console is offline");
                     } else {
