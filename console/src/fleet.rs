@@ -452,12 +452,15 @@ impl Fleet {
                 dropped += 1;
             }
         }
+        // Pushed together by ingest: a receipt for every event, in the same order.
+        debug_assert_eq!(events.len(), receipts.len(), "one receipt per held event");
         for (e, receipt) in events.into_iter().zip(receipts) {
-            if backlog.event_keys.contains(&(e.0.clone(), e.1.event_id)) {
+            let key = (e.0.clone(), e.1.event_id);
+            if backlog.event_keys.contains(&key) {
                 continue;
             }
             if backlog.len() < MAX_BACKLOG {
-                backlog.event_keys.insert((e.0.clone(), e.1.event_id));
+                backlog.event_keys.insert(key);
                 backlog.events.push(e);
                 backlog.receipts.push(receipt);
             } else {
