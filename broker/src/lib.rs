@@ -28,7 +28,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{Config, ConnectionSettings, Notification, RouterConfig, ServerSettings, TlsConfig};
+use rumqttd::{
+    Config, ConnectionSettings, Notification, RouterConfig, SegmentConfig, ServerSettings,
+    TlsConfig,
+};
 use tokio::sync::mpsc;
 
 pub mod external;
@@ -61,6 +64,12 @@ pub enum BrokerError {
     Backlog,
 }
 
+/// Segment size of the logs of [`BrokerConfig::client_filters`]. A message larger than this
+/// still fits: a segment overflows by its last message.
+pub const CLIENT_SEGMENT_SIZE: usize = 4 * 1024;
+/// Segment count of those logs: the full one before the active one is kept.
+pub const CLIENT_SEGMENT_COUNT: usize = 2;
+
 /// Settings for the embedded broker. Defaults suit a console with up to 10,000 agents.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -71,9 +80,20 @@ pub struct BrokerConfig {
     /// Largest PUBLISH payload accepted, in bytes.
     pub max_payload: usize,
     pub max_inflight: usize,
-    /// Router log segment size and count per topic. Memory per topic is their product.
+    /// Router log segment size and count per subscription filter. Memory per filter is up
+    /// to their product: the log keeps what was published to the filter, read or not,
+    /// until its segments wrap.
     pub segment_size: usize,
     pub segment_count: usize,
+    /// Filter patterns (MQTT wildcards) of logs that each hold one client's own messages,
+    /// such as `ef/a/+/cmd`: every filter they match gets [`CLIENT_SEGMENT_SIZE`] ×
+    /// [`CLIENT_SEGMENT_COUNT`] instead. With the shared sizes, every agent's command log
+    /// grew towards 1 MiB over the days (every command, acknowledgement and receipt the
+    /// console sent it stays there). The cost: a client that is away while more than a
+    /// segment of messages arrives for it gets only the newest on its return, so the
+    /// protocol on these topics must resend what matters (the console redelivers commands
+    /// on every birth; agents resend unreceipted events).
+    pub client_filters: Vec<String>,
     /// Capacity of the channel between the router and the console.
     pub console_queue: usize,
     /// New connections per peer address, checked right after `accept` (patched rumqttd,
@@ -98,6 +118,7 @@ impl Default for BrokerConfig {
             max_inflight: 100,
             segment_size: 256 * 1024,
             segment_count: 4,
+            client_filters: Vec::new(),
             console_queue: 65_536,
             connect_limit_per_ip: Some(ConnectLimit {
                 burst: 1_000,
@@ -247,6 +268,17 @@ impl EmbeddedBroker {
                 max_outgoing_packet_count: 200,
                 max_segment_size: config.segment_size,
                 max_segment_count: config.segment_count,
+                custom_segment: (!config.client_filters.is_empty()).then(|| {
+                    let small = || SegmentConfig {
+                        max_segment_size: CLIENT_SEGMENT_SIZE,
+                        max_segment_count: CLIENT_SEGMENT_COUNT,
+                    };
+                    config
+                        .client_filters
+                        .iter()
+                        .map(|f| (f.clone(), small()))
+                        .collect()
+                }),
                 ..RouterConfig::default()
             },
             v4: Some(v4),

@@ -632,3 +632,77 @@ async fn a_client_that_never_starts_its_tls_handshake_holds_up_nobody() {
         );
     }
 }
+
+/// An agent's own logs (`client_filters`) keep only their newest segments, so they stop
+/// growing; every other filter keeps the shared sizes. Seen from a client away with a
+/// persistent session while 40 KB arrive on two of its topics.
+#[tokio::test]
+async fn logs_of_client_filters_keep_only_their_newest_messages_for_a_client_away() {
+    let id = "aaaaaaaaaaaaaaaa";
+    let own = format!("ef/a/{id}/cmd");
+    let shared = format!("ef/a/{id}/other");
+    let config = BrokerConfig {
+        client_filters: vec!["ef/a/+/cmd".to_string()],
+        ..config()
+    };
+    let (broker, link, _inbound) =
+        EmbeddedBroker::start(&config, allow_password("ok"), &[]).expect("broker starts");
+    let session = |broker: &EmbeddedBroker| {
+        let addr = broker.mqtt_addr();
+        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_credentials(id, "ok");
+        opts.set_clean_session(false);
+        opts.set_keep_alive(Duration::from_secs(5));
+        AsyncClient::new(opts, 16)
+    };
+    let (c, mut el) = session(&broker);
+    assert_eq!(connack(&mut el).await, Ok(ConnectReturnCode::Success));
+    for topic in [&own, &shared] {
+        c.subscribe(topic.as_str(), QoS::AtLeastOnce)
+            .await
+            .expect("queued");
+    }
+    timeout(Duration::from_secs(5), async {
+        let mut acks = 0;
+        while acks < 2 {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+                acks += 1;
+            }
+        }
+    })
+    .await
+    .expect("both subscriptions acknowledged");
+    drop((c, el));
+
+    // Away: 40 messages of 1 KB on each topic, ten times the client log's two segments.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..40u8 {
+        for topic in [&own, &shared] {
+            link.publish(topic, vec![n; 1024], false)
+                .await
+                .expect("router up");
+        }
+    }
+
+    let (_c, mut el) = session(&broker);
+    let mut got: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let _ = timeout(Duration::from_secs(3), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = el.poll().await {
+                got.entry(p.topic.clone()).or_default().push(p.payload[0]);
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        got.get(&shared).map(Vec::len),
+        Some(40),
+        "a shared-size log keeps all 40: {got:?}"
+    );
+    let kept = got.get(&own).cloned().unwrap_or_default();
+    assert!(
+        (4..=12).contains(&kept.len()),
+        "the client log keeps 4-12 KiB of 1 KB messages, got {kept:?}"
+    );
+    assert_eq!(kept.last(), Some(&39), "the newest arrive: {kept:?}");
+}

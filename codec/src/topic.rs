@@ -140,6 +140,15 @@ impl Topics {
         ]
     }
 
+    /// The filters of [`Topics::agent_filters`] that belong to one agent, with the id as
+    /// `+`. The embedded broker keeps their logs small (`BrokerConfig::client_filters`).
+    pub fn agent_own_filter_patterns(&self) -> Vec<String> {
+        vec![
+            format!("{}/a/+/{}", self.prefix, Channel::Command.suffix()),
+            format!("{}/e/+/r", self.prefix),
+        ]
+    }
+
     pub fn parse(&self, topic: &str) -> Result<Topic, TopicError> {
         let unknown = || TopicError::Unknown(topic.chars().take(80).collect());
         let rest = topic
@@ -199,6 +208,27 @@ mod tests {
         );
         assert_eq!(t.parse(&t.console_state()), Ok(Topic::ConsoleState));
         assert_eq!(t.agent(&id, Channel::Heartbeat), format!("ef/a/{id}/hb"));
+    }
+
+    #[test]
+    fn own_filter_patterns_are_the_agent_filters_with_the_id_as_a_wildcard() {
+        let t = Topics::new("site7").unwrap();
+        let id = Identity::from_seed(&[2; 32]).agent_id();
+        let patterns = t.agent_own_filter_patterns();
+        let own: Vec<String> = patterns
+            .iter()
+            .map(|p| p.replace('+', id.as_str()))
+            .collect();
+        let filters = t.agent_filters(&id);
+        assert_eq!(own.len(), filters.len() - 1, "{patterns:?}");
+        for f in &own {
+            assert!(
+                filters.contains(f),
+                "{f} is not an agent filter: {filters:?}"
+            );
+        }
+        // Only the console state is shared.
+        assert!(!own.contains(&t.console_state()));
     }
 
     #[test]
