@@ -101,6 +101,8 @@ pub struct RetentionConfig {
     pub raw: HumanDuration,
     pub rollup_1m: HumanDuration,
     pub rollup_15m: HumanDuration,
+    /// Agent events, command results and status changes.
+    pub history: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +198,7 @@ impl Default for RetentionConfig {
             raw: HumanDuration::secs(24 * 3600),
             rollup_1m: HumanDuration::secs(7 * 86400),
             rollup_15m: HumanDuration::secs(30 * 86400),
+            history: HumanDuration::secs(90 * 86400),
         }
     }
 }
@@ -242,6 +245,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!("retention.raw", "EDGEFLEET_CONSOLE_RETENTION_RAW", Text, "24h", "How long raw metric samples are kept."),
     key!("retention.rollup_1m", "EDGEFLEET_CONSOLE_RETENTION_ROLLUP_1M", Text, "7d", "How long 1-minute rollups are kept (at least `retention.raw`)."),
     key!("retention.rollup_15m", "EDGEFLEET_CONSOLE_RETENTION_ROLLUP_15M", Text, "30d", "How long 15-minute rollups are kept (at least `retention.rollup_1m`)."),
+    key!("retention.history", "EDGEFLEET_CONSOLE_RETENTION_HISTORY", Text, "90d", "How long agent events, command results and status changes are kept (10m to 3650d). The audit trail is never expired."),
     key!("store.min_free_mb", "EDGEFLEET_CONSOLE_STORE_MIN_FREE_MB", Int, "64", "Free space (MiB) kept on the data dir's filesystem: below it writes are refused (API 507, `/healthz` degraded) until it is back above this plus a quarter (at least 1 MiB more); 0 turns the guard off (0 to 1048576)."),
     key!("alerts.offline_grace", "EDGEFLEET_CONSOLE_ALERTS_OFFLINE_GRACE", Text, "10s", "An agent back within this time after going offline raises no alert (0s to 1h)."),
     key!("alerts.notify_on_clean_stop", "EDGEFLEET_CONSOLE_ALERTS_NOTIFY_ON_CLEAN_STOP", Bool, "false", "Whether a graceful agent stop raises an offline alert."),
@@ -415,6 +419,13 @@ impl ConsoleConfig {
             r.rollup_15m,
             r.rollup_1m,
             HumanDuration::secs(5 * 365 * 86400),
+        )?;
+        check_range(
+            prov,
+            "retention.history",
+            r.history,
+            HumanDuration::secs(600),
+            HumanDuration::secs(3650 * 86400),
         )?;
         if self.store.min_free_mb > MAX_MIN_FREE_MB {
             return Err(prov.invalid(
@@ -684,6 +695,11 @@ mod tests {
                 "[retention]\nrollup_15m = \"1h\"",
                 "retention.rollup_15m",
                 "",
+            ),
+            (
+                "[retention]\nhistory = \"1m\"",
+                "retention.history",
+                "between 10m and 3650d",
             ),
             (
                 "[alerts]\noffline_grace = \"2h\"",

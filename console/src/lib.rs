@@ -7,7 +7,7 @@
 //! - `groups`: static and dynamic host groups and settings precedence.
 //! - `maintenance`: maintenance windows and the command refusal.
 //! - `presence`: the per-agent record and the status rules (pure logic, table in the docs).
-//! - `store`: the sled trees, batched writes, rollups and retention.
+//! - `store`: the sled trees, key-by-key writes, rollups and retention.
 //! - `space`: the free-space guard that refuses writes before the disk is full.
 //! - `http`: the axum REST API, `/healthz` and `/metrics`.
 //! - `metrics`: counters rendered in Prometheus text format.
@@ -189,7 +189,9 @@ pub async fn run(
     let filters = topics.console_filters();
     let (link, mut inbound, agent_url) = match &config.mqtt.external {
         None => {
-            let (link, inbound, addr) = start_embedded(&config, &fleet, filters).await?;
+            let (link, inbound, addr) =
+                start_embedded(&config, &fleet, filters, topics.agent_own_filter_patterns())
+                    .await?;
             let link = Arc::new(link);
             link.publish(&topics.console_state(), state(true), true)
                 .await?;
@@ -299,6 +301,7 @@ pub async fn run(
             config.retention.rollup_1m.get(),
             config.retention.rollup_15m.get(),
         ];
+        let history = config.retention.history.get();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             let mut trim = tokio::time::interval(memory::TRIM_EVERY);
@@ -308,7 +311,7 @@ pub async fn run(
                     _ = tick.tick() => {
                         let fleet = fleet.clone();
                         let _ = tokio::task::spawn_blocking(move || {
-                            enforce_retention(&fleet, keep);
+                            enforce_retention(&fleet, keep, history);
                             memory::trim()
                         }).await;
                     }
@@ -394,6 +397,7 @@ async fn start_embedded(
     config: &ConsoleConfig,
     fleet: &Arc<Fleet>,
     filters: Vec<String>,
+    client_filters: Vec<String>,
 ) -> Result<(ConsoleLink, mpsc::Receiver<Inbound>, SocketAddr)> {
     let broker_config = BrokerConfig {
         listen: config.mqtt.bind,
@@ -411,6 +415,7 @@ async fn start_embedded(
         },
         max_connections: config.mqtt.max_connections,
         max_payload: config.mqtt.max_payload,
+        client_filters,
         connect_limit_per_ip: (config.mqtt.connect_burst_per_ip > 0).then_some(
             edgefleet_broker::ConnectLimit {
                 burst: config.mqtt.connect_burst_per_ip,
@@ -569,10 +574,19 @@ async fn watch_space(
     }
 }
 
-fn enforce_retention(fleet: &Fleet, keep: [Duration; 3]) {
+/// Deletes samples past their tier's retention and events, results and status changes past
+/// `history`. Audit entries and command records are kept.
+fn enforce_retention(fleet: &Fleet, keep: [Duration; 3], history: Duration) {
     let now = fleet::now_ms();
     let mut removed = 0;
     for id in fleet.agent_ids() {
+        match fleet
+            .store
+            .expire_history(&id, now.saturating_sub(history.as_millis() as u64))
+        {
+            Ok(n) => removed += n,
+            Err(e) => tracing::error!(agent.id = %id, error = %e, "history retention failed"),
+        }
         for (tier, keep) in Tier::ALL.into_iter().zip(keep) {
             match fleet
                 .store

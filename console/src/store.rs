@@ -17,6 +17,17 @@
 //! samples, transitions), never corrupt older data. Agents re-send birth and status on the
 //! next connect, so presence heals itself; lost samples are lost.
 //!
+//! **No batches.** Rounds and retention write key by key, never with `sled::Batch`. In sled
+//! 0.34 every `apply_batch` rolls the log's IO buffer twice (`PageCache::pin_log`), even for
+//! an empty batch, and the memory and log space that costs is never given back: an
+//! ingest round of five small batches (most of them empty) grew the console's RSS and its
+//! sled files without bound, about 1 KB per batch (BENCHMARKS.md, "Soak"; reproduce with
+//! `cargo run --release -p edgefleet-console --example sled_batches`). No write here needs
+//! several keys to land together: each key is a record of its own, a round's events are
+//! receipted only after the flush that follows them, and a crash in between leaves keys
+//! that an agent's resend writes again. The rare multi-key writers elsewhere (alert changes,
+//! an inventory scan, webhook outbox entries) keep their batches.
+//!
 //! **Disk space.** Every store carries a [`crate::space::Guard`]: while the data dir's
 //! filesystem is below its reserve, [`Store::write_round`] refuses with
 //! [`StoreError::LowSpace`] before sled is touched, and the other writers check
@@ -53,7 +64,7 @@ pub struct ResultRecord {
     pub at: u64,
 }
 
-/// What one ingest round writes, in one batch per tree.
+/// What one ingest round writes.
 #[derive(Debug, Default)]
 pub struct Round<'a> {
     /// Host records written whole (JSON).
@@ -361,8 +372,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes host records and transitions of one ingest round in one batch per tree, and
-    /// keeps [`Store::write_failure`] current.
+    /// Writes what one ingest round changed (key by key, see the module docs) and keeps
+    /// [`Store::write_failure`] current.
     /// Refused with [`StoreError::LowSpace`] while the free-space guard says so (a refusal
     /// is not a failure of the store: it leaves `write_failure` alone).
     pub fn write_round(&self, round: &Round<'_>) -> Result<(), StoreError> {
@@ -376,7 +387,7 @@ impl Store {
     /// (ingest, the sweep): the guard may have flipped since, and the reserve is there to
     /// absorb that round rather than lose messages the broker has already acknowledged.
     pub fn write_admitted(&self, round: &Round<'_>) -> Result<(), StoreError> {
-        let result = self.write_round_batches(round);
+        let result = self.write_round_keys(round);
         let mut health = self.health.lock().expect("not poisoned");
         match &result {
             Ok(()) => *health = None,
@@ -392,7 +403,8 @@ impl Store {
         result
     }
 
-    fn write_round_batches(&self, round: &Round<'_>) -> Result<(), StoreError> {
+    /// Key by key, never `sled::Batch`: see the module docs ("No batches").
+    fn write_round_keys(&self, round: &Round<'_>) -> Result<(), StoreError> {
         let Round {
             hosts,
             hot,
@@ -401,45 +413,37 @@ impl Store {
             events,
             results,
         } = round;
-        let mut batch = sled::Batch::default();
         for (id, event) in events {
-            batch.insert(
+            self.events.insert(
                 key(id, event.event_id),
                 serde_json::to_vec(event).expect("events serialize"),
-            );
+            )?;
         }
-        self.events.apply_batch(batch)?;
-        let mut batch = sled::Batch::default();
         for (id, result) in results {
             // The agent's own time and the command id: a result delivered twice (resent
             // until PUBACK, or again for a redelivered command) lands on the same key.
             let mut k = key(id, result.at);
             k.extend_from_slice(result.command_id.as_bytes());
-            batch.insert(k, serde_json::to_vec(result).expect("results serialize"));
+            self.results
+                .insert(k, serde_json::to_vec(result).expect("results serialize"))?;
         }
-        self.results.apply_batch(batch)?;
-        let mut batch = sled::Batch::default();
         for host in hosts {
             let json = serde_json::to_vec(host).expect("host records always serialize");
-            batch.insert(host.id.as_bytes(), json);
+            self.hosts.insert(host.id.as_bytes(), json)?;
         }
-        self.hosts.apply_batch(batch)?;
-        let mut batch = sled::Batch::default();
         for host in hot {
-            batch.insert(host.id.as_bytes(), Hot::of(host).to_bytes());
+            self.hot
+                .insert(host.id.as_bytes(), Hot::of(host).to_bytes())?;
         }
-        self.hot.apply_batch(batch)?;
-        let mut batch = sled::Batch::default();
         for (id, change) in transitions {
             // A per-database counter keeps two transitions in the same ms apart.
             let mut k = key(id, change.at);
             k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-            batch.insert(
+            self.transitions.insert(
                 k,
                 serde_json::to_vec(change).expect("transitions always serialize"),
-            );
+            )?;
         }
-        self.transitions.apply_batch(batch)?;
         if !transitions.is_empty() || !events.is_empty() {
             // A status change is what operators and alerts act on: it must survive a
             // crash right after it (a clean stop lost to kill -9 came back as a timeout
@@ -546,14 +550,44 @@ impl Store {
     /// Deletes samples older than `cutoff_ms` in `tier` for `id`. Returns how many.
     pub fn expire(&self, id: &str, tier: Tier, cutoff_ms: u64) -> Result<usize, StoreError> {
         let tree = &self.tiers[tier as usize];
-        let mut batch = sled::Batch::default();
         let mut n = 0;
         for item in tree.range(key(id, 0)..key(id, cutoff_ms)) {
             let (k, _) = item?;
-            batch.remove(k);
+            tree.remove(k)?;
             n += 1;
         }
-        tree.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Deletes one agent's events, command results and status changes from before
+    /// `cutoff_ms` (`retention.history`). Returns how many. Results and status changes are
+    /// keyed by time. Events are keyed by their id, which the agent counts up as time goes
+    /// on, so the pass stops at the first event from `cutoff_ms` or later: events behind
+    /// one from a clock that ran ahead wait until that one expires.
+    pub fn expire_history(&self, id: &str, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for tree in [&self.results, &self.transitions] {
+            for item in tree.range(key(id, 0)..key(id, cutoff_ms)) {
+                tree.remove(item?.0)?;
+                n += 1;
+            }
+        }
+        #[derive(Deserialize)]
+        struct At {
+            at: u64,
+        }
+        for item in self.events.range(key(id, 0)..=key(id, u64::MAX)) {
+            let (k, v) = item?;
+            let event: At = serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                tree: "events",
+                source,
+            })?;
+            if event.at >= cutoff_ms {
+                break;
+            }
+            self.events.remove(k)?;
+            n += 1;
+        }
         Ok(n)
     }
 
@@ -723,6 +757,62 @@ mod tests {
         let stored = store.results(id, 10).unwrap();
         assert_eq!(stored, vec![result("aa", 5), result("bb", 5)]);
         assert_eq!(store.write_failure(), None);
+    }
+
+    #[test]
+    fn history_retention_removes_old_events_results_and_changes_of_one_agent_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (a, b) = ("abcdefghijklmnop", "bbcdefghijklmnop");
+        let event = |event_id, at| EventRecord {
+            event_id,
+            at,
+            level: "info".into(),
+            kind: "service".into(),
+            message: format!("event {event_id}"),
+        };
+        let result = |at| ResultRecord {
+            command_id: format!("{at:032x}"),
+            outcome: "succeeded".into(),
+            message: String::new(),
+            at,
+        };
+        let change = |at| StatusChange {
+            status: edgefleet_codec::api::AgentStatus::Online,
+            cause: edgefleet_codec::api::Cause::Birth,
+            at,
+        };
+        for id in [a, b] {
+            // Event 3's clock ran ahead: the pass stops there, so event 4 waits.
+            let round = Round {
+                events: [(1, 1_000), (2, 2_000), (3, 9_000), (4, 1_500), (5, 4_000)]
+                    .map(|(n, at)| (id.to_string(), event(n, at)))
+                    .to_vec(),
+                results: [1_000, 2_000, 4_000]
+                    .map(|at| (id.to_string(), result(at)))
+                    .to_vec(),
+                transitions: [1_000, 2_999, 3_000]
+                    .map(|at| (id.to_string(), change(at)))
+                    .to_vec(),
+                ..Round::default()
+            };
+            store.write_round(&round).unwrap();
+        }
+        assert_eq!(store.expire_history(a, 3_000).unwrap(), 2 + 2 + 2);
+        let events: Vec<u64> = store
+            .events(a, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(events, [3, 4, 5]);
+        assert_eq!(store.results(a, 10).unwrap(), vec![result(4_000)]);
+        assert_eq!(store.transitions(a, 10).unwrap(), vec![change(3_000)]);
+        // The other agent keeps everything.
+        assert_eq!(store.events(b, 0, 10).unwrap().len(), 5);
+        assert_eq!(store.results(b, 10).unwrap().len(), 3);
+        assert_eq!(store.transitions(b, 10).unwrap().len(), 3);
+        assert_eq!(store.expire_history(a, 3_000).unwrap(), 0);
     }
 
     #[test]

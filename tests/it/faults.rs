@@ -602,15 +602,15 @@ async fn soak_a_churning_fleet_keeps_memory_and_disk_bounded_and_logs_no_error()
     } else {
         Duration::from_secs(1)
     };
-    // Ten minutes (the shortest allowed) for every tier, so a 30 min run sees retention
-    // delete: passes run at start and every 10 min.
+    // Ten minutes (the shortest allowed) for every tier and for events, results and status
+    // changes, so a 30 min run sees retention delete: passes run at start and every 10 min.
     let retention = Duration::from_secs(600);
     let tmp = tempfile::tempdir().unwrap();
     let console = Console::start(
         &tmp.path().join("console"),
         ConsoleOpts {
             heartbeat_interval: "10s",
-            extra_toml: "[retention]\nraw = \"10m\"\nrollup_1m = \"10m\"\nrollup_15m = \"10m\"\n"
+            extra_toml: "[retention]\nraw = \"10m\"\nrollup_1m = \"10m\"\nrollup_15m = \"10m\"\nhistory = \"10m\"\n"
                 .into(),
             ..ConsoleOpts::default()
         },
