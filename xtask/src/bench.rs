@@ -74,7 +74,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let mut scale = cargo();
     scale
         .args(["bench", "--profile", profile])
-        .args(["-p", "edgefleet-tests", "--bench", "scale", "--"])
+        .args(["--workspace", "--bench", "scale", "--"])
         .args(args)
         .arg("--out")
         .arg(&out);

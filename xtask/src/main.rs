@@ -117,8 +117,11 @@ fn ci() -> Result<()> {
     // The end-to-end suite again, with every console behind a real Mosquitto the harness
     // starts (external broker mode, issue 9). Tests about the embedded broker itself, and
     // the long fault scenarios, run on the first pass only (`harness::external_broker`).
+    // `--workspace`, not `-p edgefleet-tests`: the same feature set as the pass above, so
+    // nothing is compiled again (with `-p` cargo resolved features for that one package
+    // and rebuilt a good part of the tree, about 1m45s).
     run(cargo()
-        .args(["test", "--locked", "-p", "edgefleet-tests", "--test", "it"])
+        .args(["test", "--workspace", "--locked", "--test", "it"])
         .env("EDGEFLEET_TEST_BROKER", "mosquitto"))?;
     // The scale bench, reduced (500 agents, seconds-long windows, dev profile): the bench
     // harness must not rot between full runs (issue 9).
