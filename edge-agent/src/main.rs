@@ -532,14 +532,64 @@ fn status(data_dir: &Path) -> Result<()> {
 }
 
 /// Human-readable logs by default, JSON on request; the level comes from RUST_LOG.
+///
+/// RUST_LOG is read as a list of `target=level` directives with an optional bare default
+/// level (`warn,edgefleet_agent=debug`), tracing-subscriber's `Targets`. The console's
+/// `EnvFilter` also takes span and field filters; they need the regex engine, which would
+/// add about 300 KB of code to an agent that must stay within 8 MB of memory (issue 9).
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::prelude::*;
+    let (targets, error) = log_targets(std::env::var("RUST_LOG").ok().as_deref());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(targets);
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+        LogFormat::Human => registry.with(layer).init(),
+    }
+    if let Some(error) = error {
+        tracing::warn!("RUST_LOG ignored, logging at info: {error}");
+    }
+}
+
+/// The log filter for a RUST_LOG value: info when unset or empty; when it does not parse,
+/// info and the reason, so a typo does not silence the agent.
+fn log_targets(
+    rust_log: Option<&str>,
+) -> (
+    tracing_subscriber::filter::Targets,
+    Option<tracing_subscriber::filter::ParseError>,
+) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    match rust_log.map(str::trim) {
+        None | Some("") => (info(), None),
+        Some(s) => match s.parse::<Targets>() {
+            Ok(targets) => (targets, None),
+            Err(e) => (info(), Some(e)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_targets;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_a_bad_value_falls_back_to_info_with_the_reason() {
+        let (unset, error) = log_targets(None);
+        assert!(error.is_none());
+        assert!(unset.would_enable("edgefleet_agent", &Level::INFO));
+        assert!(!unset.would_enable("edgefleet_agent", &Level::DEBUG));
+
+        let (targets, error) = log_targets(Some("warn,edgefleet_agent::session=trace"));
+        assert!(error.is_none());
+        assert!(targets.would_enable("edgefleet_agent::session", &Level::TRACE));
+        assert!(!targets.would_enable("rumqttc", &Level::INFO));
+        assert!(targets.would_enable("rumqttc", &Level::WARN));
+
+        let (fallback, error) = log_targets(Some("edgefleet_agent=loud"));
+        assert!(error.is_some(), "a level that does not exist is an error");
+        assert!(fallback.would_enable("edgefleet_agent", &Level::INFO));
     }
 }

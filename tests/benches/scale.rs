@@ -103,6 +103,12 @@ impl Options {
 struct ProcSample {
     cpu_ticks: u64,
     rss_kib: u64,
+    /// The part of the resident set that is anonymous memory: heap, stacks.
+    rss_anon_kib: u64,
+    /// The part mapped from files: the binary's and the shared libraries' code and
+    /// read-only data. Clean, so the kernel can drop it under pressure, and the libraries'
+    /// pages are shared with every other process that maps them.
+    rss_file_kib: u64,
     hwm_kib: u64,
     threads: u64,
     at: Instant,
@@ -127,6 +133,8 @@ fn proc_sample(pid: u32) -> Result<ProcSample> {
     Ok(ProcSample {
         cpu_ticks: utime + stime,
         rss_kib: field("VmRSS:")?,
+        rss_anon_kib: field("RssAnon:")?,
+        rss_file_kib: field("RssFile:")?,
         hwm_kib: field("VmHWM:")?,
         threads: field("Threads:")?,
         at: Instant::now(),
@@ -667,6 +675,12 @@ async fn footprint(opts: &Options, dir: &std::path::Path, out: &mut String) -> R
         "| RSS idle (max during the window) | **{rss_mb:.1} MB** ({:.1} MB) | ≤ 8 MB: {} | Greengrass nucleus lite < 5 MB, New Relic infra 20-35 MB, Telegraf ~84 MB |",
         rss_max as f64 / 1024.0,
         mark(rss_mb <= 8.0)
+    )?;
+    writeln!(
+        out,
+        "| of which anonymous (heap, stacks) / mapped from files (code of the binary and of libc, libm, ld.so: clean, and the libraries' pages shared) | {:.1} MB / {:.1} MB | | |",
+        a1.rss_anon_kib as f64 / 1024.0,
+        a1.rss_file_kib as f64 / 1024.0
     )?;
     writeln!(
         out,
