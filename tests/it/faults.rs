@@ -584,14 +584,17 @@ async fn soak_a_churning_fleet_keeps_memory_and_disk_bounded_and_logs_no_error()
     }
     let agents = env_u64("EDGEFLEET_SOAK_AGENTS", if long() { 2_000 } else { 100 }) as usize;
     let run = if long() {
-        Duration::from_secs(60 * env_u64("EDGEFLEET_SOAK_MINUTES", 30))
+        Duration::from_secs(60 * env_u64("EDGEFLEET_SOAK_MINUTES", 60))
     } else {
         Duration::from_secs(30)
     };
     // Warm-up lasts until the stored data stops growing by design: retention keeps 10 min
     // and its passes run at start and every 10 min, so the first pass that deletes a whole
     // window comes at 20 min. Before that, sled's working set (and the memory that holds
-    // it) grows with the data; a leak shows as growth after it.
+    // it) grows with the data; a leak shows as growth after it. Measured (60 min run,
+    // BENCHMARKS.md "Soak"): RSS still steps up at the 20 and 30 min passes and is flat from
+    // then on, so the growth this asserts includes the 30 min step, and runs shorter than
+    // 60 min (the default) end before the memory has settled.
     let warmup = if long() {
         (2 * Duration::from_secs(600)).min(run / 2)
     } else {

@@ -2,7 +2,7 @@
 //!
 //! It builds the console and the agent, then runs the `faults::` end-to-end tests with
 //! `EDGEFLEET_SOAK=1`, which switches each to its long version: the soak itself (2,000
-//! simulated agents with command and inventory churn, `--minutes`, default 30, sampling
+//! simulated agents with command and inventory churn, `--minutes`, default 60, sampling
 //! console RSS and sled size), the 10-minute remote-site link, 50 console kill -9 cycles,
 //! and the rest. The tests print their time series and measurements (`--nocapture`); the
 //! numbers go into BENCHMARKS.md by hand.
@@ -20,8 +20,11 @@ pub struct Options {
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options> {
+        // 60, not the 30 of issue 10: at the shortest retention (10 min, which the soak
+        // uses) the console's memory settles only after the third deleting retention pass,
+        // at about 30 min (BENCHMARKS.md, "Soak"), so a 30 min run ends inside warm-up.
         let mut opts = Options {
-            minutes: 30,
+            minutes: 60,
             agents: 2_000,
             soak_only: false,
         };
@@ -89,7 +92,7 @@ mod tests {
         assert_eq!(
             Options::parse(&[]).unwrap(),
             Options {
-                minutes: 30,
+                minutes: 60,
                 agents: 2_000,
                 soak_only: false
             }
