@@ -72,7 +72,7 @@ fn main() -> Result<()> {
                  (--profile release|dev, --version V, --out DIR, --skip-ui-build, --no-musl)\n  \
                  deb-test      build dev packages, then install, upgrade and purge them here (root)\n  \
                  fuzz          run every cargo-fuzz target (--minutes N in total, default 1; --only T)\n  \
-                 soak          long fault runs: 2,000 agents for 30 min and the long scenarios\n                \
+                 soak          long fault runs: 2,000 agents for 60 min and the long scenarios\n                \
                  (--minutes N, --agents N, --soak-only)\n  \
                  bench         scale benchmarks, rewrites BENCHMARKS.md (--smoke: short CI run)"
             );
