@@ -88,7 +88,7 @@ impl Default for AgentConfig {
             data_dir: PathBuf::from("/var/lib/edgefleet-agent"),
             heartbeat_interval: HumanDuration::secs(30),
             history_interval: HumanDuration::secs(300),
-            keepalive: HumanDuration::secs(30),
+            keepalive: HumanDuration::secs(150),
             queue_cap_mb: 16,
             artifact_max_mb: 512,
             artifact_unpacked_max_mb: 2048,
@@ -111,7 +111,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "data_dir", env: "EDGEFLEET_AGENT_DATA_DIR", kind: ValueKind::Text, default: "/var/lib/edgefleet-agent", meaning: "Key, pinned console key, state database and queue." },
     KeyDoc { key: "heartbeat_interval", env: "EDGEFLEET_AGENT_HEARTBEAT_INTERVAL", kind: ValueKind::Text, default: "30s", meaning: "Time between heartbeats, 1s to 1h." },
     KeyDoc { key: "history_interval", env: "EDGEFLEET_AGENT_HISTORY_INTERVAL", kind: ValueKind::Text, default: "5m", meaning: "While the console is unreachable, one full heartbeat sample is queued this often, 1s to 1h, and sent with its time once the link is back, so charts have no gap (about 60 bytes each; over `queue_cap_mb` the oldest go first)." },
-    KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "30s", meaning: "MQTT keepalive, 5s to 20m. Keep it below cellular NAT idle timeouts (about 2.5 min); the broker declares the agent dead after 1.5x. The agent pings after a keepalive with nothing sent or nothing received, and drops a link whose data goes unacknowledged for two keepalives." },
+    KeyDoc { key: "keepalive", env: "EDGEFLEET_AGENT_KEEPALIVE", kind: ValueKind::Text, default: "150s", meaning: "MQTT keepalive, 5s to 20m: the agent hears from the broker at least this often. Once a keepalive would pass in silence, the next heartbeat goes at QoS 1 and its PUBACK proves the link (no PINGREQ while heartbeats flow); with no heartbeat due, the agent pings. A heartbeat unacknowledged for 30 s, or sent data unacknowledged for two keepalives (20 to 60 s), drops the link, and unconfirmed heartbeats go into the queue. The broker declares a silent agent dead after 1.5x. With heartbeats further apart than the keepalive, keep it below cellular NAT idle timeouts (often 2 to 5 min)." },
     KeyDoc { key: "queue_cap_mb", env: "EDGEFLEET_AGENT_QUEUE_CAP_MB", kind: ValueKind::Int, default: "16", meaning: "Store-and-forward queue cap in MB, 1 to 4096. Over it the oldest heartbeats go first; events and results are never dropped." },
     KeyDoc { key: "artifact_max_mb", env: "EDGEFLEET_AGENT_ARTIFACT_MAX_MB", kind: ValueKind::Int, default: "512", meaning: "update-app: the largest artifact download in MB, 1 to 65536; a bigger one is refused before it fills the disk." },
     KeyDoc { key: "artifact_unpacked_max_mb", env: "EDGEFLEET_AGENT_ARTIFACT_UNPACKED_MAX_MB", kind: ValueKind::Int, default: "2048", meaning: "update-app: the largest total size of an artifact's files once unpacked, in MB, 1 to 1048576 (archive bombs are refused whole)." },
@@ -349,7 +349,7 @@ mod tests {
         let c = AgentConfig::load(None, env(&[])).unwrap();
         assert_eq!(c, AgentConfig::default());
         assert_eq!(c.heartbeat_interval.get().as_secs(), 30);
-        assert_eq!(c.keepalive.get().as_secs(), 30);
+        assert_eq!(c.keepalive.get().as_secs(), 150);
         assert_eq!(c.queue_cap_mb, 16);
         assert!(!c.allow_scripts);
     }

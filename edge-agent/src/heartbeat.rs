@@ -6,6 +6,7 @@
 //! [`HISTORY_EVERY`]) for the store-and-forward queue while no heartbeat can be sent. None of them reads the clock;
 //! the session passes `now`, so tests run on tokio's paused clock or plain instants.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use edgefleet_codec::{Deadband, Heartbeat, HeartbeatReporter, Vitals};
@@ -160,6 +161,116 @@ impl Heartbeats {
     }
 }
 
+/// At most this many live heartbeats wait for confirmation: a heartbeat goes at QoS 1 once
+/// this many are unconfirmed, whatever the keepalive (at short intervals), so what a dead
+/// link can cost stays bounded.
+pub const MAX_UNCONFIRMED: usize = 32;
+
+/// Live heartbeats that nothing has yet shown the broker received, and the liveness rule
+/// that confirms them (docs/wire.md, "Acknowledged heartbeats").
+///
+/// Heartbeats go at QoS 0, which gets no answer, so a link that swallows them (a hung
+/// broker, a middlebox that keeps ACKing) would lose them unnoticed. Once a keepalive
+/// would otherwise pass without a word from the broker, the next heartbeat goes at QoS 1
+/// instead of a separate PINGREQ: its PUBACK proves the link (so rumqttc never pings while
+/// the link is up) and, since TCP and the broker keep order, confirms every heartbeat
+/// sent before it on the connection. What is still unconfirmed when a connection ends
+/// goes into the queue as history. One PUBACK per keepalive costs three TCP segments less
+/// than a ping exchange per keepalive (issue 9's bytes-per-day goal).
+#[derive(Debug, Default)]
+pub struct Unconfirmed {
+    /// (number, vitals, unix seconds sent), oldest first.
+    sent: VecDeque<(u64, Vitals, u64)>,
+    next: u64,
+    /// The QoS 1 heartbeat awaiting its PUBACK: its number and when it went out.
+    probe: Option<(u64, Instant)>,
+}
+
+impl Unconfirmed {
+    /// Whether the heartbeat sent at `now` should go at QoS 1. `heard` is when the broker
+    /// last sent anything. The PUBACK has to be back before `heard + keepalive`, when
+    /// rumqttc would ping; `margin` (a twentieth of the keepalive, at most 5 s) is for
+    /// its round trip.
+    pub fn wants_probe(
+        &self,
+        now: Instant,
+        heard: Instant,
+        interval: Duration,
+        keepalive: Duration,
+    ) -> bool {
+        if self.probe.is_some() {
+            return false;
+        }
+        let margin = (keepalive / 20).min(Duration::from_secs(5));
+        self.sent.len() + 1 >= MAX_UNCONFIRMED || now + interval + margin >= heard + keepalive
+    }
+
+    /// A live heartbeat with `vitals` went out at `now` (unix seconds `at`); returns its
+    /// number, which a QoS 1 one ([`Unconfirmed::probing`]) confirms with its PUBACK.
+    pub fn sent(&mut self, vitals: &Vitals, at: u64) -> u64 {
+        let n = self.next;
+        self.next += 1;
+        self.sent.push_back((n, *vitals, at));
+        if self.sent.len() > MAX_UNCONFIRMED {
+            self.sent.pop_front();
+        }
+        n
+    }
+
+    /// The number the next [`Unconfirmed::sent`] returns.
+    pub fn next_number(&self) -> u64 {
+        self.next
+    }
+
+    /// Heartbeat `n` went at QoS 1 at `now`.
+    pub fn probing(&mut self, n: u64, now: Instant) {
+        self.probe = Some((n, now));
+    }
+
+    /// When the probe in flight has waited `wait` for its PUBACK (`None`: none in flight).
+    pub fn probe_deadline(&self, wait: Duration) -> Option<Instant> {
+        self.probe.map(|(_, at)| at + wait)
+    }
+
+    /// The broker acknowledged heartbeat `n`: it and everything before it arrived.
+    pub fn confirmed(&mut self, n: u64) {
+        while self.sent.front().is_some_and(|(m, _, _)| *m <= n) {
+            self.sent.pop_front();
+        }
+        if self.probe.is_some_and(|(m, _)| m <= n) {
+            self.probe = None;
+        }
+    }
+
+    /// Everything sent so far arrived (the goodbye's PUBACK).
+    pub fn confirm_all(&mut self) {
+        self.sent.clear();
+        self.probe = None;
+    }
+
+    /// The connection ended: the unconfirmed heartbeats as full history samples, oldest
+    /// first, stamped with the time they were first sent.
+    pub fn take(&mut self) -> Vec<Heartbeat> {
+        self.probe = None;
+        self.sent
+            .drain(..)
+            .map(|(_, vitals, at)| {
+                let mut hb = vitals.keyframe();
+                hb.at = Some(at);
+                hb
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +359,103 @@ mod tests {
         assert_eq!(sample.cpu_pct, Some(12));
         assert_eq!(sample.uptime_s, Some(1000));
         assert_eq!(hb.history_deadline(), t0 + Duration::from_secs(660));
+    }
+
+    /// Runs the liveness rule for `beats` heartbeats on a link whose broker answers every
+    /// QoS 1 heartbeat within `rtt`; returns which ones went at QoS 1.
+    fn probes(interval: u64, keepalive: u64, beats: usize) -> Vec<usize> {
+        let t0 = Instant::now();
+        let (interval, keepalive) = (
+            Duration::from_secs(interval),
+            Duration::from_secs(keepalive),
+        );
+        let rtt = Duration::from_millis(600);
+        let mut u = Unconfirmed::default();
+        let mut heard = t0;
+        let mut out = Vec::new();
+        for i in 0..beats {
+            let now = t0 + interval * u32::try_from(i + 1).unwrap();
+            let probe = u.wants_probe(now, heard, interval, keepalive);
+            let n = u.sent(&vitals(10), 1_700_000_000);
+            if probe {
+                u.probing(n, now);
+                out.push(i + 1);
+                // The PUBACK is back before rumqttc would ping (a keepalive of silence),
+                // unless heartbeats are as far apart as the keepalive: then it pings too.
+                assert!(
+                    now + rtt < heard + keepalive || interval + rtt >= keepalive,
+                    "heartbeat {} probed too late",
+                    i + 1
+                );
+                heard = now + rtt;
+                u.confirmed(n);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_heartbeat_goes_at_qos1_once_per_keepalive_before_rumqttc_would_ping() {
+        // The defaults: 30 s heartbeats, 150 s keepalive: every fourth (one PUBACK per 2 min).
+        assert_eq!(probes(30, 150, 12), [4, 8, 12]);
+        // A keepalive at or below the interval: every heartbeat proves the link.
+        assert_eq!(probes(30, 30, 3), [1, 2, 3]);
+        assert_eq!(probes(5, 5, 3), [1, 2, 3]);
+        // Short intervals: bounded by MAX_UNCONFIRMED or the keepalive, whichever comes
+        // first.
+        assert_eq!(probes(1, 60, 120), [32, 64, 96]);
+        assert_eq!(probes(10, 60, 12), [5, 10]);
+    }
+
+    #[test]
+    fn a_puback_confirms_its_heartbeat_and_the_ones_before_and_the_rest_become_history() {
+        let t = Instant::now();
+        let mut u = Unconfirmed::default();
+        assert!(u.is_empty());
+        assert_eq!(u.probe_deadline(Duration::from_secs(30)), None);
+        let first = u.sent(&vitals(10), 100);
+        let probe = u.sent(&vitals(11), 130);
+        u.probing(probe, t);
+        assert!(
+            !u.wants_probe(
+                t,
+                t - Duration::from_secs(999),
+                Duration::from_secs(30),
+                Duration::from_secs(30)
+            ),
+            "one probe at a time"
+        );
+        assert_eq!(
+            u.probe_deadline(Duration::from_secs(30)),
+            Some(t + Duration::from_secs(30))
+        );
+        u.sent(&vitals(12), 160);
+        u.sent(&vitals(13), 190);
+        assert_eq!(u.len(), 4);
+        u.confirmed(probe);
+        assert_eq!(u.len(), 2, "{first} and {probe} arrived");
+        assert_eq!(u.probe_deadline(Duration::from_secs(30)), None);
+        let history = u.take();
+        assert!(u.is_empty());
+        let mut expected = [vitals(12).keyframe(), vitals(13).keyframe()];
+        expected[0].at = Some(160);
+        expected[1].at = Some(190);
+        assert_eq!(
+            history, expected,
+            "full samples with the time they were sent"
+        );
+        // Only the newest MAX_UNCONFIRMED are kept.
+        for at in 0..40 {
+            u.sent(&vitals(10), at);
+        }
+        let kept = u.take();
+        assert_eq!(kept.len(), MAX_UNCONFIRMED);
+        assert_eq!(kept[0].at, Some(40 - MAX_UNCONFIRMED as u64));
+        u.sent(&vitals(10), 1);
+        u.confirm_all();
+        assert!(
+            u.take().is_empty(),
+            "the goodbye's PUBACK confirms everything"
+        );
     }
 }

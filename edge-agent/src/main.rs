@@ -513,6 +513,12 @@ fn status(data_dir: &Path) -> Result<()> {
             s.unreceipted
         );
     }
+    if s.requeued_heartbeats > 0 {
+        println!(
+            "requeued:      {} heartbeats the broker never acknowledged, resent as history",
+            s.requeued_heartbeats
+        );
+    }
     if s.dropped_heartbeats > 0 || s.over_cap > 0 {
         println!(
             "queue cap:     {} heartbeat samples dropped, {} pushes over the cap",

@@ -54,6 +54,9 @@ pub enum Tag {
     Event { key: u64, event_id: u64 },
     /// The clean offline status sent on shutdown.
     Goodbye,
+    /// A live heartbeat sent at QoS 1 to prove the link; its PUBACK confirms it and the
+    /// heartbeats before it ([`crate::heartbeat::Unconfirmed`]).
+    Probe(u64),
 }
 
 /// Matches publishes to their acknowledgements. rumqttc reports `Outgoing::Publish(pkid)`
@@ -249,7 +252,7 @@ impl Tag {
     pub fn queue_key(self) -> Option<u64> {
         match self {
             Tag::Queued(key) | Tag::Event { key, .. } => Some(key),
-            Tag::Plain | Tag::Goodbye => None,
+            Tag::Plain | Tag::Goodbye | Tag::Probe(_) => None,
         }
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::enrollment::{EnrollState, Enrollment, EnrollmentFile};
-use crate::heartbeat::Heartbeats;
+use crate::heartbeat::{Heartbeats, Unconfirmed};
 use crate::identity::{hex, ConsolePin};
 use crate::probe::Probe;
 use crate::queue::{Delivery, Receipts, Tag};
@@ -47,6 +47,9 @@ const QUEUE_WINDOW: usize = 16;
 /// that gives up on a connect the broker later completes leaves a will behind (a false
 /// offline). A dead link is still closed by `TCP_USER_TIMEOUT` and the keepalive.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a heartbeat sent at QoS 1 to prove the link waits for its PUBACK before the
+/// link counts as dead (docs/wire.md, "Acknowledged heartbeats").
+pub const PROBE_WAIT: Duration = Duration::from_secs(30);
 /// How long an acknowledged event waits for the console's receipt before the queue is
 /// read from the start again (a console that crashed between the broker's PUBACK and its
 /// write never sends one). A reconnect or a new console epoch resends at once.
@@ -188,6 +191,8 @@ struct Link {
     approved: bool,
     /// When a pending agent sends its next enrollment request.
     enroll_due: Option<Instant>,
+    /// When the broker last sent anything on this connection.
+    heard: Instant,
 }
 
 impl Link {
@@ -213,6 +218,8 @@ pub(crate) struct Session {
     /// Stops the app poller when the session ends.
     _app_watch_stop: tokio_util::sync::DropGuard,
     inventory: InventoryState,
+    /// Live heartbeats not yet shown to have reached the broker.
+    unconfirmed: Unconfirmed,
 }
 
 /// The session's inventory bookkeeping around the persisted [`crate::inventory::SyncState`].
@@ -279,6 +286,7 @@ impl Session {
         };
         Session {
             inventory,
+            unconfirmed: Unconfirmed::default(),
             cfg,
             id,
             requests,
@@ -339,6 +347,7 @@ impl Session {
                                 connected: false,
                                 approved: self.approved(),
                                 enroll_due: None,
+                                heard: Instant::now(),
                             };
                             self.connection(link, eventloop, &shutdown).await
                         }
@@ -348,6 +357,7 @@ impl Session {
                 Err(e) => End::Lost(format!("cannot persist bd_seq: {e}")),
             };
             self.heartbeats.disconnected();
+            self.requeue_unconfirmed();
             self.status.send_modify(|s| s.connected = false);
             match end {
                 End::Shutdown => return Ok(()),
@@ -451,12 +461,15 @@ impl Session {
             ));
         }
         let (client, mut eventloop) = AsyncClient::new(opts, CLIENT_REQUESTS);
-        // Pings go out only after a keepalive of silence (vendor/rumqttc), so while QoS 0
-        // heartbeats flow a silently dead link shows only in TCP: close it once sent data
-        // has waited two keepalives for an ACK, not after the kernel's ~15 min of retries.
+        // A dead network (no RST, no FIN) shows first in TCP: close the connection once
+        // sent data has waited two keepalives for an ACK, between 20 and 60 s, not after
+        // the kernel's ~15 min of retries. A link that ACKs but delivers nothing (a hung
+        // broker) is caught by the heartbeat PUBACK ([`PROBE_WAIT`]) or the ping.
         eventloop
             .network_options
-            .set_tcp_user_timeout((self.cfg.keepalive * 2).max(Duration::from_secs(20)))
+            .set_tcp_user_timeout(
+                (self.cfg.keepalive * 2).clamp(Duration::from_secs(20), Duration::from_secs(60)),
+            )
             .set_connection_timeout(NETWORK_TIMEOUT.as_secs());
         Ok((client, eventloop, mac))
     }
@@ -488,6 +501,14 @@ impl Session {
                     }
                 },
                 _ = at(live), if link.approved => self.live_heartbeat(&mut link, false),
+                // A heartbeat sent at QoS 1 to prove the link got no PUBACK in time.
+                _ = at(self.unconfirmed.probe_deadline(PROBE_WAIT)), if link.connected => {
+                    disconnect(&link.client, &mut eventloop).await;
+                    return End::Lost(format!(
+                        "the broker did not acknowledge a heartbeat within {} s: the link is dead",
+                        PROBE_WAIT.as_secs()
+                    ));
+                }
                 // An app changed state or version: tell the console now, not at the next tick.
                 // Only once connected: a branch that wins while rumqttc is still connecting
                 // drops its poll mid-handshake, and rumqttc then reconnects with the same
@@ -500,7 +521,11 @@ impl Session {
                 // Connected but not yet able to send (pinning, enrollment): keep history.
                 // Not during the handshake: backoff's `wait_offline` samples around it.
                 _ = tokio::time::sleep_until(history), if link.connected && !link.can_send() => self.history_sample(),
-                event = eventloop.poll() => match event {
+                event = eventloop.poll() => {
+                if let Ok(rumqttc::Event::Incoming(_)) = &event {
+                    link.heard = Instant::now();
+                }
+                match event {
                     Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code != ConnectReturnCode::Success {
                             return End::Lost(format!("the console refused the connection ({:?}): {}", ack.code, self.refusal_hint(&link)));
@@ -539,7 +564,7 @@ impl Session {
                         }
                         return End::Lost(text);
                     }
-                },
+                }},
             }
         }
     }
@@ -682,21 +707,51 @@ impl Session {
             self.inventory.reported = acked;
         }
         let mut msg = AgentMessage::Heartbeat(hb);
-        if self.publish(
-            link,
-            &mut msg,
-            Channel::Heartbeat,
-            QoS::AtMostOnce,
-            false,
-            Tag::Plain,
-        ) == Sent::Yes
-        {
+        let now = Instant::now();
+        let probe = self.unconfirmed.wants_probe(
+            now,
+            link.heard,
+            self.heartbeats.interval(),
+            self.cfg.keepalive,
+        );
+        let (qos, tag) = if probe {
+            (QoS::AtLeastOnce, Tag::Probe(self.unconfirmed.next_number()))
+        } else {
+            (QoS::AtMostOnce, Tag::Plain)
+        };
+        if self.publish(link, &mut msg, Channel::Heartbeat, qos, false, tag) == Sent::Yes {
+            let n = self.unconfirmed.sent(&vitals, now_ms() / 1000);
+            if probe {
+                self.unconfirmed.probing(n, now);
+            }
             self.status
                 .send_modify(|s| s.last_heartbeat = Some(now_ms()));
         }
         if !link.console_down && link.receipts.overdue(Instant::now(), RECEIPT_TIMEOUT) {
             self.resend_unreceipted(link, "no receipt in time");
         }
+    }
+
+    /// The connection ended: live heartbeats the broker never acknowledged go into the
+    /// queue as history (stamped with when they were sent), so a link that swallowed them
+    /// loses nothing. Some may have arrived; the console then holds two samples a second
+    /// or so apart.
+    fn requeue_unconfirmed(&mut self) {
+        let samples = self.unconfirmed.take();
+        if samples.is_empty() {
+            return;
+        }
+        tracing::info!(
+            heartbeats = samples.len(),
+            "queued the heartbeats the broker did not acknowledge before the link ended"
+        );
+        let n = samples.len() as u64;
+        for hb in samples {
+            // A failure is logged by push.
+            let _ = self.push(AgentMessage::Heartbeat(hb));
+        }
+        self.status.send_modify(|s| s.requeued_heartbeats += n);
+        self.update_queue_status();
     }
 
     /// One full heartbeat into the queue, stamped with the time, while offline.
@@ -763,6 +818,10 @@ impl Session {
 
     fn acked(&mut self, link: &mut Link, pkid: u16) {
         let done = match link.delivery.acked(pkid) {
+            Some(Tag::Probe(n)) => {
+                self.unconfirmed.confirmed(n);
+                return;
+            }
             Some(Tag::Queued(key)) => Some(key),
             Some(Tag::Event { key, event_id }) => {
                 link.receipts.acked(key, event_id, Instant::now())
@@ -1586,7 +1645,11 @@ impl Session {
                         }
                         Ok(rumqttc::Event::Incoming(Packet::PubAck(ack))) => {
                             match link.delivery.acked(ack.pkid) {
-                                Some(Tag::Goodbye) => return true,
+                                Some(Tag::Goodbye) => {
+                                    self.unconfirmed.confirm_all();
+                                    return true;
+                                }
+                                Some(Tag::Probe(n)) => self.unconfirmed.confirmed(n),
                                 Some(Tag::Queued(key)) => {
                                     let _ = self.cfg.storage.queue.remove(key);
                                 }

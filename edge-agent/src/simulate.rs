@@ -201,7 +201,7 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
             token: opts.token.clone(),
             heartbeat_interval: opts.heartbeat_interval,
             history_interval: crate::heartbeat::HISTORY_EVERY,
-            keepalive: Duration::from_secs(30),
+            keepalive: edgefleet_config::AgentConfig::default().keepalive.get(),
             topics: Topics::default(),
             storage,
             pin: ConsolePin::in_dir(&agent_dir),

@@ -38,6 +38,10 @@ pub struct AgentStatusSnapshot {
     /// Heartbeat history samples dropped to keep the queue under its cap.
     #[serde(default)]
     pub dropped_heartbeats: u64,
+    /// Live heartbeats the broker never acknowledged, queued as history when their
+    /// connection ended (docs/wire.md, "Acknowledged heartbeats").
+    #[serde(default)]
+    pub requeued_heartbeats: u64,
     /// Pushes that left the queue over its cap with events and results only (kept).
     #[serde(default)]
     pub over_cap: u64,

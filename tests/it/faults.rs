@@ -1537,8 +1537,11 @@ async fn a_remote_site_link_loses_nothing_runs_each_command_once_and_is_offline_
         })
         .collect();
     eprintln!("remote site: chart points inside each outage {filled:?}");
-    // The agent notices a silent link only after a keepalive and an unanswered ping
-    // (about 10 s here), so short outages have no sample; the longest one must.
+    // The chart has 7.2 s slots and the agent notices a silent link only after a
+    // keepalive and an unanswered ping (about 10 s here); the heartbeats it sent into the
+    // blackhole meanwhile come later as history (docs/wire.md, "Acknowledged heartbeats";
+    // counted exactly by presence::heartbeats_sent_into_a_silent_link_arrive_later_as_history).
+    // A short outage may still fall between slots, so only the longest must have a sample.
     let longest = (0..outages.len())
         .max_by_key(|i| outages[*i].end_ms.unwrap() - outages[*i].start_ms)
         .unwrap();
