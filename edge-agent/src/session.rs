@@ -192,12 +192,20 @@ struct Link {
     /// When a pending agent sends its next enrollment request.
     enroll_due: Option<Instant>,
     /// When the broker last sent anything on this connection.
-    heard: Instant,
+    last_heard: Instant,
 }
 
 impl Link {
     fn can_send(&self) -> bool {
         self.connected && self.mac.is_some() && self.approved
+    }
+
+    /// Passes an event loop result through, noting when the broker last sent anything.
+    fn note_heard<T>(&mut self, event: Result<rumqttc::Event, T>) -> Result<rumqttc::Event, T> {
+        if let Ok(rumqttc::Event::Incoming(_)) = &event {
+            self.last_heard = Instant::now();
+        }
+        event
     }
 }
 
@@ -347,7 +355,7 @@ impl Session {
                                 connected: false,
                                 approved: self.approved(),
                                 enroll_due: None,
-                                heard: Instant::now(),
+                                last_heard: Instant::now(),
                             };
                             self.connection(link, eventloop, &shutdown).await
                         }
@@ -521,11 +529,7 @@ impl Session {
                 // Connected but not yet able to send (pinning, enrollment): keep history.
                 // Not during the handshake: backoff's `wait_offline` samples around it.
                 _ = tokio::time::sleep_until(history), if link.connected && !link.can_send() => self.history_sample(),
-                event = eventloop.poll() => {
-                if let Ok(rumqttc::Event::Incoming(_)) = &event {
-                    link.heard = Instant::now();
-                }
-                match event {
+                event = eventloop.poll() => match link.note_heard(event) {
                     Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code != ConnectReturnCode::Success {
                             return End::Lost(format!("the console refused the connection ({:?}): {}", ack.code, self.refusal_hint(&link)));
@@ -564,7 +568,7 @@ impl Session {
                         }
                         return End::Lost(text);
                     }
-                }},
+                },
             }
         }
     }
@@ -710,7 +714,7 @@ impl Session {
         let now = Instant::now();
         let probe = self.unconfirmed.wants_probe(
             now,
-            link.heard,
+            link.last_heard,
             self.heartbeats.interval(),
             self.cfg.keepalive,
         );
