@@ -182,8 +182,8 @@ pub struct Unconfirmed {
     /// (number, vitals, unix seconds sent), oldest first.
     sent: VecDeque<(u64, Vitals, u64)>,
     next: u64,
-    /// The QoS 1 heartbeat awaiting its PUBACK: its number and when it went out.
-    probe: Option<(u64, Instant)>,
+    /// The number of the QoS 1 heartbeat awaiting its PUBACK.
+    probe: Option<u64>,
 }
 
 impl Unconfirmed {
@@ -222,14 +222,14 @@ impl Unconfirmed {
         self.next
     }
 
-    /// Heartbeat `n` went at QoS 1 at `now`.
-    pub fn probing(&mut self, n: u64, now: Instant) {
-        self.probe = Some((n, now));
+    /// Heartbeat `n` went at QoS 1.
+    pub fn probing(&mut self, n: u64) {
+        self.probe = Some(n);
     }
 
-    /// When the probe in flight has waited `wait` for its PUBACK (`None`: none in flight).
-    pub fn probe_deadline(&self, wait: Duration) -> Option<Instant> {
-        self.probe.map(|(_, at)| at + wait)
+    /// Whether a QoS 1 heartbeat awaits its PUBACK.
+    pub fn probing_now(&self) -> bool {
+        self.probe.is_some()
     }
 
     /// The broker acknowledged heartbeat `n`: it and everything before it arrived.
@@ -237,7 +237,7 @@ impl Unconfirmed {
         while self.sent.front().is_some_and(|(m, _, _)| *m <= n) {
             self.sent.pop_front();
         }
-        if self.probe.is_some_and(|(m, _)| m <= n) {
+        if self.probe.is_some_and(|m| m <= n) {
             self.probe = None;
         }
     }
@@ -378,7 +378,7 @@ mod tests {
             let probe = u.wants_probe(now, heard, interval, keepalive);
             let n = u.sent(&vitals(10), 1_700_000_000);
             if probe {
-                u.probing(n, now);
+                u.probing(n);
                 out.push(i + 1);
                 // The PUBACK is back before rumqttc would ping (a keepalive of silence),
                 // unless heartbeats are as far apart as the keepalive: then it pings too.
@@ -412,10 +412,10 @@ mod tests {
         let t = Instant::now();
         let mut u = Unconfirmed::default();
         assert!(u.is_empty());
-        assert_eq!(u.probe_deadline(Duration::from_secs(30)), None);
+        assert!(!u.probing_now());
         let first = u.sent(&vitals(10), 100);
         let probe = u.sent(&vitals(11), 130);
-        u.probing(probe, t);
+        u.probing(probe);
         assert!(
             !u.wants_probe(
                 t,
@@ -425,16 +425,13 @@ mod tests {
             ),
             "one probe at a time"
         );
-        assert_eq!(
-            u.probe_deadline(Duration::from_secs(30)),
-            Some(t + Duration::from_secs(30))
-        );
+        assert!(u.probing_now());
         u.sent(&vitals(12), 160);
         u.sent(&vitals(13), 190);
         assert_eq!(u.len(), 4);
         u.confirmed(probe);
         assert_eq!(u.len(), 2, "{first} and {probe} arrived");
-        assert_eq!(u.probe_deadline(Duration::from_secs(30)), None);
+        assert!(!u.probing_now(), "answered");
         let history = u.take();
         assert!(u.is_empty());
         let mut expected = [vitals(12).keyframe(), vitals(13).keyframe()];

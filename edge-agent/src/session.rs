@@ -47,9 +47,6 @@ const QUEUE_WINDOW: usize = 16;
 /// that gives up on a connect the broker later completes leaves a will behind (a false
 /// offline). A dead link is still closed by `TCP_USER_TIMEOUT` and the keepalive.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a heartbeat sent at QoS 1 to prove the link waits for its PUBACK before the
-/// link counts as dead (docs/wire.md, "Acknowledged heartbeats").
-pub const PROBE_WAIT: Duration = Duration::from_secs(30);
 /// How long an acknowledged event waits for the console's receipt before the queue is
 /// read from the start again (a console that crashed between the broker's PUBACK and its
 /// write never sends one). A reconnect or a new console epoch resends at once.
@@ -472,7 +469,11 @@ impl Session {
         // A dead network (no RST, no FIN) shows first in TCP: close the connection once
         // sent data has waited two keepalives for an ACK, between 20 and 60 s, not after
         // the kernel's ~15 min of retries. A link that ACKs but delivers nothing (a hung
-        // broker) is caught by the heartbeat PUBACK ([`PROBE_WAIT`]) or the ping.
+        // broker) is caught by rumqttc's ping: due after a keepalive with nothing received
+        // (no heartbeat PUBACK either), fatal when unanswered one keepalive later. There is
+        // no shorter deadline on the heartbeat's PUBACK on purpose: a broker that is slow
+        // under load (10,000 agents ramping) acknowledges late, and agents that dropped
+        // their links for it would only add reconnects to its load.
         eventloop
             .network_options
             .set_tcp_user_timeout(
@@ -509,14 +510,6 @@ impl Session {
                     }
                 },
                 _ = at(live), if link.approved => self.live_heartbeat(&mut link, false),
-                // A heartbeat sent at QoS 1 to prove the link got no PUBACK in time.
-                _ = at(self.unconfirmed.probe_deadline(PROBE_WAIT)), if link.connected => {
-                    disconnect(&link.client, &mut eventloop).await;
-                    return End::Lost(format!(
-                        "the broker did not acknowledge a heartbeat within {} s: the link is dead",
-                        PROBE_WAIT.as_secs()
-                    ));
-                }
                 // An app changed state or version: tell the console now, not at the next tick.
                 // Only once connected: a branch that wins while rumqttc is still connecting
                 // drops its poll mid-handshake, and rumqttc then reconnects with the same
@@ -726,7 +719,7 @@ impl Session {
         if self.publish(link, &mut msg, Channel::Heartbeat, qos, false, tag) == Sent::Yes {
             let n = self.unconfirmed.sent(&vitals, now_ms() / 1000);
             if probe {
-                self.unconfirmed.probing(n, now);
+                self.unconfirmed.probing(n);
             }
             self.status
                 .send_modify(|s| s.last_heartbeat = Some(now_ms()));
