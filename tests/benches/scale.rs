@@ -388,11 +388,16 @@ async fn connections_ingest_recovery(
     out: &mut String,
 ) -> Result<()> {
     // Every simulated agent connects from 127.0.0.1, which a real fleet never does: the
-    // per-address connect limit would measure itself, not the console.
+    // per-address connect limit would measure itself, not the console. The connection
+    // limit counts connections still being torn down, and rumqttd leaves a CONNECT over it
+    // unanswered, so give the fleet room (its first contact is two connections per agent).
     let console = Console::start(
         &dir.join("console"),
         ConsoleOpts {
-            extra_toml: "[mqtt]\nconnect_burst_per_ip = 0\n".into(),
+            extra_toml: format!(
+                "[mqtt]\nconnect_burst_per_ip = 0\nmax_connections = {}\n",
+                (opts.agents * 3 / 2 + 100).clamp(10_000, 100_000)
+            ),
             ..ConsoleOpts::default()
         },
     )
