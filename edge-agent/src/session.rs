@@ -472,8 +472,8 @@ impl Session {
         // broker) is caught by rumqttc's ping: due after a keepalive with nothing received
         // (no heartbeat PUBACK either), fatal when unanswered one keepalive later. There is
         // no shorter deadline on the heartbeat's PUBACK on purpose: a broker that is slow
-        // under load (10,000 agents ramping) acknowledges late, and agents that dropped
-        // their links for it would only add reconnects to its load.
+        // under load acknowledges late, and agents that dropped their links for it would
+        // only add reconnects to its load.
         eventloop
             .network_options
             .set_tcp_user_timeout(
