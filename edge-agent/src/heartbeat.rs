@@ -228,11 +228,6 @@ impl Unconfirmed {
         self.probe = Some(n);
     }
 
-    /// Whether a QoS 1 heartbeat awaits its PUBACK.
-    pub fn probing_now(&self) -> bool {
-        self.probe.is_some()
-    }
-
     /// The broker acknowledged heartbeat `n`: it and everything before it arrived.
     pub fn confirmed(&mut self, n: u64) {
         while self.sent.front().is_some_and(|(m, _, _)| *m <= n) {
@@ -261,14 +256,6 @@ impl Unconfirmed {
                 hb
             })
             .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.sent.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sent.is_empty()
     }
 }
 
@@ -412,8 +399,8 @@ mod tests {
     fn a_puback_confirms_its_heartbeat_and_the_ones_before_and_the_rest_become_history() {
         let t = Instant::now();
         let mut u = Unconfirmed::default();
-        assert!(u.is_empty());
-        assert!(!u.probing_now());
+        assert!(u.sent.is_empty());
+        assert!(u.probe.is_none());
         let first = u.sent(&vitals(10), 100);
         let probe = u.sent(&vitals(11), 130);
         u.probing(probe);
@@ -426,15 +413,15 @@ mod tests {
             ),
             "one probe at a time"
         );
-        assert!(u.probing_now());
+        assert!(u.probe.is_some());
         u.sent(&vitals(12), 160);
         u.sent(&vitals(13), 190);
-        assert_eq!(u.len(), 4);
+        assert_eq!(u.sent.len(), 4);
         u.confirmed(probe);
-        assert_eq!(u.len(), 2, "{first} and {probe} arrived");
-        assert!(!u.probing_now(), "answered");
+        assert_eq!(u.sent.len(), 2, "{first} and {probe} arrived");
+        assert!(u.probe.is_none(), "answered");
         let history = u.take();
-        assert!(u.is_empty());
+        assert!(u.sent.is_empty());
         let mut expected = [vitals(12).keyframe(), vitals(13).keyframe()];
         expected[0].at = Some(160);
         expected[1].at = Some(190);

@@ -189,10 +189,10 @@ async fn heartbeats_ingested(console: &Console) -> u64 {
 
 /// A link that swallows everything (the proxy's blackhole: the kernel still ACKs) loses no
 /// heartbeat: those the agent sent into it before it noticed (a keepalive and an
-/// unanswered ping, about 10 s) were never acknowledged, so they go into its queue with
+/// unanswered ping, 7 s in the first runs) were never acknowledged, so they go into its queue with
 /// their time when the connection ends and reach the console once the link is back
 /// (docs/wire.md, "Acknowledged heartbeats"). Before that rule the console got every
-/// second's heartbeat except those ~10 s.
+/// second's heartbeat except those ~7 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_sent_into_a_silent_link_arrive_later_as_history() {
     use edgefleet_config::HumanDuration;
