@@ -374,8 +374,23 @@ mod tests {
         })
     }
 
+    /// Reopening right after a drop can find sled's flusher thread still holding the
+    /// file lock (CI saw EWOULDBLOCK once), so a held lock is retried as `Storage::open_dir`
+    /// does.
     fn open(dir: &std::path::Path, cap: u64) -> Queue {
-        let db = sled::open(dir.join("q")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir.join("q")) {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("opening the queue database: {e}"),
+            }
+        };
         let tree = db.open_tree("queue").unwrap();
         Queue::open(db, tree, cap)
     }
