@@ -458,10 +458,8 @@ impl Router {
         self.connection_map.remove(&client_id);
         self.ackslog.remove(id);
 
-        // Don't remove connection id from readyqueue with index. This will
-        // remove wrong connection from readyqueue. Instead just leave disconnected
-        // connection in readyqueue and allow 'consume()' method to deal with this
-        // self.readyqueue.remove(id);
+        // EdgeFleet patch: `scheduler.remove` above also removes the id from the
+        // readyqueue, by value (see scheduler.rs).
 
         let inflight_data_requests = self.datalog.clean(id);
         let retransmissions = outgoing.retransmission_map();

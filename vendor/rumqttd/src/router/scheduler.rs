@@ -27,13 +27,29 @@ impl Scheduler {
     }
 
     pub fn remove(&mut self, id: ConnectionId) -> Tracker {
+        // EdgeFleet patch: a disconnected connection leaves the ready queue with its
+        // tracker. Upstream left the id queued for `poll` to skip, but the slab hands the
+        // id to the next connection, which is then queued twice (debug builds warned
+        // "Connection was scheduled multiple times in readyqueue" hundreds of times at
+        // 6,000 agents); removing by value, not by index, removes only this connection.
+        self.readyqueue.retain(|&queued| queued != id);
         self.trackers.remove(id)
     }
 
     /// Next connection which is ready to make progress
     pub fn poll(&mut self) -> Option<(ConnectionId, VecDeque<DataRequest>)> {
-        let id = self.readyqueue.pop_front()?;
-        let tracker = self.trackers.get_mut(id)?;
+        // EdgeFleet patch: skip ids whose connection is gone instead of returning `None`.
+        // `None` tells the router the queue is empty, so it blocked on its channel with
+        // ready connections still queued; a new connection among them never got its
+        // CONNACK, and the v4 server thread waited for it synchronously (`LinkBuilder::
+        // build`), so no further event could ever wake the router. Since the disconnect
+        // patch below removes ids on disconnect, this is a second line of defence.
+        let (id, tracker) = loop {
+            let id = self.readyqueue.pop_front()?;
+            if let Some(tracker) = self.trackers.get_mut(id) {
+                break (id, tracker);
+            }
+        };
 
         // drain will clear all DataRequest but will keep the allocated memory of our VecDeque.
         let data_requests = tracker.data_requests.drain(..).collect();
@@ -228,5 +244,45 @@ impl Scheduler {
         } else {
             None
         }
+    }
+}
+
+// EdgeFleet patch: tests for the two scheduler fixes above. Run with
+// `cargo test --manifest-path vendor/rumqttd/Cargo.toml --lib scheduler`.
+#[cfg(test)]
+mod edgefleet_tests {
+    use super::*;
+
+    fn ready(scheduler: &mut Scheduler, name: &str) -> ConnectionId {
+        let id = scheduler.add(Tracker::new(name.to_owned()));
+        scheduler.reschedule(id, ScheduleReason::Init);
+        id
+    }
+
+    #[test]
+    fn a_connection_that_leaves_while_queued_does_not_hide_the_ones_behind_it() {
+        let mut scheduler = Scheduler::with_capacity(4);
+        let a = ready(&mut scheduler, "a");
+        let b = ready(&mut scheduler, "b");
+        let c = ready(&mut scheduler, "c");
+        scheduler.remove(a);
+        scheduler.remove(b);
+        // The slab hands out b's id again (last freed, first reused).
+        let d = ready(&mut scheduler, "d");
+        assert_eq!(d, b);
+        assert_eq!(scheduler.readyqueue, [c, d], "each live connection queued once");
+        let (first, _) = scheduler.poll().expect("c is ready");
+        assert_eq!(first, c);
+    }
+
+    #[test]
+    fn poll_skips_ids_without_a_tracker() {
+        let mut scheduler = Scheduler::with_capacity(4);
+        let a = ready(&mut scheduler, "a");
+        let b = ready(&mut scheduler, "b");
+        // As upstream left it: an id queued whose tracker is gone.
+        scheduler.trackers.remove(a);
+        let (first, _) = scheduler.poll().expect("b is still ready");
+        assert_eq!(first, b);
     }
 }
