@@ -314,7 +314,11 @@ impl Fleet {
         )?;
         self.sim = Some(sim);
         // Enrollment (first run only) is the slow part of the ramp: about 25 agents/s here.
-        let limit = Duration::from_secs(60 + self.agents as u64 / 15);
+        // Later runs only reconnect (about 90-240 connects/s measured), and a saturated
+        // rate never gets the fleet online, so they wait less: at 10,000 agents 260 s
+        // instead of 727 s for each saturated row.
+        let per_agent = if self.starts == 1 { 15 } else { 50 };
+        let limit = Duration::from_secs(60 + self.agents as u64 / per_agent);
         let took = wait_online(&self.console, self.agents, limit).await;
         self.check_sim()?;
         took
@@ -705,6 +709,14 @@ async fn footprint(opts: &Options, dir: &std::path::Path, out: &mut String) -> R
         binary as f64 / 1e6,
         mark(binary <= 8_000_000)
     )?;
+    // The agent's traffic repeats every keepalive (150 s at the defaults: three QoS 0
+    // heartbeats, then a QoS 1 one); a shorter window can hold no heartbeat at all, and
+    // 0 B/day is no result (a 5 s smoke window printed "met").
+    let wire_mark = if secs >= WIRE_MIN_WINDOW.as_secs_f64() {
+        mark(per_day <= 500_000.0)
+    } else {
+        "not judged: the window is shorter than one keepalive (150 s)"
+    };
     writeln!(
         out,
         "| TCP bytes both ways on the MQTT socket, incl. keepalives, acks, TCP/IP headers, scaled to a day | **{:.3} MB/day** ({} B payload + {} segments in {secs:.0} s; agent → broker {} B in {} segments, broker → agent {} B in {}) | ≤ 0.5 MB/day: {} | balena ~2.4 MB/day |\n",
@@ -715,11 +727,14 @@ async fn footprint(opts: &Options, dir: &std::path::Path, out: &mut String) -> R
         w1.segs_out - w0.segs_out,
         w1.received - w0.received,
         w1.segs_in - w0.segs_in,
-        mark(per_day <= 500_000.0)
+        wire_mark
     )?;
     drop(agent);
     Ok(())
 }
+
+/// The shortest footprint window whose bytes on the wire are judged against the goal.
+const WIRE_MIN_WINDOW: Duration = Duration::from_secs(150);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct SocketBytes {
