@@ -70,6 +70,18 @@ pub const CLIENT_SEGMENT_SIZE: usize = 4 * 1024;
 /// Segment count of those logs: the full one before the active one is kept.
 pub const CLIENT_SEGMENT_COUNT: usize = 2;
 
+/// Segment size of the logs of the console's own subscriptions (`filters` in
+/// [`EmbeddedBroker::start`]): every agent's telemetry passes through them. rumqttd skips
+/// silently what a subscriber has not read once a log wraps ("jumping to head"), so these
+/// logs must hold the fleet's traffic for the console's worst pause. With the shared
+/// 256 KiB × 4, 10,000 agents reconnecting at once (births and inventory snapshots of up
+/// to 27 KB each) lapped the console five times, and the lost births left agents shown
+/// offline. 4 MiB × 8 holds several seconds of such a storm; an idle log costs nothing, a
+/// full one 32 MiB (filled over hours in a small fleet).
+pub const CONSOLE_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
+/// Segment count of those logs.
+pub const CONSOLE_SEGMENT_COUNT: usize = 8;
+
 /// Settings for the embedded broker. Defaults suit a console with up to 10,000 agents.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -265,20 +277,33 @@ impl EmbeddedBroker {
             id: 0,
             router: RouterConfig {
                 max_connections: config.max_connections + 1,
-                max_outgoing_packet_count: 200,
+                // As many as a connection's channel holds per turn (`MAX_CHANNEL_CAPACITY`,
+                // patched to 2,000 for the console's fan-in link).
+                max_outgoing_packet_count: 2_000,
                 max_segment_size: config.segment_size,
                 max_segment_count: config.segment_count,
-                custom_segment: (!config.client_filters.is_empty()).then(|| {
-                    let small = || SegmentConfig {
-                        max_segment_size: CLIENT_SEGMENT_SIZE,
-                        max_segment_count: CLIENT_SEGMENT_COUNT,
-                    };
+                // Where patterns overlap (`ef/a/+/cmd` also matches `ef/a/+/+`), the most
+                // specific entry wins (patched rumqttd, `router/logs.rs`).
+                custom_segment: Some(
                     config
                         .client_filters
                         .iter()
-                        .map(|f| (f.clone(), small()))
-                        .collect()
-                }),
+                        .map(|f| {
+                            let small = SegmentConfig {
+                                max_segment_size: CLIENT_SEGMENT_SIZE,
+                                max_segment_count: CLIENT_SEGMENT_COUNT,
+                            };
+                            (f.clone(), small)
+                        })
+                        .chain(filters.iter().map(|f| {
+                            let large = SegmentConfig {
+                                max_segment_size: CONSOLE_SEGMENT_SIZE,
+                                max_segment_count: CONSOLE_SEGMENT_COUNT,
+                            };
+                            (f.clone(), large)
+                        }))
+                        .collect(),
+                ),
                 ..RouterConfig::default()
             },
             v4: Some(v4),

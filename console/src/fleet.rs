@@ -1084,6 +1084,7 @@ impl Fleet {
                     }
                 };
                 let kind = message.kind().name();
+                let bd_seq_before = host.bd_seq;
                 let outcome = match &message {
                     AgentMessage::Birth(b) => host.on_birth(b, now).inspect(|_| {
                         births.push(host_id.clone());
@@ -1188,9 +1189,18 @@ impl Fleet {
                         })
                     }
                 };
+                // A heartbeat that opened a newer connection stands in for its lost birth
+                // (`HostRecord::on_heartbeat`): that connection gets what a birth would.
+                let resumed = matches!(message, AgentMessage::Heartbeat(_))
+                    && outcome.is_ok()
+                    && host.bd_seq > bd_seq_before;
+                if resumed {
+                    tracing::warn!(agent.id = %host_id, bd_seq = host.bd_seq, "presence: a heartbeat from a connection whose birth never arrived; treated as its birth");
+                    births.push(host_id.clone());
+                }
                 let routine = match &message {
                     AgentMessage::Birth(_) | AgentMessage::Status(_) => false,
-                    AgentMessage::Heartbeat(hb) => hb.apps.is_none(),
+                    AgentMessage::Heartbeat(hb) => hb.apps.is_none() && !resumed,
                     _ => true,
                 };
                 match outcome {

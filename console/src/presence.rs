@@ -291,6 +291,17 @@ impl HostRecord {
             return Err(Ignored::StaleBdSeq);
         }
         self.advance((hb.bd_seq, hb.seq))?;
+        // A live heartbeat from a newer connection than any birth or will seen: its birth
+        // was lost on the way (rumqttd silently skips what a lagging subscriber has not read
+        // once the filter's log wraps; seen with 10,000 agents reconnecting at once). The
+        // agent is connected now, so it is online. Before, it stayed offline, heartbeating,
+        // until its next connection. The caller treats this like a birth for what it sends
+        // (pending commands, scoped settings).
+        let resumed = hb.bd_seq > self.bd_seq && hb.at.is_none();
+        if resumed {
+            self.bd_seq = hb.bd_seq;
+            self.offline_seen = false;
+        }
         let mut vitals = self.vitals.unwrap_or_default();
         vitals.apply(hb);
         if hb.at.is_none() {
@@ -302,9 +313,10 @@ impl HostRecord {
             }
         }
         let back = self.status == AgentStatus::Offline
-            && self.cause == Some(Cause::Timeout)
-            && hb.bd_seq == self.bd_seq
-            && hb.at.is_none();
+            && (resumed
+                || (self.cause == Some(Cause::Timeout)
+                    && hb.bd_seq == self.bd_seq
+                    && hb.at.is_none()));
         Ok(if back {
             self.set(AgentStatus::Online, Cause::Heartbeat, now_ms)
         } else {
@@ -437,6 +449,41 @@ mod tests {
             Err(Ignored::StaleBdSeq)
         );
         assert_eq!(h.status, AgentStatus::Online);
+    }
+
+    #[test]
+    fn a_live_heartbeat_from_a_newer_connection_stands_in_for_its_lost_birth() {
+        // Connection 1 is born; the agent reconnects (2), the birth of 2 is lost, and the
+        // will of 1 arrives late: offline, though connection 2 is up and heartbeating.
+        let mut h = host();
+        h.on_birth(&birth(1, 1), 1000).unwrap();
+        h.on_status(&status(1, 0, false, false), 2000).unwrap();
+        assert_eq!(h.status, AgentStatus::Offline);
+        let live = |seq, at| Heartbeat {
+            bd_seq: 2,
+            seq,
+            at,
+            ..Default::default()
+        };
+        // A history sample of connection 2 is no proof it is up now.
+        assert_eq!(h.on_heartbeat(&live(2, Some(1)), 2500), Ok(None));
+        assert_eq!(h.status, AgentStatus::Offline);
+        let c = h.on_heartbeat(&live(3, None), 3000).unwrap().unwrap();
+        assert_eq!((c.status, c.cause), (AgentStatus::Online, Cause::Heartbeat));
+        assert_eq!(h.bd_seq, 2);
+        // Connection 2's own will still counts, once; connection 1's never again.
+        assert_eq!(
+            h.on_status(&status(1, 0, false, false), 3500),
+            Err(Ignored::StaleBdSeq)
+        );
+        let c = h
+            .on_status(&status(2, 0, false, false), 4000)
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.status, c.cause), (AgentStatus::Offline, Cause::Will));
+        // And a heartbeat of the same connection after its will does not undo it.
+        assert_eq!(h.on_heartbeat(&live(4, None), 4500), Ok(None));
+        assert_eq!(h.status, AgentStatus::Offline);
     }
 
     #[test]

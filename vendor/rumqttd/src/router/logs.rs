@@ -324,13 +324,20 @@ where
         let mut max_mem_segments = router_config.max_segment_count;
 
         // Override segment config for selected filter
+        // EdgeFleet patch: the most specific entry wins (the filter itself, then the pattern
+        // with the fewest wildcard levels). Upstream took the last match in `HashMap`
+        // order, so with both `ef/a/+/cmd` (small, per agent) and `ef/a/+/+` (large, the
+        // console's own) configured, an agent's command log got either at random.
         if let Some(config) = &router_config.custom_segment {
-            for (f, segment_config) in config {
-                if matches(filter, f) {
-                    info!("Overriding segment config for filter: {}", filter);
-                    max_segment_size = segment_config.max_segment_size;
-                    max_mem_segments = segment_config.max_segment_count;
-                }
+            let wildcards = |f: &str| f.split('/').filter(|l| *l == "+" || *l == "#").count();
+            let chosen = config
+                .iter()
+                .filter(|(f, _)| f.as_str() == filter || matches(filter, f))
+                .min_by_key(|(f, _)| if f.as_str() == filter { 0 } else { 1 + wildcards(f) });
+            if let Some((_, segment_config)) = chosen {
+                info!("Overriding segment config for filter: {}", filter);
+                max_segment_size = segment_config.max_segment_size;
+                max_mem_segments = segment_config.max_segment_count;
             }
         }
 
@@ -434,7 +441,7 @@ impl AckLog {
 
 #[cfg(test)]
 mod test {
-    use super::DataLog;
+    use super::{Data, DataLog};
     use crate::router::shared_subs::Strategy;
     use crate::RouterConfig;
 
@@ -456,6 +463,38 @@ mod test {
         data.next_native_offset("topic/+");
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 2);
+    }
+
+    // EdgeFleet patch: see `Data::new`.
+    #[test]
+    fn edgefleet_tests_the_most_specific_custom_segment_wins() {
+        let segment = |size| crate::SegmentConfig {
+            max_segment_size: size,
+            max_segment_count: 1,
+        };
+        // A new map each time: upstream picked by `HashMap` order, which varies per map.
+        let config = || RouterConfig {
+            max_segment_size: 4096,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: Some(
+                [
+                    ("ef/a/+/+".to_string(), segment(8192)),
+                    ("ef/a/+/cmd".to_string(), segment(2048)),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        for _ in 0..20 {
+            let config = config();
+            assert_eq!(Data::<super::PublishData>::new("ef/a/x/cmd", &config).log.max_segment_size(), 2048);
+            assert_eq!(Data::<super::PublishData>::new("ef/a/+/+", &config).log.max_segment_size(), 8192);
+            assert_eq!(Data::<super::PublishData>::new("ef/b", &config).log.max_segment_size(), 4096);
+        }
     }
 
     #[test]

@@ -31,7 +31,14 @@ pub use routing::Router;
 pub use waiters::Waiters;
 
 pub const MAX_SCHEDULE_ITERATIONS: usize = 100;
-pub const MAX_CHANNEL_CAPACITY: usize = 200;
+// EdgeFleet patch: 2,000 (was 200). A connection takes at most this many messages per
+// turn in the router's ready queue, then waits for the whole queue to come round again.
+// The console's local link is the fan-in of every agent's telemetry, and with 10,000 agents
+// reconnecting at once 200 per turn fell behind until the log wrapped and rumqttd skipped
+// what the console had not read ("jumping to head": lost births). Agents never have many
+// messages waiting, and the buffers grow only on demand (iobufs.rs), so the larger cap
+// costs them nothing.
+pub const MAX_CHANNEL_CAPACITY: usize = 2_000;
 
 pub(crate) type FilterIdx = usize;
 

@@ -84,6 +84,12 @@ where
     }
 
     #[inline]
+    // EdgeFleet patch: for the custom segment test in `router/logs.rs`.
+    #[cfg(test)]
+    pub fn max_segment_size(&self) -> usize {
+        self.max_segment_size
+    }
+
     pub fn next_offset(&self) -> (u64, u64) {
         // `unwrap` fine as we are guaranteed that active segment always exist and is at the end
         (self.tail, self.active_segment().next_offset())
