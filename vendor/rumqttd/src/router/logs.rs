@@ -61,12 +61,27 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// EdgeFleet patch: the filters with a `+` or `#` level. Only these can match a topic
+    /// other than their own text, so a new topic is matched against them (plus one lookup)
+    /// and a new plain filter against one topic, instead of every filter against every
+    /// topic. Upstream's scans made a ramp of N agents O(N²) on the router thread: each
+    /// agent's own filters (`ef/a/{id}/cmd`, `ef/e/{id}/r`) were matched against every
+    /// cached topic, and each new topic against every filter; at 10,000 agents the router
+    /// thread was the busiest in the console, much of it in string compares.
+    wildcard_filters: Vec<(Filter, FilterIdx)>,
+}
+
+/// EdgeFleet patch: whether `filter` has a wildcard level (`matches` treats only a whole
+/// `+` or `#` level as one).
+fn has_wildcard(filter: &str) -> bool {
+    filter.split('/').any(|level| level == "+" || level == "#")
 }
 
 impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut wildcard_filters = Vec::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
@@ -77,6 +92,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if has_wildcard(&filter) {
+                    wildcard_filters.push((filter.clone(), idx));
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -87,6 +105,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            wildcard_filters,
         })
     }
 
@@ -128,11 +147,23 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
+                // EdgeFleet patch: the plain filter equal to the topic, if any, then the
+                // wildcard filters (see `wildcard_filters`). `matches` refuses `$` topics.
+                let exact = if topic.starts_with('$') || has_wildcard(topic) {
+                    // A topic with wildcard levels equals only a wildcard filter, which the
+                    // scan below finds.
+                    None
+                } else {
+                    self.filter_indexes.get(topic).copied()
+                };
+                let v: Vec<usize> = exact
+                    .into_iter()
+                    .chain(
+                        self.wildcard_filters
+                            .iter()
+                            .filter(|(filter, _)| matches(topic, filter))
+                            .map(|(_, filter_idx)| *filter_idx),
+                    )
                     .collect();
 
                 if !v.is_empty() {
@@ -159,8 +190,16 @@ impl DataLog {
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                // EdgeFleet patch: a plain filter matches only the topic equal to it.
+                if has_wildcard(filter) {
+                    self.wildcard_filters.push((filter.to_owned(), idx));
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                } else if !filter.starts_with('$') {
+                    if let Some(filters) = publish_filters.get_mut(filter) {
                         filters.push(idx);
                     }
                 }
@@ -463,6 +502,66 @@ mod test {
         data.next_native_offset("topic/+");
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 2);
+    }
+
+    // EdgeFleet patch: the indexed matching gives what upstream's full scans gave, for
+    // any order of new filters and new topics.
+    #[test]
+    fn edgefleet_tests_indexed_matching_equals_the_full_scan() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let levels = ["a", "b", "c", "+", "#", "$s", "a+b", ""];
+        let mut random = |rng: &mut rand::rngs::StdRng| {
+            let n = rng.gen_range(1..=4);
+            (0..n)
+                .map(|_| levels[rng.gen_range(0..levels.len())])
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        for _ in 0..50 {
+            let config = RouterConfig {
+                max_segment_size: 4096,
+                max_connections: 10,
+                max_segment_count: 10,
+                max_outgoing_packet_count: 1024,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Strategy::RoundRobin,
+            };
+            let mut data = DataLog::new(config).unwrap();
+            let mut filters: Vec<String> = Vec::new();
+            for _ in 0..60 {
+                let text = random(&mut rng);
+                if rng.gen_bool(0.4) {
+                    data.next_native_offset(&text);
+                    filters.push(text);
+                } else {
+                    let mut got = data.matches(&text).unwrap();
+                    got.sort();
+                    let mut want: Vec<usize> = data
+                        .filter_indexes
+                        .iter()
+                        .filter(|(f, _)| crate::protocol::matches(&text, f))
+                        .map(|(_, i)| *i)
+                        .collect();
+                    want.sort();
+                    assert_eq!(got, want, "topic {text:?}, filters {filters:?}");
+                }
+            }
+            // Every cached topic also picked up the filters added after it.
+            for (topic, idxs) in data.publish_filters.clone() {
+                let mut got = idxs;
+                got.sort();
+                let mut want: Vec<usize> = data
+                    .filter_indexes
+                    .iter()
+                    .filter(|(f, _)| crate::protocol::matches(&topic, f))
+                    .map(|(_, i)| *i)
+                    .collect();
+                want.sort();
+                assert_eq!(got, want, "cached topic {topic:?}");
+            }
+        }
     }
 
     // EdgeFleet patch: see `Data::new`.
