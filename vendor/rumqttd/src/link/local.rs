@@ -99,23 +99,6 @@ impl<'a> LinkBuilder<'a> {
     }
 
     pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
-        let pending = self.connect()?;
-        pending.link_rx.recv()?;
-        pending.finish()
-    }
-
-    // EdgeFleet patch: the remote link (one per network connection) awaits its CONNACK.
-    // Upstream's `build` blocked the listener's single-threaded runtime for a router round
-    // trip on every CONNECT, so a busy router stalled every connection on the listener:
-    // no PINGRESPs, no PUBACKs (10,000 agents reconnecting at once logged "Last pingreq
-    // isn't acked" by the hundred, and their reconnects fed the storm).
-    pub async fn build_async(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
-        let pending = self.connect()?;
-        pending.link_rx.recv_async().await?;
-        pending.finish()
-    }
-
-    fn connect(self) -> Result<PendingLink, LinkError> {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
         let mut connection = Connection::new(
@@ -140,32 +123,8 @@ impl<'a> LinkBuilder<'a> {
         };
 
         self.router_tx.send((0, event))?;
-        Ok(PendingLink {
-            router_tx: self.router_tx,
-            link_rx,
-            outgoing_data_buffer,
-            incoming_data_buffer,
-        })
-    }
-}
 
-/// A connection announced to the router, waiting for its CONNACK (EdgeFleet patch: split
-/// out of `LinkBuilder::build` so the wait can be async).
-struct PendingLink {
-    router_tx: Sender<(ConnectionId, Event)>,
-    link_rx: Receiver<()>,
-    outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
-    incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
-}
-
-impl PendingLink {
-    fn finish(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
-        let PendingLink {
-            router_tx,
-            link_rx,
-            outgoing_data_buffer,
-            incoming_data_buffer,
-        } = self;
+        link_rx.recv()?;
         let notification = outgoing_data_buffer.lock().pop_front().unwrap();
 
         // Right now link identifies failure with dropped rx in router,
@@ -175,8 +134,8 @@ impl PendingLink {
             _message => return Err(LinkError::NotConnectionAck),
         };
 
-        let tx = LinkTx::new(id, router_tx.clone(), incoming_data_buffer);
-        let rx = LinkRx::new(id, router_tx, link_rx, outgoing_data_buffer);
+        let tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
+        let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
         Ok((tx, rx, notification))
     }
 }

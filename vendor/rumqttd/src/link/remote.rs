@@ -100,8 +100,7 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
-            .build_async()
-            .await?;
+            .build()?;
 
         let id = link_rx.id();
         Span::current().record("connection_id", id);
