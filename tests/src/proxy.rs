@@ -4,7 +4,10 @@
 //! change at any time and applies to established connections too:
 //! - [`Fault::None`]: forward, with the configured latency and throttle;
 //! - [`Fault::Blackhole`]: stop forwarding but keep both sockets open, like a cellular link
-//!   that silently dies; bytes read meanwhile (and bytes still in the delay line) are lost;
+//!   that silently dies; bytes read meanwhile (and bytes still in the delay line) are lost.
+//!   A connection opened while the link is down is held, and connected upstream with what
+//!   it sent when the link returns, as a SYN sent again would be (one the client closed
+//!   meanwhile is forgotten);
 //! - [`Fault::HalfOpen`]: the same, in one [`Direction`] only;
 //! - [`Fault::Reset`]: close every connection with RST on both sides (zero linger) and
 //!   refuse new ones with RST until the mode changes. [`FaultProxy::reset_connections`]
@@ -297,6 +300,9 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// How much a connection opened while the link is down holds before it stops reading.
+const HELD_BYTES: usize = 64 * 1024;
+
 async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
@@ -314,12 +320,48 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
 
 async fn connection(mut client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
     let mut resets = shared.resets.subscribe();
+    // A link that is down would lose the SYN, and the client's TCP would send it again
+    // until the link returns; a client that gives up first never reaches the server. The
+    // kernel here has already completed the handshake, so the next best thing: hold what the
+    // client sends, connect upstream only once the link is back, and forget the connection
+    // if the client closes it before then. Discarding the bytes instead would lose the start
+    // of a connection, which real TCP never does.
+    let mut control = shared.control.subscribe();
+    let mut held = Vec::new();
+    loop {
+        let fault = control.borrow_and_update().fault;
+        if !fault.drops(Direction::Up) && !fault.drops(Direction::Down) {
+            break;
+        }
+        tokio::select! {
+            changed = control.changed() => if changed.is_err() { return },
+            _ = resets.changed() => {
+                shared.counters.resets.fetch_add(1, Ordering::Relaxed);
+                reset(client);
+                return;
+            }
+            read = client.read_buf(&mut held), if held.len() < HELD_BYTES => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+        }
+    }
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         reset(client);
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    if !held.is_empty() {
+        if server.write_all(&held).await.is_err() {
+            return;
+        }
+        shared
+            .counters
+            .bytes_up
+            .fetch_add(held.len() as u64, Ordering::Relaxed);
+    }
     let was_reset = {
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
@@ -535,6 +577,42 @@ mod tests {
         assert_eq!(outages.len(), 1);
         assert_eq!(outages[0].fault, Fault::Blackhole);
         assert!(outages[0].end_ms.unwrap() >= outages[0].start_ms + 500);
+    }
+
+    #[tokio::test]
+    async fn a_connection_opened_during_a_blackhole_goes_through_when_the_link_returns() {
+        let (upstream, mut servers) = capture_server().await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        proxy.set_fault(Fault::Blackhole);
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        c.write_all(b"hello").await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(500), servers.recv()).await;
+        assert!(early.is_err(), "connected upstream while the link was down");
+        proxy.set_fault(Fault::None);
+        let mut s = tokio::time::timeout(Duration::from_secs(5), servers.recv())
+            .await
+            .expect("connected upstream once the link was back")
+            .unwrap();
+        let got = read_exact_within(&mut s, 5, Duration::from_secs(5)).await;
+        assert_eq!(
+            got.as_deref(),
+            Some(&b"hello"[..]),
+            "the first bytes were lost"
+        );
+        assert_eq!(proxy.stats().dropped_up, 0);
+
+        // One the client gave up on before the link returned never reaches the server.
+        proxy.set_fault(Fault::Blackhole);
+        let mut gone = TcpStream::connect(proxy.addr()).await.unwrap();
+        gone.write_all(b"stale").await.unwrap();
+        drop(gone);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.set_fault(Fault::None);
+        let late = tokio::time::timeout(Duration::from_millis(500), servers.recv()).await;
+        assert!(
+            late.is_err(),
+            "a connection the client closed was opened upstream"
+        );
     }
 
     #[tokio::test]
