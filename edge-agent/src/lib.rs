@@ -31,6 +31,7 @@ pub mod handle;
 pub mod heartbeat;
 pub mod identity;
 pub mod inventory;
+pub mod keyspace;
 pub mod polkit;
 pub mod probe;
 pub mod queue;

@@ -1,4 +1,5 @@
-//! The store-and-forward queue, in the agent's own sled (tree `queue`), and [`Delivery`],
+//! The store-and-forward queue, in the agent's own sled (tree `queue`; a simulated agent's
+//! share of the simulator's, [`Keyspace`]), and [`Delivery`],
 //! which ties rumqttc's packet ids back to queue items.
 //!
 //! Items are unsealed [`AgentMessage`]s: they are stamped with the current `(bd_seq, seq)`
@@ -16,6 +17,8 @@ use std::time::Duration;
 use edgefleet_codec::{AgentMessage, Kind};
 use tokio::time::Instant;
 
+use crate::keyspace::Keyspace;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("agent queue storage")]
@@ -26,7 +29,7 @@ pub enum QueueError {
 #[derive(Debug, Clone)]
 pub struct Queue {
     db: sled::Db,
-    tree: sled::Tree,
+    tree: Keyspace,
     cap_bytes: u64,
     /// Keys plus values held, counted once at open and kept current: summing the tree on
     /// every push would make a full queue quadratic.
@@ -74,7 +77,7 @@ pub struct Delivery {
 
 impl Queue {
     /// Opens the queue in `tree` of `db` with a cap of `cap_bytes`.
-    pub fn open(db: sled::Db, tree: sled::Tree, cap_bytes: u64) -> Queue {
+    pub fn open(db: sled::Db, tree: Keyspace, cap_bytes: u64) -> Queue {
         let bytes = tree
             .iter()
             .filter_map(Result::ok)
@@ -94,7 +97,7 @@ impl Queue {
         let id = self.db.generate_id()?;
         let value = msg.to_stored();
         let mut bytes = self.bytes.lock().expect("queue byte counter poisoned");
-        self.tree.insert(id.to_be_bytes(), value.as_slice())?;
+        self.tree.insert(&id.to_be_bytes(), value.as_slice())?;
         *bytes += (8 + value.len()) as u64;
         let mut outcome = PushOutcome {
             key: id,
@@ -103,7 +106,7 @@ impl Queue {
         while *bytes > self.cap_bytes {
             match self.oldest_heartbeat()? {
                 Some((key, len)) => {
-                    self.tree.remove(key)?;
+                    self.tree.remove(&key)?;
                     *bytes = bytes.saturating_sub(len);
                     outcome.dropped_heartbeats += 1;
                 }
@@ -160,7 +163,7 @@ impl Queue {
             None => 0,
         };
         let mut out = Vec::new();
-        for item in self.tree.range(start.to_be_bytes()..) {
+        for item in self.tree.range_from(&start.to_be_bytes()) {
             if out.len() >= n {
                 break;
             }
@@ -182,7 +185,7 @@ impl Queue {
     /// Removes an acknowledged item. Removing a key that is gone is not an error.
     pub fn remove(&self, key: u64) -> Result<(), QueueError> {
         let mut bytes = self.bytes.lock().expect("queue byte counter poisoned");
-        if let Some(old) = self.tree.remove(key.to_be_bytes())? {
+        if let Some(old) = self.tree.remove(&key.to_be_bytes())? {
             *bytes = bytes.saturating_sub((8 + old.len()) as u64);
         }
         Ok(())
@@ -392,7 +395,7 @@ mod tests {
             }
         };
         let tree = db.open_tree("queue").unwrap();
-        Queue::open(db, tree, cap)
+        Queue::open(db, Keyspace::whole(tree), cap)
     }
 
     fn describe(items: &[(u64, AgentMessage)]) -> Vec<String> {
@@ -531,7 +534,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = open(dir.path(), 1 << 20);
         q.tree
-            .insert(0u64.to_be_bytes(), &[0xff, 0x00][..])
+            .insert(&0u64.to_be_bytes(), &[0xff, 0x00][..])
             .unwrap();
         q.push(&event(7)).unwrap();
         let items = q.peek_after(None, 10).unwrap();

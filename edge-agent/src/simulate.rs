@@ -185,6 +185,8 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
     })
     .await?
     .with_context(|| format!("opening {}", db_path.display()))?;
+    // Simulators before keyspaces kept four trees per virtual agent (`state-7`, ...).
+    let old_trees: std::collections::HashSet<sled::IVec> = db.tree_names().into_iter().collect();
     let mut agents = Vec::with_capacity(opts.count);
     let mut rng = rand::rngs::StdRng::from_entropy();
     let step_us = (1_000_000 / u64::from(opts.connect_rate)).max(2);
@@ -192,8 +194,10 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<(
     for i in opts.first_index..opts.first_index + opts.count {
         let agent_dir = dir.join(format!("sim-{i}"));
         let identity = crate::identity::load_or_create(&agent_dir.join("agent.key"))?;
-        let storage = Storage::in_db(&db, &format!("-{i}"), SIM_QUEUE_CAP)
-            .with_context(|| format!("opening the trees of simulated agent {i}"))?;
+        let owner = format!("-{i}");
+        let moved = old_trees.contains(format!("state{owner}").as_bytes());
+        let storage = Storage::shared(&db, &owner, SIM_QUEUE_CAP, moved)
+            .with_context(|| format!("opening the storage of simulated agent {i}"))?;
         let cfg = SessionConfig {
             identity,
             urls: vec![opts.url.clone()],

@@ -1,13 +1,16 @@
 //! The agent's persistent state in its sled database: the connection counter (`bd_seq`),
 //! the event id counter, recently seen command ids with the results sent for them, and the
 //! store-and-forward queue.
-//! The pinned console key lives in a file next to it (see `identity`).
+//! The pinned console key lives in a file next to it (see `identity`). The simulator's
+//! virtual agents share one database and its trees, each under its own key prefix
+//! ([`Keyspace`], [`Storage::shared`]).
 
 use std::path::Path;
 use std::time::Duration;
 
 use edgefleet_codec::{AgentMessage, CommandResult};
 
+use crate::keyspace::Keyspace;
 use crate::queue::{Queue, QueueError};
 
 const BD_SEQ: &[u8] = b"bd_seq";
@@ -21,13 +24,16 @@ const RECENT_COMMANDS: usize = 256;
 /// sled's page cache for one agent: small, because the agent should stay within a few MB.
 pub const AGENT_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
+/// The trees, in an agent's own database or shared by the simulator's agents.
+const TREES: [&str; 4] = ["state", "recent", "results", "queue"];
+
 /// Counters, recent ids and the queue of one agent.
 #[derive(Debug, Clone)]
 pub struct Storage {
-    state: sled::Tree,
-    recent: sled::Tree,
+    state: Keyspace,
+    recent: Keyspace,
     /// Command id → the stored result the agent sent for it, for the ids in `recent`.
-    results: sled::Tree,
+    results: Keyspace,
     pub queue: Queue,
 }
 
@@ -51,7 +57,7 @@ impl Storage {
             .await
             .map_err(|e| sled::Error::ReportableBug(format!("opening sled panicked: {e}")))?;
             match opened {
-                Ok(db) => return Storage::in_db(&db, "", queue_cap_bytes),
+                Ok(db) => return Storage::in_db(&db, queue_cap_bytes),
                 // sled reports a held lock as an `Other` error wrapping EWOULDBLOCK.
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock")
@@ -65,22 +71,48 @@ impl Storage {
         }
     }
 
-    /// Trees suffixed with `name` in a shared database: the simulator keeps one database
-    /// for all its virtual agents, because sled runs a flusher thread per database.
-    pub fn in_db(db: &sled::Db, name: &str, queue_cap_bytes: u64) -> Result<Storage, QueueError> {
-        let state = db.open_tree(format!("state{name}"))?;
-        let recent = db.open_tree(format!("recent{name}"))?;
-        let results = db.open_tree(format!("results{name}"))?;
-        let queue = Queue::open(
-            db.clone(),
-            db.open_tree(format!("queue{name}"))?,
-            queue_cap_bytes,
-        );
+    /// The agent's own database: every tree is its alone.
+    fn in_db(db: &sled::Db, queue_cap_bytes: u64) -> Result<Storage, QueueError> {
+        let [state, recent, results, queue] = TREES.map(|t| db.open_tree(t).map(Keyspace::whole));
+        Ok(Storage {
+            state: state?,
+            recent: recent?,
+            results: results?,
+            queue: Queue::open(db.clone(), queue?, queue_cap_bytes),
+        })
+    }
+
+    /// Virtual agent `owner`'s share of the simulator's database: the same trees as an
+    /// agent's own, shared, with its keys under its prefix. `old_trees`: the database
+    /// still has this agent's trees from before keyspaces (`state{owner}` and so on); their
+    /// entries move into the shared trees and the old trees are dropped.
+    pub fn shared(
+        db: &sled::Db,
+        owner: &str,
+        queue_cap_bytes: u64,
+        old_trees: bool,
+    ) -> Result<Storage, QueueError> {
+        let [state, recent, results, queue] =
+            TREES.map(|t| db.open_tree(t).map(|tree| Keyspace::shared(tree, owner)));
+        let spaces = [state?, recent?, results?, queue?];
+        if old_trees {
+            for (name, space) in TREES.iter().zip(&spaces) {
+                let old_name = format!("{name}{owner}");
+                let old = db.open_tree(&old_name)?;
+                for item in old.iter() {
+                    let (k, v) = item?;
+                    space.insert(&k, v)?;
+                }
+                db.drop_tree(old_name)?;
+            }
+            db.flush()?;
+        }
+        let [state, recent, results, queue] = spaces;
         Ok(Storage {
             state,
             recent,
             results,
-            queue,
+            queue: Queue::open(db.clone(), queue, queue_cap_bytes),
         })
     }
 
@@ -190,9 +222,9 @@ impl Storage {
     /// command (it never recorded the result: it crashed between the broker's PUBACK and
     /// its own write), the agent sends the same result again instead of running it twice.
     pub fn remember_result(&self, result: &CommandResult) -> Result<(), QueueError> {
-        if self.recent.contains_key(result.command_id)? {
+        if self.recent.contains_key(&result.command_id)? {
             let stored = AgentMessage::CommandResult(result.clone()).to_stored();
-            self.results.insert(result.command_id, stored)?;
+            self.results.insert(&result.command_id, stored)?;
         }
         Ok(())
     }
@@ -227,6 +259,63 @@ mod tests {
         assert_eq!(s.bd_seq(), 2);
         assert_eq!(s.next_bd_seq().unwrap(), 3);
         assert_eq!(s.next_event_id().unwrap(), 2);
+    }
+
+    #[test]
+    fn simulated_agents_share_four_trees_and_keep_apart() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let agents: Vec<Storage> = (0..20)
+            .map(|i| Storage::shared(&db, &format!("-{i}"), 1 << 20, false).unwrap())
+            .collect();
+        for (i, s) in agents.iter().enumerate() {
+            for _ in 0..=i {
+                s.next_bd_seq().unwrap();
+            }
+            s.queue.push(&heartbeat(i as u64)).unwrap();
+        }
+        // sled's default tree plus the four shared ones, however many agents.
+        assert_eq!(db.tree_names().len(), 5);
+        let s1 = Storage::shared(&db, "-1", 1 << 20, false).unwrap();
+        assert_eq!(s1.bd_seq(), 2);
+        assert_eq!(agents[12].bd_seq(), 13);
+        assert_eq!(s1.queue.len(), 1);
+        let items = s1.queue.peek_after(None, 10).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].1, heartbeat(1));
+    }
+
+    #[test]
+    fn a_simulator_database_with_a_tree_per_agent_moves_into_the_shared_trees() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        // The old layout: trees named after the agent.
+        let old_state = db.open_tree("state-7").unwrap();
+        old_state.insert(BD_SEQ, &41u64.to_be_bytes()).unwrap();
+        let old_queue = db.open_tree("queue-7").unwrap();
+        let item = heartbeat(7);
+        old_queue
+            .insert(9u64.to_be_bytes(), item.to_stored())
+            .unwrap();
+        for t in ["recent-7", "results-7"] {
+            db.open_tree(t).unwrap();
+        }
+
+        let s = Storage::shared(&db, "-7", 1 << 20, true).unwrap();
+        assert_eq!(s.bd_seq(), 41);
+        assert_eq!(s.next_bd_seq().unwrap(), 42);
+        assert_eq!(s.queue.peek_after(None, 10).unwrap(), vec![(9, item)]);
+        assert!(s.queue.bytes() > 0, "the queue counted what moved in");
+        let names: Vec<_> = db.tree_names().into_iter().collect();
+        assert!(
+            !names.iter().any(|n| n.ends_with(b"-7")),
+            "old trees left: {names:?}"
+        );
+    }
+
+    fn heartbeat(n: u64) -> AgentMessage {
+        AgentMessage::Heartbeat(edgefleet_codec::Heartbeat {
+            at: Some(n),
+            ..Default::default()
+        })
     }
 
     #[tokio::test]
