@@ -1195,7 +1195,7 @@ impl Fleet {
                     && outcome.is_ok()
                     && host.bd_seq > bd_seq_before;
                 if resumed {
-                    tracing::warn!(agent.id = %host_id, bd_seq = host.bd_seq, "presence: a heartbeat from a connection whose birth never arrived; treated as its birth");
+                    tracing::warn!(agent.id = %host_id, bd_seq = host.bd_seq, "presence: a heartbeat from a connection whose birth has not arrived (lost, or overtaken by it); treated as its birth");
                     births.push(host_id.clone());
                 }
                 let routine = match &message {
@@ -1885,6 +1885,7 @@ fn adopt(record: &mut HostRecord, id: &AgentId, key: &PublicKey, req: &EnrollReq
     };
     record.bd_seq = 0;
     record.last_seq = (0, 0);
+    record.seen = 0;
     record.offline_seen = false;
     record.hostname = Some(req.hostname.clone());
     record.os = Some(req.os.clone());

@@ -47,8 +47,13 @@ pub struct HostRecord {
     pub cause: Option<Cause>,
     /// The connection the current birth came from.
     pub bd_seq: u64,
-    /// The last accepted `(bd_seq, seq)`.
+    /// The newest accepted `(bd_seq, seq)`.
     pub last_seq: (u64, u64),
+    /// Which of the [`REPLAY_WINDOW`] seqs up to `last_seq` (same connection) were
+    /// accepted: bit i is `last_seq.1 - i`. Records from before the window count all as
+    /// seen.
+    #[serde(default = "all_seen")]
+    pub seen: u64,
     /// Whether an offline status for `bd_seq` was already accepted.
     pub offline_seen: bool,
     /// Whether the agent may send telemetry. Records from before enrollment existed are
@@ -80,6 +85,20 @@ pub struct HostRecord {
     /// to the agent's own); `None`: never sent.
     #[serde(default)]
     pub interval_requested: Option<u32>,
+}
+
+/// How far below the newest accepted seq of a connection a message may still arrive, once.
+/// MQTT keeps order only per topic and QoS: a broker holds QoS 1 messages (births,
+/// statuses, events) back while its in-flight window to the console is full but passes
+/// QoS 0 heartbeats straight on, so a connection's first heartbeat can overtake its birth
+/// (Mosquitto, 10,000 agents: the birth came 150 ms later and was rejected as a replay, and
+/// the agent stayed "unknown"). A bitmap of this many seqs, as IPsec's anti-replay window
+/// (RFC 4303, 3.4.3), takes each message once in any order within it.
+pub const REPLAY_WINDOW: u64 = 64;
+
+/// The replay window of a record stored before it existed: nothing below `last_seq` again.
+pub fn all_seen() -> u64 {
+    u64::MAX
 }
 
 /// The operator's decision about an agent.
@@ -157,6 +176,7 @@ impl HostRecord {
             cause: Some(Cause::Connect),
             bd_seq: 0,
             last_seq: (0, 0),
+            seen: 0,
             offline_seen: false,
             approval: Approval::Active,
             agent_id: String::new(),
@@ -210,13 +230,37 @@ impl HostRecord {
         })
     }
 
-    /// The replay rule shared by every message.
+    /// The replay rule shared by every message: each `(bd_seq, seq)` once, newer than the
+    /// newest accepted or within [`REPLAY_WINDOW`] below it on the same connection.
     fn advance(&mut self, seq: (u64, u64)) -> Result<(), Ignored> {
-        if seq <= self.last_seq && self.last_seq != (0, 0) {
-            return Err(Ignored::Replay);
+        if self.mark(seq) {
+            Ok(())
+        } else {
+            Err(Ignored::Replay)
         }
-        self.last_seq = seq;
-        Ok(())
+    }
+
+    /// Records `seq` as accepted; false if it was already, or is too old to tell.
+    fn mark(&mut self, seq: (u64, u64)) -> bool {
+        let last = self.last_seq;
+        if last == (0, 0) || seq > last {
+            let shift = seq.1.wrapping_sub(last.1);
+            self.seen = if last != (0, 0) && seq.0 == last.0 && shift < REPLAY_WINDOW {
+                (self.seen << shift) | 1
+            } else {
+                1
+            };
+            self.last_seq = seq;
+            return true;
+        }
+        let back = last.1 - seq.1;
+        if seq.0 != last.0 || back >= REPLAY_WINDOW {
+            return false;
+        }
+        let bit = 1 << back;
+        let fresh = self.seen & bit == 0;
+        self.seen |= bit;
+        fresh
     }
 
     pub fn on_birth(&mut self, b: &Birth, now_ms: u64) -> Result<Option<StatusChange>, Ignored> {
@@ -259,7 +303,7 @@ impl HostRecord {
             // The will was sealed at connect time, so its seq does not advance; accept it
             // once per connection.
             self.offline_seen = true;
-            self.last_seq = self.last_seq.max((s.bd_seq, s.seq));
+            self.mark((s.bd_seq, s.seq));
         } else {
             self.advance((s.bd_seq, s.seq))?;
         }
@@ -312,7 +356,7 @@ impl HostRecord {
                 self.apps = apps.clone();
             }
         }
-        let back = self.status == AgentStatus::Offline
+        let back = matches!(self.status, AgentStatus::Offline | AgentStatus::Unknown)
             && (resumed
                 || (self.cause == Some(Cause::Timeout)
                     && hb.bd_seq == self.bd_seq
@@ -410,6 +454,15 @@ mod tests {
         HostRecord::new("abcdefghijklmnop", &[0; 32], 0)
     }
 
+    /// A live heartbeat (not a history sample).
+    fn live(bd_seq: u64, seq: u64) -> Heartbeat {
+        Heartbeat {
+            bd_seq,
+            seq,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn birth_makes_online_and_will_makes_offline() {
         let mut h = host();
@@ -498,8 +551,49 @@ mod tests {
         };
         assert_eq!(h.on_heartbeat(&hb, 1100), Ok(None));
         assert_eq!(h.on_heartbeat(&hb, 1200), Err(Ignored::Replay));
-        assert_eq!(h.on_other((1, 3), 1300), Err(Ignored::Replay));
+        assert_eq!(h.on_birth(&birth(1, 5), 1250), Err(Ignored::Replay));
+        // Older than the newest but never seen (overtaken on the way): once.
+        assert_eq!(h.on_other((1, 3), 1300), Ok(()));
+        assert_eq!(h.on_other((1, 3), 1400), Err(Ignored::Replay));
         assert_eq!(h.vitals.map(|v| v.cpu_pct), Some(10));
+        // The window reaches REPLAY_WINDOW - 1 back, and no further.
+        h.on_other((1, 6 + REPLAY_WINDOW), 1500).unwrap();
+        assert_eq!(h.on_other((1, 7), 1600), Ok(()));
+        assert_eq!(h.on_other((1, 7), 1650), Err(Ignored::Replay));
+        assert_eq!(h.on_other((1, 4), 1700), Err(Ignored::Replay));
+        assert_eq!(h.on_heartbeat(&hb, 1800), Err(Ignored::Replay));
+        // A jump past the window forgets it: nothing older is taken.
+        h.on_other((1, 1000), 1900).unwrap();
+        assert_eq!(h.on_other((1, 999), 2000), Ok(()));
+        assert_eq!(h.on_other((1, 900), 2100), Err(Ignored::Replay));
+        // An older connection's messages never come back in.
+        h.on_birth(&birth(2, 1), 2200).unwrap();
+        assert_eq!(h.on_other((1, 1001), 2300), Err(Ignored::StaleBdSeq));
+        assert_eq!(h.on_other((2, 0), 2400), Ok(()));
+    }
+
+    #[test]
+    fn a_birth_overtaken_by_its_first_heartbeat_still_counts() {
+        // The agent sends status (1), birth (2), heartbeat (3); the broker delivers the
+        // QoS 0 heartbeat first.
+        let mut h = host();
+        let c = h.on_heartbeat(&live(1, 3), 1000).unwrap().unwrap();
+        assert_eq!((c.status, c.cause), (AgentStatus::Online, Cause::Heartbeat));
+        assert_eq!(h.on_status(&status(1, 1, true, false), 1100), Ok(None));
+        assert_eq!(h.on_birth(&birth(1, 2), 1150), Ok(None));
+        assert_eq!(
+            h.hostname.as_deref(),
+            Some("h"),
+            "the birth's facts were applied"
+        );
+        assert_eq!(h.on_heartbeat(&live(1, 4), 1200), Ok(None));
+        assert_eq!(h.status, AgentStatus::Online);
+        // Stored before the window existed: nothing below the newest is taken again.
+        let mut json = serde_json::to_value(&h).unwrap();
+        json.as_object_mut().unwrap().remove("seen");
+        let mut old: HostRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.on_other((1, 2), 1300), Err(Ignored::Replay));
+        assert_eq!(old.on_other((1, 5), 1300), Ok(()));
     }
 
     #[test]

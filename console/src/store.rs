@@ -234,6 +234,9 @@ pub struct Hot {
     pub last_seen: Option<u64>,
     pub last_seq: (u64, u64),
     pub vitals: Option<edgefleet_codec::Vitals>,
+    /// The replay window at `last_seq` ([`HostRecord::seen`]).
+    #[serde(default = "crate::presence::all_seen")]
+    pub seen: u64,
 }
 
 impl Hot {
@@ -242,6 +245,7 @@ impl Hot {
             last_seen: host.last_seen,
             last_seq: host.last_seq,
             vitals: host.vitals,
+            seen: host.seen,
         }
     }
 
@@ -258,6 +262,13 @@ impl Hot {
     pub fn apply(self, host: &mut HostRecord) {
         if self.last_seq >= host.last_seq {
             host.last_seen = self.last_seen.max(host.last_seen);
+            // Same newest seq: either may hold older ones the other has not (a late birth
+            // accepted into the window is written with the whole record).
+            host.seen = if self.last_seq == host.last_seq {
+                host.seen | self.seen
+            } else {
+                self.seen
+            };
             host.last_seq = self.last_seq;
             host.vitals = self.vitals.or(host.vitals);
         }
@@ -663,6 +674,7 @@ mod tests {
             write(vec![&host], vec![]);
             // Heartbeats: only the hot state is written.
             host.last_seq = (1, 9);
+            host.seen = 0b1011;
             host.last_seen = Some(5_000);
             host.vitals = Some(vitals(42));
             write(vec![], vec![&host]);
@@ -672,6 +684,7 @@ mod tests {
         let loaded = store.load_hosts().unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].last_seq, (1, 9));
+        assert_eq!(loaded[0].seen, 0b1011, "the replay window");
         assert_eq!(loaded[0].last_seen, Some(5_000));
         assert_eq!(loaded[0].vitals, Some(vitals(42)));
         assert_eq!(loaded[0].hostname.as_deref(), Some("pump-7"));
