@@ -5,9 +5,12 @@
 //!     cargo build --release -p edgefleet-console -p edgefleet-agent
 //!     cargo build --profile release-agent -p edgefleet-agent
 //!     cargo bench -p edgefleet-tests --bench scale -- [--smoke] [--agents N]
-//!         [--intervals 1s,500ms,...] [--footprint-secs S] [--footprint-only] [--out FILE]
+//!         [--intervals 1s,500ms,...] [--footprint-secs S] [--footprint-only]
+//!         [--mosquitto-only] [--out FILE]
 //!
-//! `--out` takes an absolute path: cargo runs benches from `tests/`.
+//! `--out` takes an absolute path: cargo runs benches from `tests/`. `--mosquitto-only`
+//! runs just the Mosquitto ingest steps and the footprint. A failed run keeps its
+//! temporary directory (console, Mosquitto and simulator logs) and prints where.
 //!
 //! What it measures, in order:
 //! - connections: N idle simulated agents (30 s heartbeats); console RSS per connection,
@@ -51,6 +54,7 @@ struct Options {
     window: Duration,
     footprint: Duration,
     footprint_only: bool,
+    mosquitto_only: bool,
     out: Option<std::path::PathBuf>,
 }
 
@@ -64,6 +68,7 @@ impl Options {
             window: Duration::from_secs(30),
             footprint: Duration::from_secs(600),
             footprint_only: false,
+            mosquitto_only: false,
             out: None,
         };
         while let Some(arg) = args.next() {
@@ -88,6 +93,7 @@ impl Options {
                         Duration::from_secs(value()?.parse().context("--footprint-secs")?);
                 }
                 "--footprint-only" => opts.footprint_only = true,
+                "--mosquitto-only" => opts.mosquitto_only = true,
                 "--out" => opts.out = Some(value()?.into()),
                 // cargo bench passes --bench to every bench binary.
                 "--bench" => {}
@@ -150,7 +156,10 @@ fn cpu_percent(a: &ProcSample, b: &ProcSample) -> f64 {
 
 /// The console's Prometheus text, as `name{labels}` → value.
 async fn metrics(console: &Console) -> Result<HashMap<String, f64>> {
-    let (code, text) = console.get_text("/metrics").await;
+    // An error, not the harness's panic: a failed run keeps its logs only on an error.
+    let (code, text) = harness::http_get(console.http, "/metrics", Some(&console.api_key))
+        .await
+        .context("GET /metrics")?;
     if code != 200 {
         bail!("/metrics answered {code}");
     }
@@ -351,11 +360,28 @@ impl Fleet {
 async fn main() -> Result<()> {
     let opts = Options::parse()?;
     let tmp = tempfile::tempdir()?;
+    let result = run(&opts, tmp.path()).await;
+    if result.is_err() {
+        // The consoles', Mosquitto's and the simulators' logs are what explains a failure.
+        let kept = tmp.keep();
+        eprintln!("the run failed; its logs are kept in {}", kept.display());
+    }
+    result
+}
+
+async fn run(opts: &Options, dir: &std::path::Path) -> Result<()> {
     let command = if opts.smoke {
         "cargo xtask bench --smoke".to_string()
     } else if opts.footprint_only {
         format!(
             "cargo xtask bench --footprint-only --footprint-secs {}",
+            opts.footprint.as_secs()
+        )
+    } else if opts.mosquitto_only {
+        format!(
+            "cargo bench -p edgefleet-tests --bench scale -- --mosquitto-only --agents {} --intervals {} --footprint-secs {}",
+            opts.agents,
+            opts.intervals.join(","),
             opts.footprint.as_secs()
         )
     } else {
@@ -373,11 +399,13 @@ async fn main() -> Result<()> {
         today()
     )?;
 
-    if !opts.footprint_only {
+    if opts.mosquitto_only {
+        ingest_behind_mosquitto(opts, dir, &mut out).await?;
+    } else if !opts.footprint_only {
         wire_per_packet(&mut out)?;
-        connections_ingest_recovery(&opts, tmp.path(), &mut out).await?;
+        connections_ingest_recovery(opts, dir, &mut out).await?;
     }
-    footprint(&opts, tmp.path(), &mut out).await?;
+    footprint(opts, dir, &mut out).await?;
 
     print!("{out}");
     if let Some(path) = &opts.out {
@@ -526,9 +554,17 @@ async fn connections_ingest_recovery(
 
     fleet.stop_sim().await;
     drop(fleet);
+    ingest_behind_mosquitto(opts, dir, out).await
+}
 
-    // The same steps behind an external Mosquitto (issue 9: both brokers in one run): a
-    // fresh console and fleet, so the first pass leaves nothing behind.
+/// The ingest steps behind an external Mosquitto (issue 9: both brokers in one run): a
+/// fresh console and fleet, so the embedded pass leaves nothing behind.
+async fn ingest_behind_mosquitto(
+    opts: &Options,
+    dir: &std::path::Path,
+    out: &mut String,
+) -> Result<()> {
+    let n = opts.agents;
     eprintln!("ingest behind Mosquitto: {n} agents");
     let console = Console::start(
         &dir.join("console-mosquitto"),

@@ -8,7 +8,7 @@ const [base, key, factsJson] = process.argv.slice(2);
 const facts = JSON.parse(factsJson);
 const call = api(base, key);
 const shots = process.env.EDGEFLEET_SCREENSHOTS || ".";
-const { context, page } = await launch();
+const { page, close } = await launch();
 
 const names = () =>
   page.$$eval('[data-testid="host-row"]', (rows) => rows.map((r) => r.getAttribute("data-id")));
@@ -402,11 +402,11 @@ try {
   await until("table visible when narrow", () => page.isVisible('[data-testid="host-table"]'));
 
   console.log("dashboard: all checks passed");
-  await context.close();
+  await close();
 } catch (e) {
   const path = join(shots, "dashboard-failure.png");
   await page.screenshot({ path, fullPage: true }).catch(() => {});
   console.error(`FAILED: ${e.stack || e}\nscreenshot: ${path}\nurl: ${page.url()}`);
-  await context.close().catch(() => {});
+  await close().catch(() => {});
   process.exit(1);
 }

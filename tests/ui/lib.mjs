@@ -1,7 +1,7 @@
 // Shared helpers of the browser tests: launching the system Chromium, waiting on
 // conditions with deadlines (never fixed sleeps), calling the API directly.
 import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -28,7 +28,15 @@ export async function launch() {
     if (m.type() === "error" || m.type() === "warning") console.log(`browser ${m.type()}: ${m.text()}`);
   });
   page.on("pageerror", (e) => console.log(`browser page error: ${e}`));
-  return { context, page };
+  // Closes the browser and removes its profile (a few MB per run otherwise left in /tmp).
+  const close = async () => {
+    try {
+      await context.close();
+    } finally {
+      rmSync(userDataDir, { recursive: true, force: true });
+    }
+  };
+  return { context, page, close };
 }
 
 /// Polls `check` until it returns `true` (anything else is kept as the diagnostic of a

@@ -3,7 +3,7 @@
 import { launch, until, step } from "./lib.mjs";
 
 const [base, out] = process.argv.slice(2);
-const { context, page } = await launch();
+const { page, close } = await launch();
 try {
   step("log in to the demo");
   await until("the console", async () => (await fetch(base + "/healthz")).ok, 30000);
@@ -21,9 +21,9 @@ try {
   await until("live", async () => ((await page.textContent('[data-testid="live"]')) || "").includes("Live"));
   await page.screenshot({ path: out });
   console.log(`wrote ${out}`);
-  await context.close();
+  await close();
 } catch (e) {
   console.error(`FAILED: ${e.stack || e}`);
-  await context.close().catch(() => {});
+  await close().catch(() => {});
   process.exit(1);
 }
