@@ -96,7 +96,9 @@ impl Storage {
             TREES.map(|t| db.open_tree(t).map(|tree| Keyspace::shared(tree, owner)));
         let spaces = [state?, recent?, results?, queue?];
         if old_trees {
-            for (name, space) in TREES.iter().zip(&spaces) {
+            // `state{owner}` marks the old layout: dropped last, so a crash midway moves
+            // the rest on the next start.
+            for (name, space) in TREES.iter().zip(&spaces).rev() {
                 let old_name = format!("{name}{owner}");
                 let old = db.open_tree(&old_name)?;
                 for item in old.iter() {
