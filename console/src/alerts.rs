@@ -83,7 +83,11 @@ pub struct Engine {
     /// Offline hosts waiting out the grace: since, cause.
     pending_offline: HashMap<String, (u64, Cause)>,
     flaps: HashMap<String, VecDeque<u64>>,
-    hot_since: HashMap<(String, &'static str), u64>,
+    /// Per host, each metric at or above the threshold and since when. Keyed by host so a
+    /// heartbeat or a tick looks at its own host only: a scan of every hot host per
+    /// heartbeat was a tenth of the ingest thread's time at 2,000 agents (BENCHMARKS.md,
+    /// "Where the console's ingest time goes").
+    hot_since: HashMap<String, Vec<(&'static str, u64)>>,
     /// Hosts whose rules differ from `rules`.
     overrides: HashMap<String, HostRules>,
 }
@@ -298,7 +302,7 @@ impl Engine {
     fn forget(&mut self, host: &str, now: u64, out: &mut Vec<AlertView>) {
         self.pending_offline.remove(host);
         self.flaps.remove(host);
-        self.hot_since.retain(|(h, _), _| h != host);
+        self.hot_since.remove(host);
         for rule in RULES {
             out.extend(self.resolve(host, rule, now));
         }
@@ -315,11 +319,22 @@ impl Engine {
         let mut out = Vec::new();
         let threshold = self.threshold(host);
         for (metric, value) in values {
-            let key = (host.to_string(), metric);
+            let hot = self.hot_since.get_mut(host);
             if value >= threshold {
-                self.hot_since.entry(key).or_insert(now);
+                match hot {
+                    Some(hot) if hot.iter().any(|(m, _)| *m == metric) => {}
+                    Some(hot) => hot.push((metric, now)),
+                    None => {
+                        self.hot_since.insert(host.to_string(), vec![(metric, now)]);
+                    }
+                }
             } else {
-                self.hot_since.remove(&key);
+                if let Some(hot) = hot {
+                    hot.retain(|(m, _)| *m != metric);
+                    if hot.is_empty() {
+                        self.hot_since.remove(host);
+                    }
+                }
                 out.extend(self.resolve(host, &format!("hotspot-{metric}"), now));
             }
         }
@@ -335,9 +350,11 @@ impl Engine {
         let window = self.window(host);
         let due: Vec<&'static str> = self
             .hot_since
-            .iter()
-            .filter(|((h, _), since)| h == host && now.saturating_sub(**since) >= window)
-            .map(|((_, m), _)| *m)
+            .get(host)
+            .into_iter()
+            .flatten()
+            .filter(|(_, since)| now.saturating_sub(*since) >= window)
+            .map(|(m, _)| *m)
             .collect();
         let mut out = Vec::new();
         for metric in due {
@@ -794,6 +811,32 @@ mod tests {
         assert_eq!(
             names(&resolved),
             [("hotspot-cpu".to_string(), AlertState::Resolved)]
+        );
+    }
+
+    #[test]
+    fn hotspots_are_kept_per_host_and_metric_and_a_revoked_host_forgets_them() {
+        let mut e = Engine::new(R, vec![], 1, &[]);
+        let v = |cpu, mem| [("cpu", cpu), ("mem", mem), ("disk", 10)];
+        e.on_vitals("a", &None, v(95, 95), 0);
+        e.on_vitals("b", &None, v(10, 95), 0);
+        // A later hot reading keeps the first "since"; another host's readings change nothing.
+        assert!(e.on_vitals("a", &None, v(96, 20), 200_000).is_empty());
+        assert!(e.on_vitals("b", &None, v(10, 10), 200_000).is_empty());
+        let fired = e.on_vitals("a", &None, v(97, 20), 300_000);
+        assert_eq!(
+            names(&fired),
+            [("hotspot-cpu".to_string(), AlertState::Firing)],
+            "a's memory cooled down at 200 s, b was never hot on cpu"
+        );
+        assert!(e.on_vitals("b", &None, v(10, 10), 300_000).is_empty());
+        // Revoked: its hot metric is forgotten, so coming back hot starts a new window.
+        e.on_transition("a", &None, AgentStatus::Revoked, Cause::Clean, 310_000);
+        assert!(e.on_vitals("a", &None, v(99, 10), 320_000).is_empty());
+        assert!(e.on_vitals("a", &None, v(99, 10), 600_000).is_empty());
+        assert_eq!(
+            names(&e.on_vitals("a", &None, v(99, 10), 620_000)),
+            [("hotspot-cpu".to_string(), AlertState::Firing)]
         );
     }
 
