@@ -37,7 +37,11 @@ cleanup() {
 }
 trap 'cleanup; [ -n "${OUT:-}" ] || rm -rf "$D"' EXIT
 
-EXTRA=""
+# Every simulated agent connects from 127.0.0.1, which a real fleet never does: the embedded
+# broker's per-address connect limit would throttle the ramp (as the scale bench, it is off).
+MAXCONN=$((N * 3 / 2 + 100))
+[ "$MAXCONN" -ge 10000 ] || MAXCONN=10000
+EXTRA=$(printf '[mqtt]\nconnect_burst_per_ip = 0\nmax_connections = %s' "$MAXCONN")
 if [ "$MODE" = mosquitto ]; then
     printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\n' \
         "$MQTT_PORT" >"$D/mosquitto.conf"
