@@ -17,6 +17,10 @@ N=${1:?agents}
 IV=${2:?interval, e.g. 500ms}
 MODE=${3:-embedded}
 WINDOW=${4:-20}
+case "$MODE" in
+    embedded | mosquitto) ;;
+    *) echo "profile-ingest.sh: the broker is embedded or mosquitto, got '$MODE'" >&2; exit 2 ;;
+esac
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 CONSOLE=${CONSOLE:-$BIN/edgefleet-console}
 if [ -n "${OUT:-}" ]; then
@@ -24,7 +28,6 @@ if [ -n "${OUT:-}" ]; then
     D=$OUT
 else
     D=$(mktemp -d)
-    trap 'rm -rf "$D"' EXIT
 fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 HTTP=127.0.0.1:$(port)
