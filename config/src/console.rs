@@ -242,7 +242,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!("presence.grace", "EDGEFLEET_CONSOLE_PRESENCE_GRACE", Text, "5s", "Extra time on top of the missed intervals."),
     key!("presence.restart_grace", "EDGEFLEET_CONSOLE_PRESENCE_RESTART_GRACE", Text, "60s", "After a console start, time agents get to re-birth before anyone times out."),
     key!("presence.stale_after", "EDGEFLEET_CONSOLE_PRESENCE_STALE_AFTER", Text, "15m", "No heartbeat for this long flags an agent stale."),
-    key!("retention.raw", "EDGEFLEET_CONSOLE_RETENTION_RAW", Text, "24h", "How long raw metric samples are kept (10m to 90d). Retention passes run every tenth of the shortest `retention.*`, between 1 and 10 minutes."),
+    key!("retention.raw", "EDGEFLEET_CONSOLE_RETENTION_RAW", Text, "24h", "How long raw metric samples are kept."),
     key!("retention.rollup_1m", "EDGEFLEET_CONSOLE_RETENTION_ROLLUP_1M", Text, "7d", "How long 1-minute rollups are kept (at least `retention.raw`)."),
     key!("retention.rollup_15m", "EDGEFLEET_CONSOLE_RETENTION_ROLLUP_15M", Text, "30d", "How long 15-minute rollups are kept (at least `retention.rollup_1m`)."),
     key!("retention.history", "EDGEFLEET_CONSOLE_RETENTION_HISTORY", Text, "90d", "How long agent events, command results and status changes are kept (10m to 3650d). The audit trail is never expired."),

@@ -303,10 +303,7 @@ pub async fn run(
         ];
         let history = config.retention.history.get();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(retention_every(keep, history));
-            // A pass that takes longer than the period is followed by a full period of
-            // rest, not by a burst of passes.
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = tokio::time::interval(Duration::from_secs(600));
             let mut trim = tokio::time::interval(memory::TRIM_EVERY);
             loop {
                 tokio::select! {
@@ -577,16 +574,6 @@ async fn watch_space(
     }
 }
 
-/// How often retention runs: a tenth of the shortest retention, between 1 and 10 minutes.
-/// Data outlives its retention by at most one period, and each pass deletes about one
-/// period's worth: at the shortest retention (10 min) a pass every minute, not a pass every
-/// 10 minutes that finds a whole retention's worth to delete (twice the data kept, and a
-/// burst of deletes); at the defaults (24 h and more) every 10 minutes.
-fn retention_every(keep: [Duration; 3], history: Duration) -> Duration {
-    let shortest = keep.into_iter().fold(history, Duration::min);
-    (shortest / 10).clamp(Duration::from_secs(60), Duration::from_secs(600))
-}
-
 /// Deletes samples past their tier's retention and events, results and status changes past
 /// `history`. Audit entries and command records are kept.
 fn enforce_retention(fleet: &Fleet, keep: [Duration; 3], history: Duration) {
@@ -611,28 +598,4 @@ fn enforce_retention(fleet: &Fleet, keep: [Duration; 3], history: Duration) {
         }
     }
     tracing::debug!(removed, "retention pass done");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retention_runs_a_tenth_of_the_shortest_retention_between_one_and_ten_minutes() {
-        let min = |m: u64| Duration::from_secs(60 * m);
-        let day = min(24 * 60);
-        // The defaults: 24 h raw, 7 d and 30 d rollups, 90 d history.
-        assert_eq!(
-            retention_every([day, 7 * day, 30 * day], 90 * day),
-            min(10)
-        );
-        // The shortest allowed everywhere (the soak).
-        assert_eq!(retention_every([min(10); 3], min(10)), min(1));
-        // The shortest one decides, whichever it is.
-        assert_eq!(
-            retention_every([min(50), day, day], 90 * day),
-            Duration::from_secs(300)
-        );
-        assert_eq!(retention_every([day; 3], min(30)), Duration::from_secs(180));
-    }
 }
